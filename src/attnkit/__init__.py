@@ -1,0 +1,8 @@
+"""attnkit: attention mechanisms that are fast, correct and visible."""
+
+from attnkit.functional import bias, masks, positional
+from attnkit.functional.attention import attention, dispatch_report
+
+__version__ = "0.1.0"
+
+__all__ = ["attention", "bias", "dispatch_report", "masks", "positional", "__version__"]

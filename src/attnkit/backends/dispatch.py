@@ -1,0 +1,101 @@
+"""Choosing a backend: walk a priority list, run the first that supports the call, explain why.
+
+``backend="auto"`` tries, in order: ``sdpa`` (torch's fused kernels; no mask or plain causal),
+``blocked`` (any mask or bias, skips empty tiles, linear memory), ``flex`` (only once opted in),
+``sdpa_dense`` (dense mask, needed for dropout with a mask), ``reference``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from attnkit.backends.base import Backend
+from attnkit.backends.blocked import BlockedBackend
+from attnkit.backends.flex import FlexBackend
+from attnkit.backends import flex as _flex
+from attnkit.backends.reference import ReferenceBackend
+from attnkit.backends.sdpa import SdpaBackend, SdpaDenseBackend
+from attnkit.functional.math import AttentionSpec
+
+__all__ = ["DispatchReport", "NoBackendError", "get_backend", "list_backends", "register_backend",
+           "select_backend"]
+
+_REGISTRY: dict[str, Backend] = {}
+AUTO_ORDER = ["sdpa", "blocked", "flex", "sdpa_dense", "reference"]
+
+
+def register_backend(backend: Backend) -> None:
+    """Add (or replace) a backend under ``backend.name``."""
+    _REGISTRY[backend.name] = backend
+
+
+for _b in (SdpaBackend(), BlockedBackend(), FlexBackend(), SdpaDenseBackend(), ReferenceBackend()):
+    register_backend(_b)
+
+
+def list_backends() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get_backend(name: str) -> Backend:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown backend {name!r}; choose one of "
+                         f"{['auto', *_REGISTRY]}") from None
+
+
+class NoBackendError(ValueError):
+    """No backend (or not the one asked for) can run this call; the message lists every reason."""
+
+
+@dataclass
+class DispatchReport:
+    """Which backend runs a call and why the others would not."""
+
+    chosen: str | None
+    reasons: dict[str, list[str]] = field(default_factory=dict)  # backend -> reasons it can't
+
+    def __str__(self) -> str:
+        lines = [f"chosen: {self.chosen or 'none'}"]
+        for name, why in self.reasons.items():
+            status = "ok" if not why else "; ".join(why)
+            lines.append(f"  {name:<11} {status}")
+        return "\n".join(lines)
+
+
+def _auto_reasons(name: str, backend: Backend, spec: AttentionSpec) -> list[str]:
+    reasons = backend.not_supported_reasons(spec)
+    if name == "flex" and not _flex._ALLOW_IN_AUTO:
+        reasons = ["needs compilation: opt in with attnkit.backends.flex.allow_in_auto()",
+                   *reasons]
+    return reasons
+
+
+def report(spec: AttentionSpec, backend: str = "auto") -> DispatchReport:
+    """Reasons for every backend, and the one that ``backend`` selects."""
+    if backend != "auto":
+        chosen = get_backend(backend)
+        reasons = {chosen.name: chosen.not_supported_reasons(spec)}
+        return DispatchReport(chosen.name if not reasons[chosen.name] else None, reasons)
+    result = DispatchReport(None)
+    for name in AUTO_ORDER + [n for n in _REGISTRY if n not in AUTO_ORDER]:
+        if name not in _REGISTRY:
+            continue
+        why = _auto_reasons(name, _REGISTRY[name], spec)
+        result.reasons[name] = why
+        if not why and result.chosen is None:
+            result.chosen = name
+    return result
+
+
+def select_backend(spec: AttentionSpec, backend: str = "auto") -> Backend:
+    """The backend to run, or NoBackendError listing every reason."""
+    rep = report(spec, backend)
+    if rep.chosen is None:
+        if backend == "auto":
+            raise NoBackendError(f"no backend supports this call:\n{rep}")
+        raise NoBackendError(f"backend {backend!r} cannot run this call: "
+                             f"{'; '.join(rep.reasons[backend])}. Use backend='auto' or fix the "
+                             f"inputs.")
+    return _REGISTRY[rep.chosen]

@@ -1,0 +1,86 @@
+"""torch FlexAttention (``torch.nn.attention.flex_attention``) compiled with ``torch.compile``.
+
+Masks become a ``BlockMask`` (built from the mask's ``mask_mod``) and biases / softcap a
+``score_mod``. Compilation costs seconds on the first call of each shape, so this backend is only
+used when asked for by name (``backend="flex"``) or after :func:`allow_in_auto`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from attnkit.backends.base import Backend, Capabilities
+from attnkit.functional.math import AttentionSpec
+
+_ALLOW_IN_AUTO = False
+
+
+def allow_in_auto(allowed: bool = True) -> None:
+    """Opt in (or out) of FlexAttention, and its compilation, for ``backend="auto"``."""
+    global _ALLOW_IN_AUTO
+    _ALLOW_IN_AUTO = allowed
+
+
+def flex_available() -> bool:
+    try:
+        from torch.nn.attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_flex() -> Any:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+class FlexBackend(Backend):
+    name = "flex"
+    capabilities = Capabilities(
+        dtypes=frozenset({torch.float16, torch.bfloat16, torch.float32}), dropout=False,
+        bias_grad=False, notes=("torch.compile'd FlexAttention; opt-in",))
+
+    def extra_reasons(self, spec: AttentionSpec) -> list[str]:
+        reasons = []
+        if not flex_available():
+            reasons.append(f"torch {torch.__version__} has no FlexAttention")
+        return reasons
+
+    def forward(self, spec: AttentionSpec) -> Tensor:
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        block_mask = None
+        if spec.mask is not None:
+            block_mask = create_block_mask(
+                spec.mask.mask_mod(spec.lq, spec.lk), B=spec.mask.batch_size,
+                H=spec.mask.num_heads, Q_LEN=spec.lq, KV_LEN=spec.lk, device=spec.q.device)
+        score_mod = _score_mod(spec)
+        out = _compiled_flex()(spec.q, spec.k, spec.v, score_mod=score_mod,
+                               block_mask=block_mask, scale=spec.scale,
+                               enable_gqa=spec.heads != spec.kv_heads)
+        if spec.mask is not None:
+            # FlexAttention leaves rows with no allowed key at zero already; make it explicit.
+            out = torch.nan_to_num(out, nan=0.0)
+        return out
+
+
+def _score_mod(spec: AttentionSpec) -> Any:
+    bias_mod = spec.bias.score_mod(spec.lq, spec.lk) if spec.bias is not None else None
+    cap = spec.softcap
+    if bias_mod is None and cap is None:
+        return None
+
+    def mod(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        if bias_mod is not None:
+            score = bias_mod(score, b, h, q_idx, kv_idx)
+        if cap is not None:
+            score = cap * torch.tanh(score / cap)
+        return score
+
+    return mod

@@ -1,0 +1,1 @@
+"""Pure functions over tensors: attention, masks, score biases, positions. No parameters."""

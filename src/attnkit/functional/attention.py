@@ -1,0 +1,79 @@
+"""The one entry point: ``attention(q, k, v, ...)``, dispatched to the best backend.
+
+Shape legend: B batch, Hq / Hkv query / key-value heads, Lq / Lk lengths, D / Dv head dims.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, overload
+
+from torch import Tensor
+
+from attnkit.functional.bias import Bias
+from attnkit.functional.masks import Mask
+from attnkit.functional.math import attention_weights, validate
+
+__all__ = ["attention", "dispatch_report"]
+
+
+@overload
+def attention(q: Tensor, k: Tensor, v: Tensor, *, mask: Mask | None = ..., bias: Bias | None = ...,
+              scale: float | None = ..., softcap: float | None = ..., dropout_p: float = ...,
+              backend: str = ..., return_weights: Literal[False] = ...) -> Tensor: ...
+
+
+@overload
+def attention(q: Tensor, k: Tensor, v: Tensor, *, mask: Mask | None = ..., bias: Bias | None = ...,
+              scale: float | None = ..., softcap: float | None = ..., dropout_p: float = ...,
+              backend: str = ..., return_weights: Literal[True]) -> tuple[Tensor, Tensor]: ...
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, *, mask: Mask | None = None,
+              bias: Bias | None = None, scale: float | None = None, softcap: float | None = None,
+              dropout_p: float = 0.0, backend: str = "auto",
+              return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """Exact scaled dot-product attention with composable masks and score modifications.
+
+    Args:
+        q: (B, Hq, Lq, D) queries.
+        k: (B, Hkv, Lk, D) keys; Hq must be a multiple of Hkv (GQA; MQA when Hkv == 1).
+        v: (B, Hkv, Lk, Dv) values.
+        mask: an :mod:`attnkit.masks` object (True = may attend), e.g. ``causal() & padding(n)``.
+        bias: an :mod:`attnkit.bias` object added to the scaled scores (ALiBi, buckets, dense).
+        scale: multiplies ``q @ k^T``; defaults to ``1 / sqrt(D)``.
+        softcap: if set, scores become ``softcap * tanh(scores / softcap)`` (after the bias).
+        dropout_p: dropout on the weights; pass 0 at evaluation.
+        backend: ``"auto"`` or a name from :func:`attnkit.backends.list_backends`.
+        return_weights: also return the (B, Hq, Lq, Lk) softmax weights (before dropout),
+            recomputed when the backend does not produce them.
+
+    Returns:
+        out (B, Hq, Lq, Dv), and the weights if asked for. Rows with no allowed key are zero.
+
+    Plain PyTorch equivalent::
+
+        s = q @ k.repeat_interleave(Hq // Hkv, 1).transpose(-1, -2) * scale + bias
+        s = softcap * tanh(s / softcap)
+        p = softmax(s.masked_fill(~mask, -inf), -1).nan_to_num(0)
+        out = dropout(p) @ v.repeat_interleave(Hq // Hkv, 1)
+    """
+    from attnkit.backends.dispatch import select_backend
+
+    spec = validate(q, k, v, mask=mask, bias=bias, scale=scale, softcap=softcap,
+                    dropout_p=dropout_p)
+    out = select_backend(spec, backend).forward(spec)
+    if return_weights:
+        return out, attention_weights(spec)
+    return out
+
+
+def dispatch_report(q: Tensor, k: Tensor, v: Tensor, *, mask: Mask | None = None,
+                    bias: Bias | None = None, scale: float | None = None,
+                    softcap: float | None = None, dropout_p: float = 0.0,
+                    backend: str = "auto") -> object:
+    """Which backend would run this call and every other backend's reasons (printable)."""
+    from attnkit.backends.dispatch import report
+
+    spec = validate(q, k, v, mask=mask, bias=bias, scale=scale, softcap=softcap,
+                    dropout_p=dropout_p)
+    return report(spec, backend)

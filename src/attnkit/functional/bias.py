@@ -1,0 +1,240 @@
+"""Additive score modifications: ALiBi, T5-style relative position buckets, dense biases.
+
+A bias adds ``bias[b, h, i, j]`` to the scaled score of query ``i`` and key ``j`` before the
+softmax (and before ``softcap``). Like masks, a bias is evaluated on index tensors, so a tiled
+backend computes only the tiles it visits and FlexAttention gets a ``score_mod``.
+
+Shape legend: B batch, H heads, Lq / Lk query / key length, tq / tk tile lengths.
+
+Plain PyTorch equivalent of ``attention(q, k, v, bias=b)``::
+
+    scores = (q @ k.transpose(-1, -2)) * scale + b.dense(Lq, Lk)   # (B, H, Lq, Lk)
+    out = torch.softmax(scores, -1) @ v
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Bias", "RelativeBucketBias", "alibi", "alibi_slopes", "dense", "relative_buckets"]
+
+
+def _index_grid(lq_idx: Tensor, lk_idx: Tensor, batch: int, heads: int) -> tuple[Tensor, ...]:
+    """Broadcastable (b, h, q, k) index tensors for a tile of query and key positions."""
+    dev = lq_idx.device
+    return (torch.arange(batch, device=dev).view(-1, 1, 1, 1),
+            torch.arange(heads, device=dev).view(1, -1, 1, 1),
+            lq_idx.view(1, 1, -1, 1), lk_idx.view(1, 1, 1, -1))
+
+
+class Bias(ABC):
+    """An additive score bias over (batch, head, query, key)."""
+
+    batch_size: int | None = None  # None: same for every sequence
+    num_heads: int | None = None  # None: same for every head
+
+    @abstractmethod
+    def values(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int,
+               tensors: Sequence[Tensor] | None = None) -> Tensor:
+        """Bias on broadcastable index tensors. ``tensors`` replaces :meth:`tensors` (autograd)."""
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        """Tensors the bias depends on and may need gradients for (learned tables, dense biases)."""
+        return ()
+
+    def tile(self, q_idx: Tensor, k_idx: Tensor, lq: int, lk: int,
+             tensors: Sequence[Tensor] | None = None) -> Tensor:
+        """Bias for query positions ``q_idx`` (tq,) and keys ``k_idx`` (tk,): (B|1, H|1, tq, tk)."""
+        b, h, q, k = _index_grid(q_idx, k_idx, self.batch_size or 1, self.num_heads or 1)
+        return self.values(b, h, q, k, lq, lk, tensors)
+
+    def dense(self, lq: int, lk: int, device: torch.device | None = None) -> Tensor:
+        """The full bias, (B|1, H|1, Lq, Lk)."""
+        return self.tile(torch.arange(lq, device=device), torch.arange(lk, device=device), lq, lk)
+
+    def score_mod(self, lq: int, lk: int) -> Callable[[Tensor, Tensor, Tensor, Tensor, Tensor],
+                                                       Tensor]:
+        """A FlexAttention ``score_mod(score, b, h, q_idx, kv_idx)`` adding this bias."""
+
+        def mod(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            return score + self.values(b, h, q_idx, kv_idx, lq, lk)
+
+        return mod
+
+    def check_shape(self, batch: int, heads: int, lq: int, lk: int) -> None:
+        if self.batch_size not in (None, 1, batch):
+            raise ValueError(f"bias {self!r} is for batch size {self.batch_size}, q has {batch}")
+        if self.num_heads not in (None, 1, heads):
+            raise ValueError(f"bias {self!r} has {self.num_heads} heads but q has {heads} heads; "
+                             f"build it with num_heads={heads}")
+
+    def __add__(self, other: Bias) -> Bias:
+        return _SumBias(self, other)
+
+
+class _SumBias(Bias):
+    def __init__(self, left: Bias, right: Bias) -> None:
+        self.left, self.right = left, right
+        self.batch_size = left.batch_size if left.batch_size not in (None, 1) else right.batch_size
+        self.num_heads = left.num_heads if left.num_heads not in (None, 1) else right.num_heads
+        self._split = len(left.tensors())
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        return self.left.tensors() + self.right.tensors()
+
+    def values(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int,
+               tensors: Sequence[Tensor] | None = None) -> Tensor:
+        lt = None if tensors is None else tensors[: self._split]
+        rt = None if tensors is None else tensors[self._split :]
+        return (self.left.values(b, h, q, k, lq, lk, lt)
+                + self.right.values(b, h, q, k, lq, lk, rt))
+
+    def __repr__(self) -> str:
+        return f"({self.left!r} + {self.right!r})"
+
+
+def alibi_slopes(num_heads: int) -> Tensor:
+    """ALiBi head slopes (Press et al., 2022): a geometric sequence starting at 2^(-8/n).
+
+    For a head count that is not a power of two, take the slopes of the nearest smaller power of
+    two ``m`` and add every other slope of ``2m`` heads, as the paper prescribes.
+    """
+    if num_heads < 1:
+        raise ValueError(f"alibi needs num_heads >= 1, got {num_heads}")
+
+    def geometric(n: int) -> list[float]:
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    m = 2 ** int(math.floor(math.log2(num_heads)))
+    slopes = geometric(m)
+    if m < num_heads:
+        slopes += geometric(2 * m)[0::2][: num_heads - m]
+    return torch.tensor(slopes, dtype=torch.float64)
+
+
+class _Alibi(Bias):
+    def __init__(self, num_heads: int, offset: int | None) -> None:
+        self.num_heads = num_heads
+        self.offset = offset
+        self.slopes = alibi_slopes(num_heads)
+
+    def values(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int,
+               tensors: Sequence[Tensor] | None = None) -> Tensor:
+        off = lk - lq if self.offset is None else self.offset
+        slopes = self.slopes.to(device=q.device, dtype=torch.float32)
+        distance = (q + off - k).abs().to(torch.float32)
+        return -slopes[h] * distance
+
+    def __repr__(self) -> str:
+        return f"alibi({self.num_heads})"
+
+
+def alibi(num_heads: int, offset: int | None = None) -> Bias:
+    """ALiBi: ``-slope_h * |i - j|`` with the paper's slopes; positions bottom-right aligned.
+
+    Under a causal mask this is exactly the paper's ``slope_h * (j - i)`` for ``j <= i``.
+    """
+    return _Alibi(num_heads, offset)
+
+
+class _DenseBias(Bias):
+    def __init__(self, tensor: Tensor) -> None:
+        if not tensor.is_floating_point():
+            raise ValueError(f"dense bias must be floating point, got {tensor.dtype}; "
+                             f"use masks.dense() for boolean masks")
+        if tensor.dim() < 2 or tensor.dim() > 4:
+            raise ValueError(f"dense bias must have 2 to 4 dims (.., Lq, Lk), got shape "
+                             f"{tuple(tensor.shape)}")
+        while tensor.dim() < 4:
+            tensor = tensor.unsqueeze(0)
+        self.tensor = tensor  # (B|1, H|1, Lq, Lk)
+        self.batch_size, self.num_heads = int(tensor.shape[0]), int(tensor.shape[1])
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        return (self.tensor,)
+
+    def values(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int,
+               tensors: Sequence[Tensor] | None = None) -> Tensor:
+        t = self.tensor if tensors is None else tensors[0]
+        if tuple(t.shape[-2:]) != (lq, lk):
+            raise ValueError(f"dense bias is {tuple(t.shape[-2:])} but attention is ({lq}, {lk})")
+        bb = b if t.shape[0] > 1 else torch.zeros_like(b)
+        hh = h if t.shape[1] > 1 else torch.zeros_like(h)
+        return t[bb, hh, q, k]
+
+    def __repr__(self) -> str:
+        return f"dense_bias({tuple(self.tensor.shape)})"
+
+
+def dense(tensor: Tensor) -> Bias:
+    """A materialized float bias broadcastable to (B, H, Lq, Lk); may require grad."""
+    return _DenseBias(tensor)
+
+
+def relative_position_bucket(relative: Tensor, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> Tensor:
+    """T5 buckets: exact buckets for small distances, log-spaced ones up to ``max_distance``.
+
+    ``relative`` = key position - query position. Returns bucket ids in ``[0, num_buckets)``.
+    """
+    bucket = torch.zeros_like(relative)
+    if bidirectional:
+        num_buckets //= 2
+        bucket = bucket + (relative > 0).long() * num_buckets
+        distance = relative.abs()
+    else:
+        distance = (-relative).clamp(min=0)  # future keys share bucket 0
+    exact = num_buckets // 2
+    is_small = distance < exact
+    log_ratio = torch.log(distance.float().clamp(min=1) / exact) / math.log(max_distance / exact)
+    large = exact + (log_ratio * (num_buckets - exact)).long()
+    large = large.clamp(max=num_buckets - 1)
+    return bucket + torch.where(is_small, distance, large)
+
+
+class RelativeBucketBias(nn.Module, Bias):
+    """Learned T5-style relative position bias: one scalar per (bucket, head)."""
+
+    def __init__(self, num_heads: int, *, num_buckets: int = 32, max_distance: int = 128,
+                 bidirectional: bool = True) -> None:
+        super().__init__()
+        if num_buckets < 4 or max_distance <= num_buckets // 2:
+            raise ValueError(f"need num_buckets >= 4 and max_distance > num_buckets // 2, got "
+                             f"num_buckets={num_buckets}, max_distance={max_distance}")
+        self.num_heads = num_heads
+        self.num_buckets, self.max_distance = num_buckets, max_distance
+        self.bidirectional = bidirectional
+        self.table = nn.Parameter(torch.randn(num_buckets, num_heads) * 0.02)
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        return (self.table,)
+
+    def values(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int,
+               tensors: Sequence[Tensor] | None = None) -> Tensor:
+        table = self.table if tensors is None else tensors[0]
+        buckets = relative_position_bucket(k - (q + lk - lq), self.bidirectional,
+                                           self.num_buckets, self.max_distance)
+        return table[buckets, h]
+
+    def forward(self, lq: int, lk: int) -> Tensor:
+        """The dense bias (1, H, Lq, Lk)."""
+        return self.dense(lq, lk, self.table.device)
+
+    def __repr__(self) -> str:  # nn.Module's repr would hide the bias parameters
+        return (f"relative_buckets(num_heads={self.num_heads}, num_buckets={self.num_buckets}, "
+                f"max_distance={self.max_distance}, bidirectional={self.bidirectional})")
+
+    __hash__ = nn.Module.__hash__
+
+
+def relative_buckets(num_heads: int, *, num_buckets: int = 32, max_distance: int = 128,
+                     bidirectional: bool = True) -> RelativeBucketBias:
+    """A learned T5-style relative position bias module (pass it as ``bias=``)."""
+    return RelativeBucketBias(num_heads, num_buckets=num_buckets, max_distance=max_distance,
+                              bidirectional=bidirectional)

@@ -1,0 +1,462 @@
+"""Composable attention masks.
+
+A mask says which (query, key) pairs may attend (``True`` = may attend). Masks compose with
+``&``, ``|`` and ``~`` and know, analytically, which tiles of the score matrix are empty, full or
+partial, so a tiled backend can skip work without ever building the ``Lq x Lk`` matrix.
+
+Shape legend:
+    B   batch size            H   heads
+    Lq  query length          Lk  key length
+    nQ  query tiles           nK  key tiles
+
+Alignment: for ``Lq != Lk`` (decoding with a KV cache) positional masks are aligned to the bottom
+right, i.e. query row ``i`` sits at absolute position ``i + (Lk - Lq)``, so the last query is the
+last key. This is what incremental decoding needs; pass ``offset`` to choose another alignment.
+
+Plain PyTorch equivalent of ``attention(q, k, v, mask=m)``::
+
+    allowed = m.dense(Lq, Lk)                       # (B|1, H|1, Lq, Lk) bool
+    scores = (q @ k.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    out = torch.softmax(scores, -1).nan_to_num(0.0) @ v
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+# Tile states, ordered so that "and" is a minimum and "or" a maximum.
+EMPTY = 0
+PARTIAL = 1
+FULL = 2
+
+__all__ = [
+    "EMPTY",
+    "FULL",
+    "PARTIAL",
+    "Mask",
+    "causal",
+    "dense",
+    "document",
+    "full",
+    "padding",
+    "sink",
+    "sliding_window",
+]
+
+
+def _default_offset(offset: int | None, lq: int, lk: int) -> int:
+    """Query ``i`` sits at key position ``i + offset``; bottom-right alignment by default."""
+    return lk - lq if offset is None else offset
+
+
+def _tile_bounds(length: int, block: int, device: torch.device | None) -> tuple[Tensor, Tensor]:
+    """First and last (inclusive) index of each tile: two (n,) long tensors."""
+    starts = torch.arange(0, length, block, device=device)
+    ends = torch.clamp(starts + block, max=length) - 1
+    return starts, ends
+
+
+def _tile_reduce(values: Tensor, block: int, dim: int, op: str) -> Tensor:
+    """Reduce ``values`` over tiles of ``block`` along ``dim`` (the last tile may be short)."""
+    dim = dim % values.dim()
+    length = values.shape[dim]
+    n = math.ceil(length / block)
+    # Repeat the last element into the short tile: it never changes a min, max, any or all.
+    index = torch.arange(n * block, device=values.device).clamp(max=length - 1)
+    values = values.index_select(dim, index)
+    shape = list(values.shape)
+    shape[dim : dim + 1] = [n, block]
+    tiled = values.reshape(shape)
+    reduce = {"min": tiled.amin, "max": tiled.amax, "any": tiled.any, "all": tiled.all}[op]
+    return reduce(dim + 1)
+
+
+def _states_from_bounds(is_full: Tensor, is_empty: Tensor) -> Tensor:
+    """Encode boolean full/empty tile maps as EMPTY / PARTIAL / FULL int8."""
+    states = torch.full(is_full.shape, PARTIAL, dtype=torch.int8, device=is_full.device)
+    states[is_full] = FULL
+    states[is_empty] = EMPTY
+    return states
+
+
+class Mask(ABC):
+    """A boolean attention mask over (batch, head, query, key); ``True`` means may attend."""
+
+    #: Batch size the mask is specific to, or None if it applies to any batch.
+    batch_size: int | None = None
+    #: Head count the mask is specific to, or None if shared by all heads.
+    num_heads: int | None = None
+
+    @abstractmethod
+    def allowed(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int) -> Tensor:
+        """Elementwise rule on broadcastable index tensors (FlexAttention's ``mask_mod`` form)."""
+
+    @abstractmethod
+    def block_states(self, lq: int, lk: int, block_q: int, block_k: int,
+                     device: torch.device | None = None) -> Tensor:
+        """Tile states without building ``Lq x Lk``: int8 (B|1, H|1, nQ, nK) of EMPTY/PARTIAL/FULL."""
+
+    # -- derived views -----------------------------------------------------------------------
+    def dense(self, lq: int, lk: int, device: torch.device | None = None) -> Tensor:
+        """The dense boolean mask, (B|1, H|1, Lq, Lk)."""
+        b = torch.arange(self.batch_size or 1, device=device).view(-1, 1, 1, 1)
+        h = torch.arange(self.num_heads or 1, device=device).view(1, -1, 1, 1)
+        q = torch.arange(lq, device=device).view(1, 1, -1, 1)
+        k = torch.arange(lk, device=device).view(1, 1, 1, -1)
+        out = self.allowed(b, h, q, k, lq, lk)
+        return out.expand(b.shape[0], h.shape[1], lq, lk)
+
+    def mask_mod(self, lq: int, lk: int) -> Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]:
+        """A FlexAttention ``mask_mod(b, h, q_idx, kv_idx)`` for these lengths."""
+
+        def mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            return self.allowed(b, h, q_idx, kv_idx, lq, lk)
+
+        return mod
+
+    def draw(self, lq: int, lk: int, block_q: int = 1, block_k: int = 1) -> str:
+        """ASCII picture of the tile pattern of batch 0, head 0: ``#`` full, ``.`` partial, `` `` empty."""
+        states = self.block_states(lq, lk, block_q, block_k)[0, 0]
+        glyph = {EMPTY: " ", PARTIAL: ".", FULL: "#"}
+        rows = ["".join(glyph[int(s)] for s in row) for row in states]
+        return "\n".join("|" + r + "|" for r in rows)
+
+    def check_shape(self, batch: int, heads: int, lq: int, lk: int) -> None:
+        """Raise ValueError if the mask cannot apply to attention of this shape."""
+        if self.batch_size is not None and self.batch_size not in (1, batch):
+            raise ValueError(f"mask {self!r} is for batch size {self.batch_size}, but q has batch "
+                             f"size {batch}; build the mask from this batch's lengths or ids")
+        if self.num_heads is not None and self.num_heads not in (1, heads):
+            raise ValueError(f"mask {self!r} has {self.num_heads} heads, but q has {heads}; "
+                             f"give one mask per query head or a single shared one")
+
+    # -- composition ---------------------------------------------------------------------------
+    def __and__(self, other: Mask) -> Mask:
+        return _And(self, other)
+
+    def __or__(self, other: Mask) -> Mask:
+        return _Or(self, other)
+
+    def __invert__(self) -> Mask:
+        return _Not(self)
+
+
+def _merged_dim(name: str, a: int | None, b: int | None) -> int | None:
+    if a is None or a == 1:
+        return b if b is not None else a
+    if b is None or b == 1 or a == b:
+        return a
+    raise ValueError(f"cannot combine masks with {name} {a} and {b}")
+
+
+class _Binary(Mask):
+    symbol = "?"
+
+    def __init__(self, left: Mask, right: Mask) -> None:
+        self.left, self.right = left, right
+        self.batch_size = _merged_dim("batch size", left.batch_size, right.batch_size)
+        self.num_heads = _merged_dim("head count", left.num_heads, right.num_heads)
+
+    def __repr__(self) -> str:
+        return f"({self.left!r} {self.symbol} {self.right!r})"
+
+
+class _And(_Binary):
+    symbol = "&"
+
+    def allowed(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int) -> Tensor:
+        return self.left.allowed(b, h, q, k, lq, lk) & self.right.allowed(b, h, q, k, lq, lk)
+
+    def block_states(self, lq: int, lk: int, block_q: int, block_k: int,
+                     device: torch.device | None = None) -> Tensor:
+        a = self.left.block_states(lq, lk, block_q, block_k, device)
+        b = self.right.block_states(lq, lk, block_q, block_k, device)
+        return torch.minimum(a, b)
+
+
+class _Or(_Binary):
+    symbol = "|"
+
+    def allowed(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int) -> Tensor:
+        return self.left.allowed(b, h, q, k, lq, lk) | self.right.allowed(b, h, q, k, lq, lk)
+
+    def block_states(self, lq: int, lk: int, block_q: int, block_k: int,
+                     device: torch.device | None = None) -> Tensor:
+        a = self.left.block_states(lq, lk, block_q, block_k, device)
+        b = self.right.block_states(lq, lk, block_q, block_k, device)
+        return torch.maximum(a, b)
+
+
+class _Not(Mask):
+    def __init__(self, inner: Mask) -> None:
+        self.inner = inner
+        self.batch_size = inner.batch_size
+        self.num_heads = inner.num_heads
+
+    def allowed(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int) -> Tensor:
+        return ~self.inner.allowed(b, h, q, k, lq, lk)
+
+    def block_states(self, lq: int, lk: int, block_q: int, block_k: int,
+                     device: torch.device | None = None) -> Tensor:
+        return FULL - self.inner.block_states(lq, lk, block_q, block_k, device)
+
+    def __repr__(self) -> str:
+        return f"~{self.inner!r}"
+
+
+class _Full(Mask):
+    def allowed(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int) -> Tensor:
+        return torch.ones_like(q - k, dtype=torch.bool)
+
+    def block_states(self, lq: int, lk: int, block_q: int, block_k: int,
+                     device: torch.device | None = None) -> Tensor:
+        n_q, n_k = math.ceil(lq / block_q), math.ceil(lk / block_k)
+        return torch.full((1, 1, n_q, n_k), FULL, dtype=torch.int8, device=device)
+
+    def __repr__(self) -> str:
+        return "full()"
+
+
+class _Band(Mask):
+    """Keys ``j`` with ``i + offset - left <= j <= i + offset + right`` (None = unbounded)."""
+
+    def __init__(self, left: int | None, right: int | None, offset: int | None) -> None:
+        self.left, self.right, self.offset = left, right, offset
+
+    def allowed(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int) -> Tensor:
+        rel = k - (q + _default_offset(self.offset, lq, lk))  # key position relative to query
+        ok = torch.ones_like(rel, dtype=torch.bool)
+        if self.left is not None:
+            ok = ok & (rel >= -self.left)
+        if self.right is not None:
+            ok = ok & (rel <= self.right)
+        return ok
+
+    def block_states(self, lq: int, lk: int, block_q: int, block_k: int,
+                     device: torch.device | None = None) -> Tensor:
+        off = _default_offset(self.offset, lq, lk)
+        q0, q1 = _tile_bounds(lq, block_q, device)
+        k0, k1 = _tile_bounds(lk, block_k, device)
+        q0, q1 = (q0 + off)[:, None], (q1 + off)[:, None]
+        k0, k1 = k0[None, :], k1[None, :]
+        is_full = torch.ones(q0.shape[0], k0.shape[1], dtype=torch.bool, device=device)
+        is_empty = torch.zeros_like(is_full)
+        if self.left is not None:  # need k >= q - left for every pair / for some pair
+            is_full &= k0 >= q1 - self.left
+            is_empty |= k1 < q0 - self.left
+        if self.right is not None:  # need k <= q + right
+            is_full &= k1 <= q0 + self.right
+            is_empty |= k0 > q1 + self.right
+        return _states_from_bounds(is_full, is_empty)[None, None]
+
+    def __repr__(self) -> str:
+        off = "" if self.offset is None else f", offset={self.offset}"
+        if self.left is None and self.right == 0:
+            return f"causal({off.lstrip(', ')})"
+        right = "" if self.right == 0 else f", right={self.right}"
+        return f"sliding_window({self.left}{right}{off})"
+
+
+class _Sink(Mask):
+    """The first ``count`` keys, for every query ("attention sinks")."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def allowed(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int) -> Tensor:
+        return (k < self.count) & (q >= 0)
+
+    def block_states(self, lq: int, lk: int, block_q: int, block_k: int,
+                     device: torch.device | None = None) -> Tensor:
+        k0, k1 = _tile_bounds(lk, block_k, device)
+        states = _states_from_bounds(k1 < self.count, k0 >= self.count)
+        return states[None, None, None, :].expand(1, 1, math.ceil(lq / block_q), -1)
+
+    def __repr__(self) -> str:
+        return f"sink({self.count})"
+
+
+class _Padding(Mask):
+    """Key padding: key ``j`` of sequence ``b`` is real iff ``key_valid[b, j]``."""
+
+    def __init__(self, lengths: Tensor | None, key_valid: Tensor | None) -> None:
+        self.lengths, self.key_valid = lengths, key_valid
+        source = lengths if lengths is not None else key_valid
+        assert source is not None
+        self.batch_size = int(source.shape[0])
+
+    def allowed(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int) -> Tensor:
+        if self.lengths is not None:
+            return (k < self.lengths.to(k.device)[b]) & (q >= 0)
+        assert self.key_valid is not None
+        valid = self.key_valid.to(k.device)
+        if valid.shape[1] != lk:
+            raise ValueError(f"padding mask covers {valid.shape[1]} keys but there are {lk} keys")
+        return valid[b, k] & (q >= 0)
+
+    def block_states(self, lq: int, lk: int, block_q: int, block_k: int,
+                     device: torch.device | None = None) -> Tensor:
+        n_q = math.ceil(lq / block_q)
+        if self.lengths is not None:
+            k0, k1 = _tile_bounds(lk, block_k, device)
+            lengths = self.lengths.to(device)[:, None]
+            states = _states_from_bounds(k1[None, :] < lengths, k0[None, :] >= lengths)
+        else:
+            assert self.key_valid is not None
+            valid = self.key_valid.to(device)
+            states = _states_from_bounds(_tile_reduce(valid, block_k, 1, "all"),
+                                         ~_tile_reduce(valid, block_k, 1, "any"))
+        return states[:, None, None, :].expand(-1, 1, n_q, -1)
+
+    def __repr__(self) -> str:
+        if self.lengths is not None:
+            return f"padding(lengths={self.lengths.tolist()})"
+        return f"padding(key_valid of shape {tuple(self.key_valid.shape)})"  # type: ignore[union-attr]
+
+
+class _Document(Mask):
+    """Packed sequences: query and key attend iff they carry the same document id."""
+
+    def __init__(self, q_ids: Tensor, kv_ids: Tensor) -> None:
+        self.q_ids, self.kv_ids = q_ids, kv_ids
+        self.batch_size = int(q_ids.shape[0])
+
+    def allowed(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int) -> Tensor:
+        q_ids, kv_ids = self.q_ids.to(q.device), self.kv_ids.to(k.device)
+        if q_ids.shape[1] != lq or kv_ids.shape[1] != lk:
+            raise ValueError(f"document ids cover {q_ids.shape[1]} queries and {kv_ids.shape[1]} "
+                             f"keys, but attention has {lq} queries and {lk} keys")
+        return q_ids[b, q] == kv_ids[b, k]
+
+    def block_states(self, lq: int, lk: int, block_q: int, block_k: int,
+                     device: torch.device | None = None) -> Tensor:
+        q_ids, kv_ids = self.q_ids.to(device), self.kv_ids.to(device)
+        q_lo = _tile_reduce(q_ids, block_q, 1, "min")[:, :, None]  # (B, nQ, 1)
+        q_hi = _tile_reduce(q_ids, block_q, 1, "max")[:, :, None]
+        k_lo = _tile_reduce(kv_ids, block_k, 1, "min")[:, None, :]  # (B, 1, nK)
+        k_hi = _tile_reduce(kv_ids, block_k, 1, "max")[:, None, :]
+        # Disjoint id ranges share no id; one id on both sides matches everywhere.
+        is_empty = (q_hi < k_lo) | (k_hi < q_lo)
+        is_full = (q_lo == q_hi) & (k_lo == k_hi) & (q_lo == k_lo)
+        return _states_from_bounds(is_full, is_empty)[:, None]
+
+    def __repr__(self) -> str:
+        return f"document({self.q_ids.shape[0]} sequences)"
+
+
+class _Dense(Mask):
+    def __init__(self, allowed: Tensor) -> None:
+        if allowed.dtype != torch.bool:
+            raise ValueError(f"dense mask must be a bool tensor (True = may attend), "
+                             f"got {allowed.dtype}; use bias.dense() for additive float masks")
+        if allowed.dim() < 2 or allowed.dim() > 4:
+            raise ValueError(f"dense mask must have 2 to 4 dims (.., Lq, Lk), got shape "
+                             f"{tuple(allowed.shape)}")
+        while allowed.dim() < 4:
+            allowed = allowed.unsqueeze(0)
+        self.tensor = allowed  # (B|1, H|1, Lq, Lk)
+        self.batch_size = int(allowed.shape[0])
+        self.num_heads = int(allowed.shape[1])
+
+    def _checked(self, lq: int, lk: int, device: torch.device | None) -> Tensor:
+        if tuple(self.tensor.shape[-2:]) != (lq, lk):
+            raise ValueError(f"dense mask is {tuple(self.tensor.shape[-2:])} but attention is "
+                             f"({lq}, {lk}) (Lq, Lk)")
+        return self.tensor.to(device)
+
+    def allowed(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int) -> Tensor:
+        t = self._checked(lq, lk, q.device)
+        bb = b if t.shape[0] > 1 else torch.zeros_like(b)
+        hh = h if t.shape[1] > 1 else torch.zeros_like(h)
+        return t[bb, hh, q, k]
+
+    def dense(self, lq: int, lk: int, device: torch.device | None = None) -> Tensor:
+        return self._checked(lq, lk, device)
+
+    def block_states(self, lq: int, lk: int, block_q: int, block_k: int,
+                     device: torch.device | None = None) -> Tensor:
+        t = self._checked(lq, lk, device)
+        any_q = _tile_reduce(_tile_reduce(t, block_q, 2, "any"), block_k, 3, "any")
+        all_q = _tile_reduce(_tile_reduce(t, block_q, 2, "all"), block_k, 3, "all")
+        return _states_from_bounds(all_q, ~any_q)
+
+    def __repr__(self) -> str:
+        return f"dense({tuple(self.tensor.shape)})"
+
+
+# -- public constructors ------------------------------------------------------------------------
+def full() -> Mask:
+    """Every query may attend to every key."""
+    return _Full()
+
+
+def causal(offset: int | None = None) -> Mask:
+    """Query ``i`` attends keys ``j <= i + offset`` (offset defaults to ``Lk - Lq``: bottom-right)."""
+    return _Band(None, 0, offset)
+
+
+def sliding_window(left: int, right: int = 0, offset: int | None = None) -> Mask:
+    """Query ``i`` attends keys within ``[i - left, i + right]`` (positions aligned as in causal).
+
+    ``sliding_window(w)`` alone is already causal: each token sees itself and ``w`` before it.
+    """
+    if left < 0 or right < 0:
+        raise ValueError(f"sliding_window needs left >= 0 and right >= 0, got left={left}, "
+                         f"right={right}")
+    return _Band(left, right, offset)
+
+
+def sink(count: int) -> Mask:
+    """The first ``count`` keys, visible to every query: StreamingLLM's attention sinks.
+
+    ``causal() & (sliding_window(w) | sink(4))`` is the streaming pattern.
+    """
+    if count < 0:
+        raise ValueError(f"sink needs count >= 0, got {count}")
+    return _Sink(count)
+
+
+def padding(lengths_or_valid: Tensor | list[int]) -> Mask:
+    """Key padding from lengths ``(B,)`` ints, or a boolean key mask ``(B, Lk)`` (True = real key)."""
+    t = torch.as_tensor(lengths_or_valid)
+    if t.dtype == torch.bool:
+        if t.dim() != 2:
+            raise ValueError(f"a boolean padding mask must be (B, Lk), got shape {tuple(t.shape)}")
+        return _Padding(None, t)
+    if t.dim() != 1 or t.is_floating_point():
+        raise ValueError(f"padding lengths must be a 1-D integer tensor (B,), got "
+                         f"{t.dtype} of shape {tuple(t.shape)}")
+    if (t < 0).any():
+        raise ValueError(f"padding lengths must be >= 0, got {t.tolist()}")
+    return _Padding(t.long(), None)
+
+
+def document(ids: Tensor, kv_ids: Tensor | None = None) -> Mask:
+    """Packed documents: ``ids`` (B, L) integer document ids; tokens attend within their document.
+
+    Give ``kv_ids`` (B, Lk) when keys differ from queries (e.g. cached keys). Combine with
+    ``causal()`` for packed causal language modelling.
+    """
+    q_ids = torch.as_tensor(ids)
+    if q_ids.dim() == 1:
+        q_ids = q_ids[None]
+    k_ids = q_ids if kv_ids is None else torch.as_tensor(kv_ids)
+    if k_ids.dim() == 1:
+        k_ids = k_ids[None]
+    if q_ids.is_floating_point() or k_ids.is_floating_point():
+        raise ValueError("document ids must be integers")
+    if q_ids.shape[0] != k_ids.shape[0]:
+        raise ValueError(f"document ids for queries have batch {q_ids.shape[0]} but for keys "
+                         f"{k_ids.shape[0]}")
+    return _Document(q_ids.long(), k_ids.long())
+
+
+def dense(allowed: Tensor) -> Mask:
+    """A materialized boolean mask broadcastable to (B, H, Lq, Lk); True = may attend."""
+    return _Dense(allowed)

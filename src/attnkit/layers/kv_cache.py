@@ -1,0 +1,103 @@
+"""KV caches for incremental decoding.
+
+- :class:`StaticKVCache`: preallocated for ``max_length`` tokens; decoding token by token gives
+  exactly the full causal forward pass.
+- :class:`RollingKVCache`: constant memory for endless streams (StreamingLLM, Xiao et al., 2023):
+  keeps the first ``sink`` tokens ("attention sinks") and the ``window`` most recent ones. Keys keep
+  their original positions, so decoding equals a full forward with the mask
+  :meth:`RollingKVCache.equivalent_mask`.
+
+Shape legend: B batch, Hkv key/value heads, L new tokens, D / Dv head dims.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from attnkit.functional import masks
+from attnkit.functional.masks import Mask
+
+__all__ = ["KVCache", "RollingKVCache", "StaticKVCache"]
+
+
+class KVCache:
+    """Common interface: ``position`` (tokens seen so far) and ``update``."""
+
+    position: int = 0
+
+    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Mask | None]:
+        """Add new keys (B, Hkv, L, D) / values (B, Hkv, L, Dv); return what to attend to:
+        keys, values and an extra mask over them (None if the caller's causal mask suffices)."""
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+
+class StaticKVCache(KVCache):
+    """Preallocated cache of ``max_length`` positions (allocated on the first update)."""
+
+    def __init__(self, max_length: int) -> None:
+        if max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {max_length}")
+        self.max_length = max_length
+        self.keys: Tensor | None = None  # (B, Hkv, max_length, D)
+        self.values: Tensor | None = None  # (B, Hkv, max_length, Dv)
+        self.position = 0
+
+    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Mask | None]:
+        new = k.shape[2]
+        if self.position + new > self.max_length:
+            raise ValueError(f"KV cache holds {self.max_length} positions; {self.position} are "
+                             f"used and {new} more were given. Build it with a larger max_length "
+                             f"or use RollingKVCache")
+        if self.keys is None or self.values is None:
+            b, h, _, d = k.shape
+            self.keys = k.new_zeros(b, h, self.max_length, d)
+            self.values = v.new_zeros(b, h, self.max_length, v.shape[-1])
+        end = self.position + new
+        self.keys[:, :, self.position:end] = k
+        self.values[:, :, self.position:end] = v
+        self.position = end
+        return self.keys[:, :, :end], self.values[:, :, :end], None
+
+    def reset(self) -> None:
+        self.position = 0
+
+
+class RollingKVCache(KVCache):
+    """Keeps ``sink`` first tokens and the ``window`` most recent (current one included)."""
+
+    def __init__(self, window: int, sink: int = 4) -> None:
+        if window < 1 or sink < 0:
+            raise ValueError(f"need window >= 1 and sink >= 0, got window={window}, sink={sink}")
+        self.window, self.sink = window, sink
+        self.reset()
+
+    def reset(self) -> None:
+        self.keys: Tensor | None = None
+        self.values: Tensor | None = None
+        self.key_positions = torch.zeros(0, dtype=torch.long)
+        self.position = 0
+
+    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Mask | None]:
+        new = k.shape[2]
+        new_pos = torch.arange(self.position, self.position + new)
+        keys = k if self.keys is None else torch.cat([self.keys, k], 2)
+        values = v if self.values is None else torch.cat([self.values, v], 2)
+        key_pos = torch.cat([self.key_positions, new_pos])
+        self.position += new
+        # What the new queries may see: causal, and within the window or among the sinks.
+        q_pos = new_pos[:, None]
+        allowed = (key_pos[None, :] <= q_pos) & (
+            (q_pos - key_pos[None, :] < self.window) | (key_pos[None, :] < self.sink))
+        # Keep only what a future query can still use.
+        keep = (key_pos < self.sink) | (key_pos > self.position - 1 - self.window)
+        self.keys, self.values = keys[:, :, keep], values[:, :, keep]
+        self.key_positions = key_pos[keep]
+        return keys, values, masks.dense(allowed.to(k.device))
+
+    def equivalent_mask(self) -> Mask:
+        """The full-sequence mask that token-by-token decoding with this cache reproduces."""
+        return masks.causal() & (masks.sliding_window(self.window - 1) | masks.sink(self.sink))

@@ -1,0 +1,148 @@
+"""Multi-head attention (Vaswani et al., 2017) with GQA / MQA, RoPE, ALiBi, QK-norm, KV cache.
+
+Shape legend: B batch, L query length, S key length (= L for self-attention), H query heads,
+Hkv key/value heads, Dh head dim.
+
+    q = x W_q, k = c W_k, v = c W_v              # c = x (self) or context (cross)
+    out = W_o · concat_h attention(q_h, k_g(h), v_g(h))   # g(h) = h // (H / Hkv)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from attnkit.functional.attention import attention
+from attnkit.functional.bias import Bias, alibi
+from attnkit.functional.masks import Mask
+from attnkit.functional.math import attention_weights, validate
+from attnkit.functional.positional import RotaryEmbedding
+from attnkit.layers.base import AttentionLayer, check_input, merge_heads, split_heads
+from attnkit.layers.kv_cache import KVCache
+
+__all__ = ["HeadLayout", "MultiHeadAttention"]
+
+
+@dataclass(frozen=True)
+class HeadLayout:
+    """How ``dim`` is split into heads; validated once, shared by the attention kinds."""
+
+    dim: int  # model width
+    num_heads: int  # query heads
+    num_kv_heads: int  # key/value heads (GQA: divides num_heads; MQA: 1)
+    head_dim: int  # width of one head
+
+    @classmethod
+    def build(cls, dim: int, num_heads: int, num_kv_heads: int | None = None,
+              head_dim: int | None = None) -> HeadLayout:
+        if num_heads < 1:
+            raise ValueError(f"num_heads must be >= 1, got {num_heads}")
+        kv = num_heads if num_kv_heads is None else num_kv_heads
+        if kv < 1 or num_heads % kv:
+            raise ValueError(f"num_heads={num_heads} must be a multiple of num_kv_heads={kv} (GQA)")
+        if head_dim is None:
+            if dim % num_heads:
+                raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}; pass "
+                                 f"head_dim explicitly or pick a divisor")
+            head_dim = dim // num_heads
+        return cls(dim, num_heads, kv, head_dim)
+
+
+class MultiHeadAttention(AttentionLayer):
+    """Standard softmax attention over the :func:`attnkit.attention` engine.
+
+    Args:
+        dim: model width of ``x``.
+        num_heads: query heads.
+        num_kv_heads: key/value heads (default ``num_heads``; 1 = MQA).
+        head_dim: per-head width (default ``dim // num_heads``).
+        context_dim: width of ``context`` for cross-attention (default ``dim``).
+        bias: whether projections have biases.
+        dropout: dropout on the attention weights while training.
+        qk_norm: RMS-normalize queries and keys per head (Dehghani et al., 2023).
+        rope: rotary embeddings for self-attention: ``True`` (half-split) or a RotaryEmbedding.
+        alibi: add ALiBi biases (Press et al., 2022).
+        softcap: tanh logit capping (Gemma 2).
+        backend: engine backend ("auto" or a name).
+    """
+
+    supports_cache = True
+
+    def __init__(self, dim: int, num_heads: int, *, num_kv_heads: int | None = None,
+                 head_dim: int | None = None, context_dim: int | None = None, bias: bool = True,
+                 dropout: float = 0.0, qk_norm: bool = False,
+                 rope: bool | RotaryEmbedding | None = None, alibi: bool = False,
+                 softcap: float | None = None, backend: str = "auto") -> None:
+        super().__init__()
+        self.layout = HeadLayout.build(dim, num_heads, num_kv_heads, head_dim)
+        lay = self.layout
+        context_dim = dim if context_dim is None else context_dim
+        self.q_proj = nn.Linear(dim, lay.num_heads * lay.head_dim, bias=bias)
+        self.k_proj = nn.Linear(context_dim, lay.num_kv_heads * lay.head_dim, bias=bias)
+        self.v_proj = nn.Linear(context_dim, lay.num_kv_heads * lay.head_dim, bias=bias)
+        self.out_proj = nn.Linear(lay.num_heads * lay.head_dim, dim, bias=bias)
+        self.q_norm = nn.RMSNorm(lay.head_dim) if qk_norm else None
+        self.k_norm = nn.RMSNorm(lay.head_dim) if qk_norm else None
+        if rope is True:
+            rope = RotaryEmbedding(lay.head_dim)
+        self.rope = rope or None
+        self.use_alibi = alibi
+        self.softcap = softcap
+        self.dropout = dropout
+        self.backend = backend
+
+    def project(self, x: Tensor, context: Tensor | None, cache: KVCache | None
+                ) -> tuple[Tensor, Tensor, Tensor, Mask | None]:
+        """Queries (B, H, L, Dh), keys and values (B, Hkv, S, Dh), and the cache's extra mask."""
+        lay = self.layout
+        source = x if context is None else context
+        q = split_heads(self.q_proj(x), lay.num_heads)
+        k = split_heads(self.k_proj(source), lay.num_kv_heads)
+        v = split_heads(self.v_proj(source), lay.num_kv_heads)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        start = cache.position if cache is not None else 0
+        if self.rope is not None and context is None:
+            q = self.rope(q, torch.arange(start, start + q.shape[2], device=q.device))
+            k = self.rope(k, torch.arange(start, start + k.shape[2], device=k.device))
+        extra: Mask | None = None
+        if cache is not None:
+            k, v, extra = cache.update(k, v)
+        return q, k, v, extra
+
+    def score_bias(self) -> Bias | None:
+        return alibi(self.layout.num_heads) if self.use_alibi else None
+
+    def forward(self, x: Tensor, context: Tensor | None = None, *, mask: Mask | None = None,
+                cache: Any = None) -> Tensor:
+        check_input(x, self.layout.dim)
+        if cache is not None and context is not None:
+            raise ValueError("a KV cache is for self-attention; cross-attention keys come from "
+                             "the fixed context, so call without cache")
+        if cache is not None and self.use_alibi and cache.__class__.__name__ == "RollingKVCache":
+            raise ValueError("ALiBi with a RollingKVCache is not supported: ALiBi distances need "
+                             "contiguous key positions; use RoPE or a StaticKVCache")
+        q, k, v, extra = self.project(x, context, cache)
+        if extra is not None:
+            mask = extra if mask is None else mask & extra
+        bias = self.score_bias()
+        dropout_p = self.dropout if self.training else 0.0
+        out = attention(q, k, v, mask=mask, bias=bias, softcap=self.softcap,
+                        dropout_p=dropout_p, backend=self.backend)  # (B, H, L, Dh)
+
+        def weights() -> Tensor:
+            spec = validate(q, k, v, mask=mask, bias=bias, scale=None, softcap=self.softcap,
+                            dropout_p=0.0)
+            return attention_weights(spec)
+
+        out = self.probe(out, v, weights)
+        return self.out_proj(merge_heads(out))
+
+    def extra_repr(self) -> str:
+        lay = self.layout
+        return (f"dim={lay.dim}, heads={lay.num_heads}, kv_heads={lay.num_kv_heads}, "
+                f"head_dim={lay.head_dim}, alibi={self.use_alibi}, softcap={self.softcap}, "
+                f"backend={self.backend!r}")
