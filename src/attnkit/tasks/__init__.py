@@ -1,0 +1,5 @@
+"""Tasks with real data that ships in packages (no network at run time)."""
+
+from attnkit.tasks.base import MissingDataError, Task, get_task, list_tasks, register_task
+
+__all__ = ["MissingDataError", "Task", "get_task", "list_tasks", "register_task"]
