@@ -5,4 +5,4 @@ from attnkit.functional.attention import attention, dispatch_report
 
 __version__ = "0.1.0"
 
-__all__ = ["attention", "bias", "dispatch_report", "masks", "positional", "__version__"]
+__all__ = ["__version__", "attention", "bias", "dispatch_report", "masks", "positional"]

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from attnkit.backends import flex as _flex
 from attnkit.backends.base import Backend
 from attnkit.backends.blocked import BlockedBackend
 from attnkit.backends.flex import FlexBackend
-from attnkit.backends import flex as _flex
 from attnkit.backends.reference import ReferenceBackend
 from attnkit.backends.sdpa import SdpaBackend, SdpaDenseBackend
 from attnkit.functional.math import AttentionSpec

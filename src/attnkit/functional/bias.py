@@ -111,7 +111,7 @@ def alibi_slopes(num_heads: int) -> Tensor:
         start = 2.0 ** (-8.0 / n)
         return [start ** (i + 1) for i in range(n)]
 
-    m = 2 ** int(math.floor(math.log2(num_heads)))
+    m = 2 ** math.floor(math.log2(num_heads))
     slopes = geometric(m)
     if m < num_heads:
         slopes += geometric(2 * m)[0::2][: num_heads - m]

@@ -73,8 +73,13 @@ def _tile_reduce(values: Tensor, block: int, dim: int, op: str) -> Tensor:
     shape = list(values.shape)
     shape[dim : dim + 1] = [n, block]
     tiled = values.reshape(shape)
-    reduce = {"min": tiled.amin, "max": tiled.amax, "any": tiled.any, "all": tiled.all}[op]
-    return reduce(dim + 1)
+    if op == "min":
+        return tiled.amin(dim + 1)
+    if op == "max":
+        return tiled.amax(dim + 1)
+    if op == "any":
+        return tiled.any(dim + 1)
+    return tiled.all(dim + 1)
 
 
 def _states_from_bounds(is_full: Tensor, is_empty: Tensor) -> Tensor:
@@ -100,7 +105,7 @@ class Mask(ABC):
     @abstractmethod
     def block_states(self, lq: int, lk: int, block_q: int, block_k: int,
                      device: torch.device | None = None) -> Tensor:
-        """Tile states without building ``Lq x Lk``: int8 (B|1, H|1, nQ, nK) of EMPTY/PARTIAL/FULL."""
+        """Tile states without building ``Lq x Lk``: int8 (B|1, H|1, nQ, nK), EMPTY/PARTIAL/FULL."""
 
     # -- derived views -----------------------------------------------------------------------
     def dense(self, lq: int, lk: int, device: torch.device | None = None) -> Tensor:
@@ -121,7 +126,7 @@ class Mask(ABC):
         return mod
 
     def draw(self, lq: int, lk: int, block_q: int = 1, block_k: int = 1) -> str:
-        """ASCII picture of the tile pattern of batch 0, head 0: ``#`` full, ``.`` partial, `` `` empty."""
+        """ASCII tile pattern of batch 0, head 0: ``#`` full, ``.`` partial, blank empty."""
         states = self.block_states(lq, lk, block_q, block_k)[0, 0]
         glyph = {EMPTY: " ", PARTIAL: ".", FULL: "#"}
         rows = ["".join(glyph[int(s)] for s in row) for row in states]
@@ -397,7 +402,7 @@ def full() -> Mask:
 
 
 def causal(offset: int | None = None) -> Mask:
-    """Query ``i`` attends keys ``j <= i + offset`` (offset defaults to ``Lk - Lq``: bottom-right)."""
+    """Query ``i`` attends keys ``j <= i + offset`` (default ``Lk - Lq``: bottom-right aligned)."""
     return _Band(None, 0, offset)
 
 
@@ -423,7 +428,7 @@ def sink(count: int) -> Mask:
 
 
 def padding(lengths_or_valid: Tensor | list[int]) -> Mask:
-    """Key padding from lengths ``(B,)`` ints, or a boolean key mask ``(B, Lk)`` (True = real key)."""
+    """Key padding from lengths ``(B,)``, or a boolean key mask ``(B, Lk)`` (True = real key)."""
     t = torch.as_tensor(lengths_or_valid)
     if t.dtype == torch.bool:
         if t.dim() != 2:
