@@ -9,7 +9,13 @@ Example shapes (``x`` is the model input of one example):
     audio classification   x: (T, F) float frames (MFCC / log-mel), y: () long
     token classification   x: (L,) long token ids, y: () long
     language modelling     x: (L,) long, y: (L,) long (next token)
-    sequence to sequence   x: (Ls,) long source, y: (Lt,) long target
+    sequence to sequence   x: (Ls,) long source, y: (Lt,) long target = [bos, ..., eos]
+                           (the model is fed y[:-1] and predicts y[1:]; greedy decoding starts
+                           from ``bos_id`` and stops at ``eos_id``)
+
+Variable-length examples are padded per batch by the training loop (``pad_id`` for token ids,
+zeros for audio frames); padded target positions are ignored by the loss. A metric whose name
+contains "loss", "perplexity" or "error" is minimized by early stopping, any other maximized.
 """
 
 from __future__ import annotations
@@ -48,6 +54,10 @@ class Task:
     pad_id: int = 0  # padding token id for token inputs
     decode: Callable[[list[int]], str] | None = None  # token ids -> text, for generation
     encode: Callable[[str], list[int]] | None = None  # text -> token ids
+    bos_id: int | None = None  # token tasks: begin-of-sequence id (seq2seq targets start with it)
+    eos_id: int | None = None  # token tasks: end-of-sequence id (greedy decoding stops there)
+    evaluate: Callable[..., dict[str, float]] | None = None  # optional extra scores (e.g. BLEU):
+    # evaluate(model, dataset, device) -> {"bleu": ...}; the model is in eval mode
     source: str = ""  # where the data comes from (package, path, licence)
     extra: dict[str, Any] = field(default_factory=dict)  # task-specific details
 
