@@ -1,5 +1,6 @@
 """Tasks with real data that ships in packages (no network at run time)."""
 
+from attnkit.tasks import digits  # noqa: F401  (registers "digits")
 from attnkit.tasks.base import MissingDataError, Task, get_task, list_tasks, register_task
 
 __all__ = ["MissingDataError", "Task", "get_task", "list_tasks", "register_task"]

@@ -1,0 +1,47 @@
+"""``digits``: scikit-learn's 8×8 handwritten digits (1,797 images, 10 classes).
+
+The data ships inside scikit-learn (``sklearn.datasets.load_digits``), so nothing is downloaded.
+Pixels (0..16) are scaled to [0, 1]; images are (1, 8, 8) float tensors. The split is a fixed
+random permutation (seed ``split_seed``): 20% test, 10% validation, the rest training.
+Source: UCI "Optical Recognition of Handwritten Digits" (Alpaydin & Kaynak, 1998), CC BY 4.0.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import TensorDataset
+
+from attnkit.tasks.base import MissingDataError, Task, register_task
+
+__all__ = ["load_digits_task"]
+
+
+@register_task("digits", "scikit-learn 8x8 handwritten digits, 10 classes (ships with sklearn)")
+def load_digits_task(*, split_seed: int = 0, test_fraction: float = 0.2,
+                     val_fraction: float = 0.1) -> Task:
+    """Load the digits task; ``split_seed`` fixes which images land in which split."""
+    if not (0 < test_fraction < 1 and 0 < val_fraction < 1 and test_fraction + val_fraction < 1):
+        raise ValueError(f"need 0 < test_fraction, val_fraction and their sum < 1, got "
+                         f"test_fraction={test_fraction}, val_fraction={val_fraction}")
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:
+        raise MissingDataError("the digits task needs scikit-learn: "
+                               "pip install scikit-learn") from err
+    data = load_digits()
+    images = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8)
+    labels = torch.tensor(data.target, dtype=torch.long)  # (N,)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(split_seed))
+    n_test = round(len(labels) * test_fraction)
+    n_val = round(len(labels) * val_fraction)
+    test_idx, val_idx = order[:n_test], order[n_test:n_test + n_val]
+    train_idx = order[n_test + n_val:]
+
+    def subset(idx: torch.Tensor) -> TensorDataset:
+        return TensorDataset(images[idx], labels[idx])
+
+    return Task(name="digits", kind="classification", modality="image",
+                train=subset(train_idx), val=subset(val_idx), test=subset(test_idx),
+                num_classes=10, input_shape=(1, 8, 8), metric="accuracy",
+                source="scikit-learn sklearn.datasets.load_digits (UCI optdigits test set, "
+                       "CC BY 4.0)")
