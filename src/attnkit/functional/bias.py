@@ -87,6 +87,10 @@ class _SumBias(Bias):
     def tensors(self) -> tuple[Tensor, ...]:
         return self.left.tensors() + self.right.tensors()
 
+    def check_shape(self, batch: int, heads: int, lq: int, lk: int) -> None:
+        self.left.check_shape(batch, heads, lq, lk)
+        self.right.check_shape(batch, heads, lq, lk)
+
     def values(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int,
                tensors: Sequence[Tensor] | None = None) -> Tensor:
         lt = None if tensors is None else tensors[: self._split]
@@ -158,6 +162,12 @@ class _DenseBias(Bias):
 
     def tensors(self) -> tuple[Tensor, ...]:
         return (self.tensor,)
+
+    def check_shape(self, batch: int, heads: int, lq: int, lk: int) -> None:
+        super().check_shape(batch, heads, lq, lk)
+        if tuple(self.tensor.shape[-2:]) != (lq, lk):
+            raise ValueError(f"dense bias is {tuple(self.tensor.shape[-2:])} but attention is "
+                             f"({lq}, {lk}) (Lq, Lk)")
 
     def values(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int,
                tensors: Sequence[Tensor] | None = None) -> Tensor:

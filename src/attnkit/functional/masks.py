@@ -168,6 +168,10 @@ class _Binary(Mask):
         self.batch_size = _merged_dim("batch size", left.batch_size, right.batch_size)
         self.num_heads = _merged_dim("head count", left.num_heads, right.num_heads)
 
+    def check_shape(self, batch: int, heads: int, lq: int, lk: int) -> None:
+        self.left.check_shape(batch, heads, lq, lk)
+        self.right.check_shape(batch, heads, lq, lk)
+
     def __repr__(self) -> str:
         return f"({self.left!r} {self.symbol} {self.right!r})"
 
@@ -210,6 +214,9 @@ class _Not(Mask):
     def block_states(self, lq: int, lk: int, block_q: int, block_k: int,
                      device: torch.device | None = None) -> Tensor:
         return FULL - self.inner.block_states(lq, lk, block_q, block_k, device)
+
+    def check_shape(self, batch: int, heads: int, lq: int, lk: int) -> None:
+        self.inner.check_shape(batch, heads, lq, lk)
 
     def __repr__(self) -> str:
         return f"~{self.inner!r}"
@@ -305,6 +312,12 @@ class _Padding(Mask):
             raise ValueError(f"padding mask covers {valid.shape[1]} keys but there are {lk} keys")
         return valid[b, k] & (q >= 0)
 
+    def check_shape(self, batch: int, heads: int, lq: int, lk: int) -> None:
+        super().check_shape(batch, heads, lq, lk)
+        if self.key_valid is not None and self.key_valid.shape[1] != lk:
+            raise ValueError(f"padding mask covers {self.key_valid.shape[1]} keys but there are "
+                             f"{lk} keys")
+
     def block_states(self, lq: int, lk: int, block_q: int, block_k: int,
                      device: torch.device | None = None) -> Tensor:
         n_q = math.ceil(lq / block_q)
@@ -332,11 +345,16 @@ class _Document(Mask):
         self.q_ids, self.kv_ids = q_ids, kv_ids
         self.batch_size = int(q_ids.shape[0])
 
+    def check_shape(self, batch: int, heads: int, lq: int, lk: int) -> None:
+        super().check_shape(batch, heads, lq, lk)
+        if self.q_ids.shape[1] != lq or self.kv_ids.shape[1] != lk:
+            raise ValueError(f"document ids cover {self.q_ids.shape[1]} queries and "
+                             f"{self.kv_ids.shape[1]} keys, but attention has {lq} queries and "
+                             f"{lk} keys; pass kv_ids when keys differ from queries")
+
     def allowed(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int) -> Tensor:
+        self.check_shape(self.batch_size or 1, 1, lq, lk)
         q_ids, kv_ids = self.q_ids.to(q.device), self.kv_ids.to(k.device)
-        if q_ids.shape[1] != lq or kv_ids.shape[1] != lk:
-            raise ValueError(f"document ids cover {q_ids.shape[1]} queries and {kv_ids.shape[1]} "
-                             f"keys, but attention has {lq} queries and {lk} keys")
         return q_ids[b, q] == kv_ids[b, k]
 
     def block_states(self, lq: int, lk: int, block_q: int, block_k: int,
@@ -369,10 +387,14 @@ class _Dense(Mask):
         self.batch_size = int(allowed.shape[0])
         self.num_heads = int(allowed.shape[1])
 
-    def _checked(self, lq: int, lk: int, device: torch.device | None) -> Tensor:
+    def check_shape(self, batch: int, heads: int, lq: int, lk: int) -> None:
+        super().check_shape(batch, heads, lq, lk)
         if tuple(self.tensor.shape[-2:]) != (lq, lk):
             raise ValueError(f"dense mask is {tuple(self.tensor.shape[-2:])} but attention is "
                              f"({lq}, {lk}) (Lq, Lk)")
+
+    def _checked(self, lq: int, lk: int, device: torch.device | None) -> Tensor:
+        self.check_shape(self.batch_size or 1, self.num_heads or 1, lq, lk)
         return self.tensor.to(device)
 
     def allowed(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int) -> Tensor:

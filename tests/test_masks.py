@@ -1,0 +1,209 @@
+"""Masks: dense matrices from the definitions, tile states that agree with them, composition,
+printing and drawing."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from attnkit import masks
+from attnkit.functional.masks import EMPTY, FULL, PARTIAL, Mask
+from strategies import PRIMITIVE_KINDS, composed_masks, primitive_masks
+
+
+def tile_truth(allowed: torch.Tensor, block_q: int, block_k: int) -> tuple[torch.Tensor, ...]:
+    """Per-tile (any, all) of a dense (B, H, Lq, Lk) bool matrix, computed by brute force."""
+    b, h, lq, lk = allowed.shape
+    n_q, n_k = math.ceil(lq / block_q), math.ceil(lk / block_k)
+    any_ = torch.zeros(b, h, n_q, n_k, dtype=torch.bool)
+    all_ = torch.zeros(b, h, n_q, n_k, dtype=torch.bool)
+    for qi in range(n_q):
+        for kj in range(n_k):
+            tile = allowed[..., qi * block_q:(qi + 1) * block_q, kj * block_k:(kj + 1) * block_k]
+            any_[..., qi, kj] = tile.flatten(-2).any(-1)
+            all_[..., qi, kj] = tile.flatten(-2).all(-1)
+    return any_, all_
+
+
+def check_states(mask: Mask, allowed: torch.Tensor, block_q: int, block_k: int,
+                 exact: bool) -> None:
+    """EMPTY tiles hold no allowed pair, FULL only allowed pairs; ``exact``: PARTIAL is mixed."""
+    b, h, lq, lk = allowed.shape
+    states = mask.block_states(lq, lk, block_q, block_k)
+    n_q, n_k = math.ceil(lq / block_q), math.ceil(lk / block_k)
+    assert states.dtype == torch.int8
+    assert states.dim() == 4 and states.shape[-2:] == (n_q, n_k)
+    assert states.shape[0] in (1, b) and states.shape[1] in (1, h)
+    assert set(states.unique().tolist()) <= {EMPTY, PARTIAL, FULL}
+    states = states.expand(b, h, n_q, n_k)
+    any_, all_ = tile_truth(allowed, block_q, block_k)
+    assert not (any_ & (states == EMPTY)).any(), f"{mask!r}: an EMPTY tile has allowed pairs"
+    assert not (~all_ & (states == FULL)).any(), f"{mask!r}: a FULL tile has masked pairs"
+    if exact:
+        assert torch.equal(states == EMPTY, ~any_), f"{mask!r}: a PARTIAL tile is empty"
+        assert torch.equal(states == FULL, all_), f"{mask!r}: a PARTIAL tile is full"
+
+
+dims = st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 12), st.integers(1, 12))
+
+
+@given(dims=dims, data=st.data())
+def test_primitive_dense_matches_definition(dims: tuple[int, ...], data: st.DataObject) -> None:
+    b, h, lq, lk = dims
+    mask, expected = data.draw(primitive_masks(b, h, lq, lk))
+    dense = mask.dense(lq, lk)
+    assert dense.dtype == torch.bool and dense.dim() == 4 and dense.shape[-2:] == (lq, lk)
+    assert dense.shape[0] in (1, b) and dense.shape[1] in (1, h)
+    assert torch.equal(dense.expand(b, h, lq, lk), expected), repr(mask)
+
+
+@given(dims=dims, data=st.data())
+def test_composed_dense_matches_definition(dims: tuple[int, ...], data: st.DataObject) -> None:
+    b, h, lq, lk = dims
+    mask, expected = data.draw(composed_masks(b, h, lq, lk, depth=3))
+    assert torch.equal(mask.dense(lq, lk).expand(b, h, lq, lk), expected), repr(mask)
+
+
+@given(dims=dims, data=st.data())
+def test_mask_mod_matches_dense(dims: tuple[int, ...], data: st.DataObject) -> None:
+    """The FlexAttention form evaluates the same rule on index tensors."""
+    b, h, lq, lk = dims
+    mask, expected = data.draw(composed_masks(b, h, lq, lk))
+    mod = mask.mask_mod(lq, lk)
+    got = mod(torch.arange(b).view(-1, 1, 1, 1), torch.arange(h).view(1, -1, 1, 1),
+              torch.arange(lq).view(1, 1, -1, 1), torch.arange(lk).view(1, 1, 1, -1))
+    assert torch.equal(got.expand(b, h, lq, lk), expected)
+
+
+# Kinds whose tile states are exact (PARTIAL only when the tile is really mixed). Documents are
+# exact for sorted ids shared by queries and keys; other id layouts may be conservatively PARTIAL.
+EXACT_KINDS = [k for k in PRIMITIVE_KINDS if k != "document"]
+
+
+@given(dims=dims, tiles=st.tuples(st.integers(1, 13), st.integers(1, 13)), data=st.data())
+def test_primitive_block_states_are_exact(dims: tuple[int, ...], tiles: tuple[int, int],
+                                          data: st.DataObject) -> None:
+    b, h, lq, lk = dims
+    mask, expected = data.draw(primitive_masks(b, h, lq, lk, EXACT_KINDS))
+    check_states(mask, expected, *tiles, exact=True)
+
+
+@given(dims=dims, tiles=st.tuples(st.integers(1, 13), st.integers(1, 13)), data=st.data())
+def test_composed_block_states_agree_with_dense(dims: tuple[int, ...], tiles: tuple[int, int],
+                                                data: st.DataObject) -> None:
+    b, h, lq, lk = dims
+    mask, expected = data.draw(composed_masks(b, h, lq, lk, depth=3))
+    check_states(mask, expected, *tiles, exact=False)
+
+
+@given(lengths=st.lists(st.integers(1, 5), min_size=1, max_size=5),
+       tiles=st.tuples(st.integers(1, 7), st.integers(1, 7)))
+def test_packed_document_states_are_exact(lengths: list[int], tiles: tuple[int, int]) -> None:
+    ids = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))[None]
+    mask = masks.document(ids)
+    allowed = (ids[:, None, :, None] == ids[:, None, None, :])
+    check_states(mask, allowed, *tiles, exact=True)
+
+
+def test_block_states_never_build_the_dense_matrix_for_analytic_masks() -> None:
+    """Band, sink, padding and documents answer for a 1M x 1M matrix instantly."""
+    n = 1 << 20
+    m = masks.causal() & (masks.sliding_window(8192) | masks.sink(4)) & masks.padding([n - 7])
+    states = m.block_states(n, n, 4096, 4096)
+    assert states.shape == (1, 1, 256, 256)
+    assert states[0, 0, 10, 0] == PARTIAL  # sink keys 0..3 in a tile of 4096 keys
+    assert states[0, 0, 10, 10] == PARTIAL  # the diagonal
+    assert states[0, 0, 10, 9] == FULL  # inside the window
+    assert states[0, 0, 10, 8] == PARTIAL  # the window's left edge
+    assert states[0, 0, 10, 5] == EMPTY  # left of the window, right of the sinks
+    assert states[0, 0, 255, 255] == PARTIAL  # the padded end
+    assert states[0, 0, 10, 11] == EMPTY  # the future
+
+
+def test_dense_shapes() -> None:
+    assert masks.causal().dense(3, 5).shape == (1, 1, 3, 5)
+    assert masks.full().dense(2, 4).shape == (1, 1, 2, 4)
+    assert masks.padding([2, 3]).dense(4, 3).shape == (2, 1, 4, 3)
+    assert masks.padding(torch.ones(3, 6, dtype=torch.bool)).dense(2, 6).shape == (3, 1, 2, 6)
+    assert masks.document(torch.zeros(2, 5, dtype=torch.long)).dense(5, 5).shape == (2, 1, 5, 5)
+    per_head = masks.dense(torch.ones(1, 4, 3, 3, dtype=torch.bool))
+    assert per_head.dense(3, 3).shape == (1, 4, 3, 3)
+    assert (masks.padding([1, 2]) & per_head).dense(3, 3).shape == (2, 4, 3, 3)
+    assert masks.dense(torch.ones(3, 3, dtype=torch.bool)).dense(3, 3).shape == (1, 1, 3, 3)
+
+
+def test_bottom_right_alignment_for_decoding() -> None:
+    """With Lq < Lk the last query is the last key: one decoding step sees the whole cache."""
+    allowed = masks.causal().dense(2, 5)[0, 0]
+    assert allowed.tolist() == [[True, True, True, True, False], [True] * 5]
+    top_left = masks.causal(offset=0).dense(2, 5)[0, 0]
+    assert top_left.tolist() == [[True, False, False, False, False],
+                                 [True, True, False, False, False]]
+    window = masks.sliding_window(1).dense(1, 6)[0, 0]
+    assert window.tolist() == [[False, False, False, False, True, True]]
+
+
+def test_repr_is_readable() -> None:
+    cases = {
+        masks.causal(): "causal()",
+        masks.causal(offset=2): "causal(offset=2)",
+        masks.sliding_window(3): "sliding_window(3)",
+        masks.sliding_window(3, right=1): "sliding_window(3, right=1)",
+        masks.sliding_window(3, offset=-1): "sliding_window(3, offset=-1)",
+        masks.sink(4): "sink(4)",
+        masks.full(): "full()",
+        masks.padding([3, 5]): "padding(lengths=[3, 5])",
+        masks.padding(torch.ones(2, 7, dtype=torch.bool)): "padding(key_valid of shape (2, 7))",
+        masks.document(torch.zeros(3, 4, dtype=torch.long)): "document(3 sequences)",
+        masks.dense(torch.ones(4, 4, dtype=torch.bool)): "dense((1, 1, 4, 4))",
+        masks.causal() & (masks.sliding_window(8) | masks.sink(2)):
+            "(causal() & (sliding_window(8) | sink(2)))",
+        ~masks.causal(): "~causal()",
+    }
+    for mask, text in cases.items():
+        assert repr(mask) == text
+
+
+def test_draw_shows_the_tile_pattern() -> None:
+    assert masks.causal().draw(4, 4) == "|#   |\n|##  |\n|### |\n|####|"
+    assert masks.causal().draw(4, 4, block_q=2, block_k=2) == "|. |\n|#.|"
+    streaming = masks.causal() & (masks.sliding_window(1) | masks.sink(1))
+    assert streaming.draw(4, 4) == "|#   |\n|##  |\n|### |\n|# ##|"
+    padded = masks.padding([3])
+    assert padded.draw(2, 5, block_q=1, block_k=2) == "|#. |\n|#. |"
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: masks.sliding_window(-1), "left=-1"),
+    (lambda: masks.sliding_window(2, right=-3), "right=-3"),
+    (lambda: masks.sink(-2), "-2"),
+    (lambda: masks.padding([3, -1]), "[3, -1]"),
+    (lambda: masks.padding(torch.tensor([1.5, 2.0])), "float32"),
+    (lambda: masks.padding(torch.ones(2, 3, 4, dtype=torch.bool)), "(2, 3, 4)"),
+    (lambda: masks.document(torch.rand(2, 3)), "integers"),
+    (lambda: masks.document(torch.zeros(2, 3, dtype=torch.long),
+                            torch.zeros(3, 3, dtype=torch.long)), "batch 2"),
+    (lambda: masks.dense(torch.ones(3, 3)), "torch.float32"),
+    (lambda: masks.dense(torch.ones(3, dtype=torch.bool)), "(3,)"),
+    (lambda: masks.padding([1, 2]) & masks.padding([1, 2, 3]), "batch size 2 and 3"),
+    (lambda: masks.dense(torch.ones(1, 2, 3, 3, dtype=torch.bool))
+     & masks.dense(torch.ones(1, 3, 3, 3, dtype=torch.bool)), "head count 2 and 3"),
+])
+def test_bad_mask_arguments_raise_clear_errors(make: Callable[[], object], message: str) -> None:
+    with pytest.raises(ValueError) as err:
+        make()
+    assert message in str(err.value)
+
+
+def test_lengths_of_data_masks_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"dense mask is \(3, 3\) but attention is \(3, 4\)"):
+        masks.dense(torch.ones(3, 3, dtype=torch.bool)).dense(3, 4)
+    with pytest.raises(ValueError, match="covers 5 keys but there are 4"):
+        masks.padding(torch.ones(1, 5, dtype=torch.bool)).dense(2, 4)
+    with pytest.raises(ValueError, match="cover 3 queries and 3 keys"):
+        masks.document(torch.zeros(1, 3, dtype=torch.long)).dense(4, 4)
