@@ -1,0 +1,65 @@
+"""Component builders: wire attention, MLP and norms into blocks and stacks from a ModelConfig.
+
+Attention layers come from :func:`attnkit.layers.build_attention` by kind name, one kind per
+layer, so any registered kind plugs into any family.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from attnkit.layers import build_attention
+from attnkit.layers.base import AttentionLayer
+from attnkit.models.blocks import TransformerBlock, TransformerStack
+from attnkit.models.config import ModelConfig
+from attnkit.models.mlp import build_mlp
+from attnkit.models.norms import build_norm
+
+__all__ = ["attention_options", "build_block", "build_stack"]
+
+
+def attention_options(config: ModelConfig, *, self_attention: bool = True) -> dict[str, Any]:
+    """Keyword options passed to ``build_attention`` besides dim and num_heads."""
+    options: dict[str, Any] = {}
+    if config.attention_dropout > 0:
+        options["dropout"] = config.attention_dropout
+    if config.positional == "rope" and self_attention:
+        options["rope"] = True
+    options.update(config.attention_options)
+    return options
+
+
+def _attention(kind: str, config: ModelConfig, *, self_attention: bool) -> AttentionLayer:
+    return build_attention(kind, dim=config.d_model, num_heads=config.num_heads,
+                           **attention_options(config, self_attention=self_attention))
+
+
+def build_block(config: ModelConfig, *, kind: str, cross: bool = False) -> TransformerBlock:
+    """One residual block with attention ``kind`` (and cross-attention if ``cross``)."""
+    d = config.d_model
+    return TransformerBlock(
+        attention=_attention(kind, config, self_attention=True),
+        mlp=build_mlp(config.mlp, dim=d, hidden=config.d_ff, dropout=config.dropout,
+                      bias=config.bias),
+        attention_norm=build_norm(config.norm, d, bias=config.bias),
+        mlp_norm=build_norm(config.norm, d, bias=config.bias),
+        dropout=config.dropout, norm_first=config.norm_first,
+        cross_attention=(_attention(config.cross_attention, config, self_attention=False)
+                         if cross else None),
+        cross_norm=build_norm(config.norm, d, bias=config.bias) if cross else None)
+
+
+def build_stack(config: ModelConfig, *, num_layers: int, cross: bool = False) -> TransformerStack:
+    """``num_layers`` blocks (attention kinds from ``config.attention``) and the final norm."""
+    if num_layers < 1:
+        raise ValueError(f"a stack needs at least one layer, got num_layers={num_layers}")
+    if config.d_model % config.num_heads:
+        raise ValueError(f"d_model={config.d_model} is not divisible by num_heads="
+                         f"{config.num_heads}; pick a divisor")
+    blocks = [build_block(config, kind=kind, cross=cross)
+              for kind in config.attention_kinds(num_layers)]
+    final = build_norm(config.norm, config.d_model, bias=config.bias) if config.norm_first \
+        else nn.Identity()
+    return TransformerStack(blocks=blocks, final_norm=final)

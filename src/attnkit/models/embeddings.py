@@ -1,0 +1,83 @@
+"""Input embeddings and absolute position encodings.
+
+Shape legend: B batch, L length, D model width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from attnkit.functional.positional import sinusoidal_table
+
+__all__ = ["LearnedPositions", "NoPositions", "SinusoidalPositions", "TokenEmbedding",
+           "build_positions"]
+
+
+class TokenEmbedding(nn.Module):
+    """Token ids (B, L) -> vectors (B, L, D), optionally scaled by sqrt(D) (Vaswani et al.)."""
+
+    def __init__(self, *, vocab_size: int, dim: int, scale: bool = False) -> None:
+        super().__init__()
+        self.table = nn.Embedding(vocab_size, dim)
+        self.multiplier = math.sqrt(dim) if scale else 1.0
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        if tokens.dtype not in (torch.long, torch.int32, torch.int64):
+            raise ValueError(f"token inputs must be integer ids, got {tokens.dtype}")
+        vocab = self.table.num_embeddings
+        if tokens.numel() and (int(tokens.max()) >= vocab or int(tokens.min()) < 0):
+            raise ValueError(f"token ids must lie in [0, {vocab}), got range "
+                             f"[{int(tokens.min())}, {int(tokens.max())}]")
+        return self.table(tokens) * self.multiplier
+
+
+class LearnedPositions(nn.Module):
+    """Adds a learned vector per absolute position (GPT-2, BERT, ViT)."""
+
+    def __init__(self, *, max_length: int, dim: int) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(max_length, dim) * 0.02)
+
+    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+        """x: (B, L, D) at positions offset..offset+L-1 -> (B, L, D)."""
+        end = offset + x.shape[1]
+        if end > self.table.shape[0]:
+            raise ValueError(f"position {end - 1} is beyond the {self.table.shape[0]} learned "
+                             f"positions; raise model.max_length or use positional=rope")
+        return x + self.table[offset:end]
+
+
+class SinusoidalPositions(nn.Module):
+    """Adds the fixed sin/cos table (Vaswani et al., 2017)."""
+
+    def __init__(self, *, max_length: int, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("table", sinusoidal_table(max_length, dim), persistent=False)
+
+    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+        end = offset + x.shape[1]
+        table: Tensor = self.table  # type: ignore[assignment]
+        if end > table.shape[0]:
+            table = sinusoidal_table(end, x.shape[-1]).to(x.device)
+        return x + table[offset:end].to(x.dtype)
+
+
+class NoPositions(nn.Module):
+    """No absolute positions (RoPE inside attention, or order-free inputs)."""
+
+    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+        return x
+
+
+def build_positions(kind: str, *, max_length: int, dim: int) -> nn.Module:
+    """``learned`` | ``sinusoidal`` | ``rope`` / ``none`` (nothing added to the input)."""
+    if kind == "learned":
+        return LearnedPositions(max_length=max_length, dim=dim)
+    if kind == "sinusoidal":
+        return SinusoidalPositions(max_length=max_length, dim=dim)
+    if kind in ("rope", "none"):
+        return NoPositions()
+    raise ValueError(f"unknown positional {kind!r}; choose learned, sinusoidal, rope or none")

@@ -1,0 +1,58 @@
+"""Sampling the next token: greedy, temperature, top-k (Fan et al., 2018), top-p / nucleus
+(Holtzman et al., 2020).
+
+Shape legend: B batch, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["SamplingConfig", "filter_logits", "sample_next"]
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to pick each next token."""
+
+    temperature: float = 0.0  # 0 = greedy (argmax); > 0 divides the logits before sampling
+    top_k: int | None = None  # keep only the k most likely tokens
+    top_p: float | None = None  # keep the smallest set of tokens whose probability reaches p
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def filter_logits(logits: Tensor, *, top_k: int | None = None, top_p: float | None = None
+                  ) -> Tensor:
+    """Set logits outside the top-k / nucleus to -inf. logits: (B, V) -> (B, V)."""
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Drop a token when the tokens before it already reach top_p (the first always stays).
+        drop_sorted = probs.cumsum(-1) - probs >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_next(logits: Tensor, config: SamplingConfig, generator: torch.Generator | None = None
+                ) -> Tensor:
+    """Next token ids (B,) from the last-position logits (B, V)."""
+    if config.temperature == 0:
+        return logits.argmax(-1)
+    filtered = filter_logits(logits.float() / config.temperature, top_k=config.top_k,
+                             top_p=config.top_p)
+    probs = torch.softmax(filtered, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
