@@ -118,16 +118,19 @@ class MultiHeadAttention(AttentionLayer):
 
     def forward(self, x: Tensor, context: Tensor | None = None, *, mask: Mask | None = None,
                 cache: Any = None) -> Tensor:
-        check_input(x, self.layout.dim)
-        if cache is not None and context is not None:
-            raise ValueError("a KV cache is for self-attention; cross-attention keys come from "
-                             "the fixed context, so call without cache")
-        if cache is not None and self.use_alibi and cache.__class__.__name__ == "RollingKVCache":
-            raise ValueError("ALiBi with a RollingKVCache is not supported: ALiBi distances need "
-                             "contiguous key positions; use RoPE or a StaticKVCache")
-        q, k, v, extra = self.project(x, context, cache)
-        if extra is not None:
-            mask = extra if mask is None else mask & extra
+        out = self.attend_heads(x, context, mask=mask, cache=cache)  # (B, H, L, Dh)
+        return self.out_proj(merge_heads(out))
+
+    def scale_queries(self, q: Tensor, k: Tensor, mask: Mask | None) -> Tensor:
+        """Hook for variants that rescale logits per head / query (e.g. ssmax); identity here."""
+        return q
+
+    def attend_heads(self, x: Tensor, context: Tensor | None = None, *, mask: Mask | None = None,
+                     cache: Any = None) -> Tensor:
+        """Per-head attention output (B, H, L, Dh), routed through the probe, before out_proj.
+
+        Variants (gated, ssmax, local) reuse projections and the engine call through this."""
+        q, k, v, mask = self.prepare(x, context, mask=mask, cache=cache)
         bias = self.score_bias()
         dropout_p = self.dropout if self.training else 0.0
         out = attention(q, k, v, mask=mask, bias=bias, softcap=self.softcap,
@@ -138,8 +141,22 @@ class MultiHeadAttention(AttentionLayer):
                             dropout_p=0.0)
             return attention_weights(spec)
 
-        out = self.probe(out, v, weights)
-        return self.out_proj(merge_heads(out))
+        return self.probe(out, v, weights)
+
+    def prepare(self, x: Tensor, context: Tensor | None, *, mask: Mask | None, cache: Any
+                ) -> tuple[Tensor, Tensor, Tensor, Mask | None]:
+        """Checked inputs -> queries, keys, values (cache applied) and the full mask."""
+        check_input(x, self.layout.dim)
+        if cache is not None and context is not None:
+            raise ValueError("a KV cache is for self-attention; cross-attention keys come from "
+                             "the fixed context, so call without cache")
+        if cache is not None and self.use_alibi and cache.__class__.__name__ == "RollingKVCache":
+            raise ValueError("ALiBi with a RollingKVCache is not supported: ALiBi distances need "
+                             "contiguous key positions; use RoPE or a StaticKVCache")
+        q, k, v, extra = self.project(x, context, cache)
+        if extra is not None:
+            mask = extra if mask is None else mask & extra
+        return self.scale_queries(q, k, mask), k, v, mask
 
     def extra_repr(self) -> str:
         lay = self.layout

@@ -1,0 +1,198 @@
+"""Shared core of kernel-feature attention (``linear``, ``performer``).
+
+Shape legend: B batch, H query heads, Hkv key/value heads, L / S query / key length,
+M feature count, Dv value head dim, C chunk length, n = ceil(L / C) chunks.
+
+With a positive feature map phi, softmax(q k^T) is replaced by phi(q) phi(k)^T, and the product
+is re-associated so no L x S matrix is formed (Katharopoulos et al., 2020, eq. 4-6)::
+
+    non-causal:  out_i = phi(q_i)^T (sum_j phi(k_j) v_j^T) / phi(q_i)^T (sum_j phi(k_j))
+    causal:      sums over j <= i:  S_i = S_{i-1} + phi(k_i) v_i^T,  z_i = z_{i-1} + phi(k_i)
+                 out_i = phi(q_i)^T S_i / phi(q_i)^T z_i
+
+Causal training uses the chunked parallel form: inside a chunk a masked C x C product, across
+chunks the prefix sums of per-chunk states (memory O(n M Dv + L C)). Decoding keeps only
+``(S, z)`` in a :class:`RecurrentState`: O(1) memory and work per token. Padded keys get
+``phi(k) = 0``; a query that sees no key returns zeros.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from attnkit.functional.masks import Mask
+from attnkit.functional.math import expand_kv
+from attnkit.layers.base import check_input
+from attnkit.layers.mask_parts import split_mask
+from attnkit.layers.multihead import MultiHeadAttention
+
+__all__ = ["KernelizedAttention", "RecurrentState", "causal_kernel_attention",
+           "kernel_attention", "kernel_attention_weights"]
+
+#: Largest Lq * Lk for which the implied attention matrix is materialized on request.
+MAX_WEIGHTS_ELEMENTS = 4096 * 4096
+
+
+class RecurrentState:
+    """Decoding state of a kernel-feature layer: ``S`` (B, H, M, Dv), ``z`` (B, H, M).
+
+    Pass the same object as ``cache=`` on every step; it starts empty. ``position`` counts the
+    tokens folded in so far.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.kv: Tensor | None = None  # (B, H, M, Dv) sum of phi(k) v^T
+        self.normalizer: Tensor | None = None  # (B, H, M) sum of phi(k)
+        self.position = 0
+        self.owner: int | None = None  # id of the feature map the sums were built with
+
+    def __repr__(self) -> str:
+        return f"RecurrentState(position={self.position})"
+
+
+def _safe_divide(num: Tensor, den: Tensor) -> Tensor:
+    """num / den with rows of den == 0 (no visible key) giving 0 and finite gradients."""
+    ok = den > 0
+    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))
+
+
+def kernel_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor) -> Tensor:
+    """Non-causal: phi_q (B, H, L, M), phi_k (B, H, S, M), v (B, H, S, Dv) -> (B, H, L, Dv)."""
+    kv = phi_k.transpose(-1, -2) @ v  # (B, H, M, Dv)
+    normalizer = phi_k.sum(2)  # (B, H, M)
+    num = phi_q @ kv  # (B, H, L, Dv)
+    den = phi_q @ normalizer.unsqueeze(-1)  # (B, H, L, 1)
+    return _safe_divide(num, den)
+
+
+def causal_kernel_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor, *, chunk: int = 128,
+                            kv0: Tensor | None = None, normalizer0: Tensor | None = None
+                            ) -> tuple[Tensor, Tensor, Tensor]:
+    """Causal, chunked: query i sees keys j <= i (plus the initial state, if any).
+
+    phi_q / phi_k (B, H, L, M), v (B, H, L, Dv). Returns out (B, H, L, Dv) and the final
+    state ``kv`` (B, H, M, Dv), ``normalizer`` (B, H, M).
+    """
+    b, h, length, m = phi_q.shape
+    dv = v.shape[-1]
+    pad = (-length) % chunk
+    if pad:  # zero features add nothing to any sum; padded outputs are cut off below
+        phi_q, phi_k, v = (F.pad(t, (0, 0, 0, pad)) for t in (phi_q, phi_k, v))
+    n = (length + pad) // chunk
+    qc = phi_q.view(b, h, n, chunk, m)
+    kc = phi_k.view(b, h, n, chunk, m)
+    vc = v.view(b, h, n, chunk, dv)
+    chunk_kv = kc.transpose(-1, -2) @ vc  # (B, H, n, M, Dv)
+    chunk_norm = kc.sum(3)  # (B, H, n, M)
+    # State before each chunk: exclusive prefix sum over chunks, plus the initial state.
+    kv_before = chunk_kv.cumsum(2) - chunk_kv
+    norm_before = chunk_norm.cumsum(2) - chunk_norm
+    if kv0 is not None and normalizer0 is not None:
+        kv_before = kv_before + kv0.unsqueeze(2)
+        norm_before = norm_before + normalizer0.unsqueeze(2)
+    within = torch.tril(qc @ kc.transpose(-1, -2))  # (B, H, n, C, C)
+    num = qc @ kv_before + within @ vc  # (B, H, n, C, Dv)
+    den = (qc @ norm_before.unsqueeze(-1)) + within.sum(-1, keepdim=True)  # (B, H, n, C, 1)
+    out = _safe_divide(num, den).reshape(b, h, n * chunk, dv)[:, :, :length]
+    kv_final = kv_before[:, :, -1] + chunk_kv[:, :, -1]
+    norm_final = norm_before[:, :, -1] + chunk_norm[:, :, -1]
+    return out, kv_final, norm_final
+
+
+def kernel_attention_weights(phi_q: Tensor, phi_k: Tensor, causal: bool) -> Tensor:
+    """The implied attention matrix (B, H, L, S): phi(q_i).phi(k_j) / sum_j' phi(q_i).phi(k_j')."""
+    lq, lk = phi_q.shape[2], phi_k.shape[2]
+    if lq * lk > MAX_WEIGHTS_ELEMENTS:
+        raise ValueError(f"the implied attention matrix of {lq} x {lk} exceeds the "
+                         f"{MAX_WEIGHTS_ELEMENTS} element limit; capture shorter inputs")
+    scores = phi_q @ phi_k.transpose(-1, -2)  # (B, H, L, S)
+    if causal:
+        keep = torch.ones(lq, lk, dtype=torch.bool, device=scores.device).tril(lk - lq)
+        scores = scores.masked_fill(~keep, 0.0)
+    return _safe_divide(scores, scores.sum(-1, keepdim=True))
+
+
+class KernelizedAttention(MultiHeadAttention):
+    """Base of kernel-feature kinds: MHA's projections, then ``phi`` features and the sums above.
+
+    Subclasses implement :meth:`features`. Masks: ``causal()`` and ``padding(...)`` only (joined
+    with ``&``). Cache: a :class:`RecurrentState` (causal decoding). Options shared by subclasses:
+    ``chunk`` (default 128), the chunk length of the causal parallel form; and MHA's
+    ``num_kv_heads``, ``head_dim``, ``context_dim``, ``bias``, ``qk_norm``. ``rope``, ``alibi``,
+    ``softcap`` and ``dropout`` act on softmax scores that these kinds never form: rejected.
+    """
+
+    supports_cache = True
+    supports_arbitrary_masks = False
+    kind_name = "kernelized"
+
+    def __init__(self, dim: int, num_heads: int, *, chunk: int = 128, **mha_options: Any) -> None:
+        for unsupported in ("rope", "alibi", "softcap", "dropout"):
+            if mha_options.get(unsupported):
+                raise ValueError(f"{self.kind_name} attention does not support {unsupported}="
+                                 f"{mha_options[unsupported]!r}: it never forms softmax scores")
+        super().__init__(dim, num_heads, **mha_options)
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        self.chunk = chunk
+
+    @abstractmethod
+    def features(self, q: Tensor, k: Tensor, *, causal: bool) -> tuple[Tensor, Tensor]:
+        """Positive features phi(q) (B, H, L, M) and phi(k) (B, Hkv, S, M)."""
+
+    def attend_heads(self, x: Tensor, context: Tensor | None = None, *, mask: Mask | None = None,
+                     cache: Any = None) -> Tensor:
+        check_input(x, self.layout.dim)
+        if cache is not None and not isinstance(cache, RecurrentState):
+            raise ValueError(f"{self.kind_name} attention decodes with its own O(1) state: pass "
+                             f"cache=RecurrentState(), not {type(cache).__name__}")
+        if cache is not None and context is not None:
+            raise ValueError("a decoding state is for causal self-attention; call without cache "
+                             "for cross-attention")
+        q, k, v, _ = self.project(x, context, None)  # (B, H, L, Dh), (B, Hkv, S, Dh)
+        b, lq, lk = x.shape[0], q.shape[2], k.shape[2]
+        seen = cache.position if cache is not None else 0
+        parts = split_mask(mask, batch=b, lq=lq, lk=seen + lk, device=x.device,
+                           kind=self.kind_name)
+        if cache is not None and not parts.causal and lq > 1:
+            raise ValueError(f"decoding {lq} tokens at once with a RecurrentState is causal; "
+                             f"pass mask=masks.causal()")
+        causal = parts.causal or cache is not None
+        phi_q, phi_k = self.features(q, k, causal=causal)
+        heads = self.layout.num_heads
+        phi_k, v = expand_kv(phi_k, heads), expand_kv(v, heads)  # (B, H, S, M|Dv)
+        if parts.key_valid is not None:
+            valid = parts.key_valid[:, -lk:].to(phi_k.dtype)  # this call's keys
+            phi_k = phi_k * valid[:, None, :, None]
+        if cache is not None:
+            if cache.owner not in (None, self._feature_id()):
+                raise ValueError("this RecurrentState was built with other features (redrawn or "
+                                 "another layer); reset it")
+            out, kv, norm = causal_kernel_attention(phi_q, phi_k, v, chunk=self.chunk,
+                                                    kv0=cache.kv, normalizer0=cache.normalizer)
+            cache.kv, cache.normalizer = kv, norm
+            cache.position += lk
+            cache.owner = self._feature_id()
+        elif causal:
+            out = causal_kernel_attention(phi_q, phi_k, v, chunk=self.chunk)[0]
+        else:
+            out = kernel_attention(phi_q, phi_k, v)
+
+        def weights() -> Tensor:
+            if cache is not None:
+                raise ValueError("the implied weights of a decoding step need the earlier keys, "
+                                 "which the recurrent state folded away; capture without cache")
+            return kernel_attention_weights(phi_q, phi_k, causal)
+
+        return self.probe(out, v, weights)
+
+    def _feature_id(self) -> int:
+        return id(self)

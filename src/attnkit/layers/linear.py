@@ -1,0 +1,42 @@
+"""Linear attention (Katharopoulos et al., 2020, "Transformers are RNNs: Fast Autoregressive
+Transformers with Linear Attention", arXiv:2006.16236).
+
+Shape legend: B batch, H heads, L / S query / key length, Dh head dim.
+
+Softmax similarity is replaced by a dot product of positive features phi(x) = elu(x) + 1::
+
+    out_i = phi(q_i)^T sum_j phi(k_j) v_j^T / phi(q_i)^T sum_j phi(k_j)          (non-causal)
+
+and the causal form sums over j <= i only, computed in chunks for training and as an RNN with
+state (sum phi(k) v^T, sum phi(k)) for decoding (:class:`RecurrentState`). Cost is O(L Dh^2).
+No 1 / sqrt(Dh) scale: it would cancel in the ratio only for a linear map, not through elu.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from attnkit.layers.kernelized import KernelizedAttention
+
+__all__ = ["LinearAttention", "elu_feature_map"]
+
+
+def elu_feature_map(x: Tensor) -> Tensor:
+    """phi(x) = elu(x) + 1 > 0, elementwise (the paper's eq. 7)."""
+    return F.elu(x) + 1.0
+
+
+class LinearAttention(KernelizedAttention):
+    """Linear attention with the elu + 1 feature map; causal training and O(1) decoding.
+
+    Options:
+        chunk: chunk length of the causal parallel form (default 128).
+        num_kv_heads, head_dim, context_dim, bias, qk_norm: as :class:`MultiHeadAttention`.
+    Masks: ``causal()`` and ``padding(...)``. Cache: ``RecurrentState()``.
+    """
+
+    kind_name = "linear"
+
+    def features(self, q: Tensor, k: Tensor, *, causal: bool) -> tuple[Tensor, Tensor]:
+        return elu_feature_map(q), elu_feature_map(k)

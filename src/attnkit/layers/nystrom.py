@@ -1,0 +1,147 @@
+"""Nyströmformer (Xiong et al., 2021, "Nyströmformer: A Nyström-Based Algorithm for
+Approximating Self-Attention", arXiv:2102.03902).
+
+Shape legend: B batch, H heads, L / S query / key length, d head dim, m landmarks.
+
+The softmax matrix is approximated from m landmarks, the means of m contiguous segments of the
+queries and keys::
+
+    Q~, K~ = segment_means(Q), segment_means(K)                         # (m, d)
+    F~ = softmax(Q K~^T / sqrt(d))        (L, m)
+    A~ = softmax(Q~ K~^T / sqrt(d))       (m, m)
+    B~ = softmax(Q~ K^T / sqrt(d))        (m, S)
+    out = F~ pinv(A~) (B~ V)              [+ depthwise conv of V over the length, optional]
+
+pinv is the paper's iterative Moore-Penrose approximation (eq. 13, 6 iterations by default)::
+
+    Z_0 = A^T / (||A||_1 ||A||_inf)
+    Z_{j+1} = Z_j (13 I - A Z_j (15 I - A Z_j (7 I - A Z_j))) / 4
+
+Segments are as equal as possible when m does not divide L (lengths differ by at most one);
+with L < m every token is its own landmark. Key padding zeroes padded keys (and, in
+self-attention, queries) before the landmark means, as the authors' code does, and masks them
+out of B~. Non-causal only; no KV cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from attnkit.functional.masks import Mask
+from attnkit.functional.math import expand_kv, safe_softmax
+from attnkit.layers.base import check_input
+from attnkit.layers.mask_parts import split_mask
+from attnkit.layers.multihead import MultiHeadAttention
+
+__all__ = ["NystromAttention", "iterative_pinv", "segment_means"]
+
+#: Largest Lq * Lk for which the implied attention matrix is materialized on request.
+MAX_WEIGHTS_ELEMENTS = 4096 * 4096
+
+
+def segment_means(x: Tensor, segments: int) -> Tensor:
+    """Means of ``segments`` contiguous near-equal pieces along dim -2: (.., L, d) -> (.., m, d)."""
+    length = x.shape[-2]
+    if length % segments == 0:
+        return x.unflatten(-2, (segments, length // segments)).mean(-2)
+    bounds = torch.div(torch.arange(segments + 1, device=x.device) * length, segments,
+                       rounding_mode="floor")  # (m + 1,) segment starts, last = L
+    wide = x.to(torch.float64)  # prefix sums over long sequences lose digits in float32
+    csum = torch.cat([torch.zeros_like(wide[..., :1, :]), wide.cumsum(-2)], dim=-2)
+    sizes = (bounds[1:] - bounds[:-1]).to(torch.float64).unsqueeze(-1)  # (m, 1)
+    return ((csum[..., bounds[1:], :] - csum[..., bounds[:-1], :]) / sizes).to(x.dtype)
+
+
+def iterative_pinv(a: Tensor, iterations: int = 6) -> Tensor:
+    """Approximate Moore-Penrose inverse of each (m, m) matrix in ``a`` (..., m, m)."""
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    norm_1 = a.abs().sum(-2).amax(-1)  # max column sum, (...)
+    norm_inf = a.abs().sum(-1).amax(-1)  # max row sum
+    z = a.transpose(-1, -2) / (norm_1 * norm_inf)[..., None, None]
+    for _ in range(iterations):
+        az = a @ z
+        z = 0.25 * z @ (13 * eye - az @ (15 * eye - az @ (7 * eye - az)))
+    return z
+
+
+class NystromAttention(MultiHeadAttention):
+    """Nyström approximation of softmax attention with segment-mean landmarks.
+
+    Options:
+        num_landmarks: m (default 64).
+        pinv_iterations: iterations of the pseudo-inverse (default 6).
+        conv_kernel: odd kernel size of the depthwise convolution skip over V (default None =
+            off; the authors use 33).
+        num_kv_heads, head_dim, context_dim, bias, qk_norm: as :class:`MultiHeadAttention`.
+    Masks: ``padding(...)`` only. Non-causal; no KV cache.
+    """
+
+    supports_cache = False
+    supports_arbitrary_masks = False
+
+    def __init__(self, dim: int, num_heads: int, *, num_landmarks: int = 64,
+                 pinv_iterations: int = 6, conv_kernel: int | None = None,
+                 **mha_options: Any) -> None:
+        for unsupported in ("rope", "alibi", "softcap", "dropout"):
+            if mha_options.get(unsupported):
+                raise ValueError(f"nystrom does not support {unsupported}="
+                                 f"{mha_options[unsupported]!r}")
+        super().__init__(dim, num_heads, **mha_options)
+        if num_landmarks < 1 or pinv_iterations < 0:
+            raise ValueError(f"need num_landmarks >= 1 and pinv_iterations >= 0, got "
+                             f"{num_landmarks}, {pinv_iterations}")
+        if conv_kernel is not None and (conv_kernel < 1 or conv_kernel % 2 == 0):
+            raise ValueError(f"conv_kernel must be a positive odd number or None, got "
+                             f"{conv_kernel}")
+        self.num_landmarks, self.pinv_iterations = num_landmarks, pinv_iterations
+        heads = self.layout.num_heads
+        self.conv = None if conv_kernel is None else nn.Conv2d(
+            heads, heads, (conv_kernel, 1), padding=(conv_kernel // 2, 0), groups=heads,
+            bias=False)
+
+    def attend_heads(self, x: Tensor, context: Tensor | None = None, *, mask: Mask | None = None,
+                     cache: Any = None) -> Tensor:
+        check_input(x, self.layout.dim)
+        self._reject_cache(cache)
+        if self.conv is not None and context is not None:
+            raise ValueError("the nystrom conv skip runs over the query positions and needs "
+                             "self-attention; build it with conv_kernel=None for cross")
+        q, k, v, _ = self.project(x, context, None)  # (B, H, L, d), (B, Hkv, S, d)
+        heads = self.layout.num_heads
+        k, v = expand_kv(k, heads), expand_kv(v, heads)
+        b, lq, lk, d = x.shape[0], q.shape[2], k.shape[2], q.shape[3]
+        parts = split_mask(mask, batch=b, lq=lq, lk=lk, device=x.device, kind="nystrom",
+                           allow_causal=False)
+        q, k = q * d ** -0.25, k * d ** -0.25
+        key_allowed = None
+        if parts.key_valid is not None:
+            valid = parts.key_valid.to(k.dtype)[:, None, :, None]  # (B, 1, S, 1)
+            k, v = k * valid, v * valid
+            if context is None:
+                q = q * valid
+            key_allowed = parts.key_valid[:, None, None, :]  # (B, 1, 1, S)
+        q_land = segment_means(q, min(self.num_landmarks, lq))  # (B, H, m, d)
+        k_land = segment_means(k, min(self.num_landmarks, lk))
+        kernel_1 = safe_softmax(q @ k_land.transpose(-1, -2), None)  # (B, H, L, m)
+        kernel_2 = safe_softmax(q_land @ k_land.transpose(-1, -2), None)  # (B, H, m, m)
+        kernel_3 = safe_softmax(q_land @ k.transpose(-1, -2), key_allowed)  # (B, H, m, S)
+        left = kernel_1 @ iterative_pinv(kernel_2, self.pinv_iterations)  # (B, H, L, m)
+        out = left @ (kernel_3 @ v)  # (B, H, L, d)
+
+        def weights() -> Tensor:
+            if lq * lk > MAX_WEIGHTS_ELEMENTS:
+                raise ValueError(f"the implied attention matrix of {lq} x {lk} exceeds the "
+                                 f"{MAX_WEIGHTS_ELEMENTS} element limit; capture shorter inputs")
+            return left @ kernel_3
+
+        out = self.probe(out, v, weights)
+        if self.conv is not None:
+            out = out + self.conv(v)  # depthwise over the length, per head
+        return out
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, num_landmarks={self.num_landmarks}, "
+                f"pinv_iterations={self.pinv_iterations}, conv={self.conv is not None}")
