@@ -52,18 +52,15 @@ def _safe_row_normalize(x: Tensor) -> Tensor:
 
 
 def _discard_lowest(fused: Tensor, ratio: float) -> Tensor:
-    """Zero the ``ratio`` fraction of smallest entries of each (L, L) map, keeping the diagonal."""
+    """Zero the ``ratio`` fraction of smallest off-diagonal entries of each (L, L) map."""
     b, length, _ = fused.shape
-    flat = fused.reshape(b, -1).clone()
-    count = int(flat.shape[1] * ratio)
+    diagonal = torch.eye(length, dtype=torch.bool, device=fused.device)
+    count = int((length * length - length) * ratio)
     if count == 0:
         return fused
-    lowest = flat.topk(count, dim=-1, largest=False).indices
-    flat.scatter_(-1, lowest, 0.0)
-    out = flat.view(b, length, length)
-    diag = torch.arange(length, device=fused.device)
-    out[:, diag, diag] = fused[:, diag, diag]
-    return out
+    ranked = fused.masked_fill(diagonal, float("inf")).reshape(b, -1)
+    lowest = ranked.topk(count, dim=-1, largest=False).indices
+    return fused.reshape(b, -1).scatter(-1, lowest, 0.0).view(b, length, length)
 
 
 def residual_normalize(fused: Tensor, residual_weight: float = 0.5) -> Tensor:
@@ -103,8 +100,8 @@ def attention_rollout(weights: Sequence[Tensor], *, head_fusion: str = "mean",
     Args:
         weights: per layer, from input to output, (B, H, L, L) self-attention weights.
         head_fusion: "mean", "max" or "min" over heads.
-        discard_ratio: fraction of the smallest fused entries of each layer to zero (the
-            diagonal is kept) before adding the identity, to suppress low-attention noise.
+        discard_ratio: fraction of the smallest off-diagonal fused entries of each layer to
+            zero before adding the identity, to suppress low-attention noise.
         residual_weight: weight of the identity (0.5 in the paper).
         causal_normalize: divide by the uniform-causal baseline (see module docstring);
             None = do it when every layer is causal.

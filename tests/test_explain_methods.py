@@ -1,0 +1,253 @@
+"""Rollout, flow, gradient relevance and input×gradient against hand-computed values."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor, nn
+
+from attnkit.explain import (
+    attention_flow,
+    attention_rollout,
+    gradient_relevance,
+    input_x_gradient,
+)
+from attnkit.explain.relevance import RelevanceStep, relevance_from_steps
+from attnkit.explain.toy import ToyClassifier, ToySeq2Seq
+from attnkit.layers import MultiHeadAttention
+
+
+def as_weights(*rows_per_head: list[list[float]]) -> Tensor:
+    """Heads given as nested lists -> (1, H, L, L)."""
+    return torch.tensor(rows_per_head, dtype=torch.float32)[None]
+
+
+# ---------------------------------------------------------------- rollout
+
+
+def test_rollout_two_layers_by_hand() -> None:
+    a1 = as_weights([[1.0, 0.0], [0.5, 0.5]])
+    a2 = as_weights([[0.2, 0.8], [0.0, 1.0]])
+    # Ã1 = [[1, 0], [.25, .75]], Ã2 = [[.6, .4], [0, 1]], R = Ã2 @ Ã1
+    want = torch.tensor([[[0.7, 0.3], [0.25, 0.75]]])
+    torch.testing.assert_close(attention_rollout([a1, a2], causal_normalize=False), want)
+    steps = attention_rollout([a1, a2], cumulative=True, causal_normalize=False)
+    torch.testing.assert_close(steps[0], torch.tensor([[[1.0, 0.0], [0.25, 0.75]]]))
+
+
+def test_rollout_head_fusions_by_hand() -> None:
+    heads = as_weights([[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]])
+    third = torch.tensor([[[2 / 3, 1 / 3], [1 / 3, 2 / 3]]])
+    torch.testing.assert_close(attention_rollout([heads], head_fusion="max"), third)
+    # min fuses to zeros: only the residual identity remains
+    torch.testing.assert_close(attention_rollout([heads], head_fusion="min"),
+                               torch.eye(2)[None])
+    # mean fuses to 0.5 everywhere: 0.25 + 0.5 on the diagonal -> rows [.75, .25]
+    torch.testing.assert_close(attention_rollout([heads], head_fusion="mean"),
+                               torch.tensor([[[0.75, 0.25], [0.25, 0.75]]]))
+    with pytest.raises(ValueError, match="head fusion"):
+        attention_rollout([heads], head_fusion="median")
+
+
+def test_rollout_discard_ratio_drops_smallest_entries_but_keeps_diagonal() -> None:
+    a = as_weights([[0.1, 0.6, 0.3], [0.5, 0.05, 0.45], [0.2, 0.7, 0.1]])
+    # 6 off-diagonal entries, ratio .34 -> the 2 smallest off-diagonal (0.2, 0.3) dropped; the
+    # smaller diagonal entries (0.1, 0.05, 0.1) are never candidates.
+    out = attention_rollout([a], discard_ratio=0.34, causal_normalize=False)
+    fused = torch.tensor([[0.1, 0.6, 0.0], [0.5, 0.05, 0.45], [0.0, 0.7, 0.1]])
+    want = 0.5 * fused + 0.5 * torch.eye(3)
+    want = want / want.sum(-1, keepdim=True)
+    torch.testing.assert_close(out[0], want)
+
+
+def test_rollout_causal_normalization_makes_uniform_attention_uniform() -> None:
+    length = 5
+    uniform = torch.tril(torch.ones(length, length))
+    uniform = (uniform / uniform.sum(-1, keepdim=True))[None, None]
+    raw = attention_rollout([uniform, uniform], causal_normalize=False)[0]
+    assert raw[-1, 0] > raw[-1, -2]  # structural bias towards early tokens
+    normalized = attention_rollout([uniform, uniform])[0]  # causal detected
+    want = torch.tril(torch.ones(length, length))
+    torch.testing.assert_close(normalized, want / want.sum(-1, keepdim=True))
+
+
+def test_rollout_rejects_mixed_shapes() -> None:
+    with pytest.raises(ValueError, match="square self-attention"):
+        attention_rollout([torch.rand(1, 1, 2, 2), torch.rand(1, 1, 3, 3)])
+
+
+# ---------------------------------------------------------------- flow
+
+
+def test_flow_one_layer_is_the_residual_attention() -> None:
+    a = as_weights([[0.3, 0.7], [0.4, 0.6]])
+    flows = attention_flow([a], normalize=False)
+    torch.testing.assert_close(flows[0], 0.5 * a[0, 0] + 0.5 * torch.eye(2))
+
+
+def test_flow_two_layers_against_hand_max_flow() -> None:
+    a1 = as_weights([[0.9, 0.1], [0.2, 0.8]])
+    a2 = as_weights([[0.4, 0.6], [0.3, 0.7]])
+    t1 = 0.5 * a1[0, 0] + 0.5 * torch.eye(2)  # [[.95, .05], [.1, .9]]
+    t2 = 0.5 * a2[0, 0] + 0.5 * torch.eye(2)  # [[.7, .3], [.15, .85]]
+    flows = attention_flow([a1, a2], normalize=False, output_positions=[0])
+    # output 0 -> input 0: via node 0 min(.7, .95) + via node 1 min(.3, .1)
+    # output 0 -> input 1: via node 0 min(.7, .05) + via node 1 min(.3, .9)
+    want = torch.tensor([[min(t2[0, 0], t1[0, 0]) + min(t2[0, 1], t1[1, 0]),
+                          min(t2[0, 0], t1[0, 1]) + min(t2[0, 1], t1[1, 1])]])
+    torch.testing.assert_close(flows[0], want)
+
+
+def test_flow_refuses_long_inputs_clearly() -> None:
+    with pytest.raises(ValueError, match="exceed the limit of 64"):
+        attention_flow([torch.rand(1, 1, 65, 65)])
+
+
+# ---------------------------------------------------------------- relevance
+
+
+def chefer_transcription(steps: list[tuple[str, np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """Chefer et al. 2021 rules written out per example with numpy (independent of the library).
+
+    Returns the final R_ss, R_tt, R_ts for example 0.
+    """
+    def cam(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+        return np.maximum(a * g, 0).mean(axis=0)
+
+    def bar(r: np.ndarray) -> np.ndarray:
+        n = r.shape[0]
+        out = r - np.eye(n)
+        sums = out.sum(axis=1, keepdims=True)
+        sums[sums == 0] = 1
+        return out / sums + np.eye(n)
+
+    r_ss = r_tt = r_ts = None
+    for kind, a, g in steps:
+        c = cam(a[0], g[0])
+        if kind == "source":
+            r_ss = np.eye(c.shape[0]) if r_ss is None else r_ss
+            r_ss = r_ss + c @ r_ss
+        elif kind == "target":
+            r_tt = np.eye(c.shape[0]) if r_tt is None else r_tt
+            if r_ts is not None:
+                r_ts = r_ts + c @ r_ts
+            r_tt = r_tt + c @ r_tt
+        else:
+            r_ts = np.zeros(c.shape) if r_ts is None else r_ts
+            r_ts = r_ts + bar(r_tt).T @ c @ bar(r_ss)
+    return {"ss": r_ss, "tt": r_tt, "ts": r_ts}
+
+
+class ExplicitAttention(nn.Module):
+    """Float64 stand-in for a MultiHeadAttention: A is an explicit tensor that keeps its grad."""
+
+    def __init__(self, layer: MultiHeadAttention, log: list[tuple[str, Tensor]]) -> None:
+        super().__init__()
+        self.layer, self.log = layer, log
+
+    def forward(self, x: Tensor, context: Tensor | None = None, *, mask: Any = None,
+                cache: Any = None) -> Tensor:
+        lay, src = self.layer.layout, x if context is None else context
+
+        def heads(t: Tensor) -> Tensor:
+            return t.view(t.shape[0], t.shape[1], lay.num_heads, -1).transpose(1, 2)
+
+        q, k = heads(self.layer.q_proj(x)), heads(self.layer.k_proj(src))
+        v = heads(self.layer.v_proj(src))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(lay.head_dim)
+        if mask is not None:
+            allowed = torch.ones(scores.shape[-2:], dtype=torch.bool).tril()
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        a = torch.softmax(scores, dim=-1)
+        a.retain_grad()
+        self.log.append(("cross" if context is not None else "self", a))
+        out = (a @ v).transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+        return self.layer.out_proj(out)
+
+
+def explicit_steps(model: nn.Module, *inputs: Tensor) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """("self" | "cross", A, dA) for example 0 of a float64 twin with explicit weights."""
+    twin = copy.deepcopy(model).double()
+    log: list[tuple[str, Tensor]] = []
+    for module in list(twin.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, MultiHeadAttention):
+                setattr(module, child_name, ExplicitAttention(child, log))
+    logits = twin(*inputs)
+    logits = logits[:, -1] if logits.dim() == 3 else logits
+    logits[0, int(logits[0].argmax())].backward()
+    steps = []
+    for kind, a in log:
+        assert a.grad is not None
+        steps.append((kind, a.detach().numpy(), a.grad.numpy()))
+    return steps
+
+
+def test_relevance_classifier_matches_transcription() -> None:
+    model = ToyClassifier(depth=3, heads=2).eval()
+    tokens = torch.randint(0, 20, (1, 6))
+    got = gradient_relevance(model, tokens)
+    steps = [("source", a, g) for _, a, g in explicit_steps(model, tokens)]
+    want = chefer_transcription(steps)
+    np.testing.assert_allclose(got.source[0].double().numpy(), want["ss"], atol=1e-5, rtol=1e-4)
+    assert got.target is None and got.cross is None
+    assert len(got.history) == 3
+
+
+def test_relevance_seq2seq_matches_transcription() -> None:
+    model = ToySeq2Seq(depth=2).eval()
+    source, target = torch.randint(0, 20, (1, 5)), torch.randint(0, 20, (1, 4))
+    got = gradient_relevance(model, source, target)
+    # call order: encoder self x 2, then decoder (self, cross) x 2
+    kinds = ["source", "source", "target", "cross", "target", "cross"]
+    steps = [(k, a, g) for k, (logged, a, g) in
+             zip(kinds, explicit_steps(model, source, target), strict=True)]
+    assert [k for k, _, _ in steps if k == "cross"] == ["cross", "cross"]
+    want = chefer_transcription(steps)
+    assert got.target is not None and got.cross is not None
+    for ours, theirs in ((got.source, want["ss"]), (got.target, want["tt"]),
+                         (got.cross, want["ts"])):
+        np.testing.assert_allclose(ours[0].double().numpy(), theirs, atol=1e-5, rtol=1e-4)
+
+
+def test_relevance_rules_on_a_hand_example() -> None:
+    # one head, one self layer: Ā = (A ⊙ G)^+, R = I + Ā
+    a = torch.tensor([[[[0.5, 0.5], [0.2, 0.8]]]])
+    g = torch.tensor([[[[2.0, -1.0], [1.0, 1.0]]]])
+    out = relevance_from_steps([RelevanceStep("source", a, g)])
+    torch.testing.assert_close(out.source[0], torch.tensor([[2.0, 0.0], [0.2, 1.8]]))
+
+
+def test_relevance_needs_gradients() -> None:
+    model = ToyClassifier().eval().requires_grad_(False)
+    with pytest.raises(ValueError, match="require gradients"):
+        gradient_relevance(model, torch.randint(0, 20, (1, 4)))
+
+
+# ---------------------------------------------------------------- input x gradient
+
+
+def test_input_x_gradient_float_and_tokens() -> None:
+    linear = nn.Linear(4, 3)
+    x = torch.randn(2, 4)
+    got = input_x_gradient(linear, x, target=1)
+    torch.testing.assert_close(got, x * linear.weight[1].detach())
+
+    class BagOfTokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.head = nn.Embedding(10, 4), nn.Linear(4, 3)
+
+        def forward(self, t: Tensor) -> Tensor:
+            return self.head(self.embed(t).sum(1))
+
+    bag = BagOfTokens()
+    tokens = torch.tensor([[1, 5, 7]])
+    got = input_x_gradient(bag, tokens, target=2)
+    want = (bag.embed.weight[tokens[0]] * bag.head.weight[2]).sum(-1).detach()[None]
+    torch.testing.assert_close(got, want)
