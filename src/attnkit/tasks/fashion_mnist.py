@@ -1,0 +1,78 @@
+"""Fashion-MNIST: 70,000 28×28 greyscale images of clothing in 10 classes (Xiao et al., 2017).
+
+Read from the original IDX files that Debian's ``dataset-fashion-mnist`` package installs in
+/usr/share/datasets/fashion-mnist (MIT licence). The official 60,000 / 10,000 train/test split is
+kept; the validation set is carved out of the training images by a fixed seed.
+
+Inputs x: (1, 28, 28) float32 in [0, 1]; labels y: () int64 in 0..9.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from attnkit.tasks.base import MissingDataError, Task, register_task
+from attnkit.tasks.idx import read_idx
+from attnkit.tasks.sources import apt_install_command, require_dir
+from attnkit.tasks.splits import TensorPairDataset, limit, split_indices
+
+__all__ = ["CLASS_NAMES", "DEFAULT_DIR", "load_fashion_mnist"]
+
+DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
+APT_PACKAGES = ("dataset-fashion-mnist",)
+CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+               "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+
+def _find(directory: Path, stem: str) -> Path:
+    """``stem`` or ``stem.gz`` inside ``directory`` (Debian ships the gzip files)."""
+    for name in (stem + ".gz", stem):
+        if (directory / name).is_file():
+            return directory / name
+    raise MissingDataError(f"task 'fashion-mnist': {directory} has no {stem}[.gz]; install it "
+                           f"with: {apt_install_command(*APT_PACKAGES)}")
+
+
+def _read_split(directory: Path, prefix: str) -> TensorPairDataset:
+    images = read_idx(_find(directory, f"{prefix}-images-idx3-ubyte"))  # (N, 28, 28) uint8
+    labels = read_idx(_find(directory, f"{prefix}-labels-idx1-ubyte"))  # (N,) uint8
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{prefix}: {images.shape[0]} images but {labels.shape[0]} labels")
+    x = torch.from_numpy(images).to(torch.float32).div_(255.0).unsqueeze(1)  # (N, 1, 28, 28)
+    y = torch.from_numpy(labels.astype("int64"))  # (N,)
+    return TensorPairDataset(x, y)
+
+
+@register_task("fashion-mnist", "Fashion-MNIST 28x28 clothing images, 10 classes (Debian package)")
+def load_fashion_mnist(*, data_dir: str | Path = DEFAULT_DIR, val_size: int = 5000, seed: int = 0,
+                       max_examples: int | None = None) -> Task:
+    """Load Fashion-MNIST.
+
+    Args:
+        data_dir: directory holding the four IDX files (plain or ``.gz``).
+        val_size: training images held out for validation (by a permutation seeded with ``seed``).
+        seed: seed of the validation split and of the ``max_examples`` subsample.
+        max_examples: keep at most this many examples in each split (a seeded subsample), for
+            quick runs; None keeps all.
+    """
+    directory = require_dir(data_dir, task="fashion-mnist", apt_packages=APT_PACKAGES)
+    full_train = _read_split(directory, "train")
+    test = _read_split(directory, "t10k")
+    if not 0 < val_size < len(full_train):
+        raise ValueError(f"val_size must lie in 1..{len(full_train) - 1}, got {val_size}")
+    val_idx, train_idx = split_indices(len(full_train), [val_size, len(full_train) - val_size],
+                                       seed)
+    train = full_train.subset(limit(train_idx, max_examples, seed + 1))
+    val = full_train.subset(limit(val_idx, max_examples, seed + 2))
+    if max_examples is not None:
+        test = test.subset(limit(np.arange(len(test)), max_examples, seed + 3))
+    return Task(
+        name="fashion-mnist", kind="classification", modality="image",
+        train=train, val=val, test=test, num_classes=10, input_shape=(1, 28, 28),
+        source=f"Debian package dataset-fashion-mnist ({directory}), original IDX files of "
+               "Fashion-MNIST (Xiao, Rasul & Vollgraf 2017), MIT licence",
+        extra={"class_names": CLASS_NAMES},
+    )
