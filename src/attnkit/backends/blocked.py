@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from attnkit.backends.base import Backend, Capabilities
+from attnkit.backends.blocked_fused import fused_backward, fused_forward, fused_supports
 from attnkit.functional.masks import EMPTY, FULL
 from attnkit.functional.math import AttentionSpec
 
@@ -34,10 +35,31 @@ __all__ = ["BlockedBackend", "TileSizes", "blocked_attention"]
 
 @dataclass(frozen=True)
 class TileSizes:
-    """Tile shape; larger tiles mean fewer Python steps, smaller ones skip masked work better."""
+    """Tile shape; ``None`` picks the measured default of the path that runs.
 
-    block_q: int = 256  # query rows per tile
-    block_k: int = 512  # keys per tile
+    The fused CPU path calls torch's kernel once per run of non-empty tiles, so its tiles only set
+    how finely masked work is skipped (default 128 x 128); the pure PyTorch loop pays Python
+    overhead per tile (default 256 x 512). Larger tiles mean fewer steps, smaller ones skip masked
+    work better.
+    """
+
+    block_q: int | None = None  # query rows per tile
+    block_k: int | None = None  # keys per tile
+
+    def __post_init__(self) -> None:
+        for name in ("block_q", "block_k"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"TileSizes.{name} must be >= 1 or None, got {value}")
+
+    def resolved(self, fused: bool) -> tuple[int, int]:
+        """(block_q, block_k) for the fused path or the pure loop."""
+        dq, dk = (FUSED_DEFAULT if fused else PURE_DEFAULT)
+        return (self.block_q or dq, self.block_k or dk)
+
+
+FUSED_DEFAULT = (128, 128)  # fused CPU kernel path: measured, see docs/benchmarks.md
+PURE_DEFAULT = (256, 512)  # pure PyTorch loop
 
 
 def _tile_mods(spec: AttentionSpec, scores: Tensor, q_idx: Tensor, k_idx: Tensor,
@@ -73,7 +95,7 @@ class _Plan:
     """Which key tiles each query tile visits, and whether the tile needs its mask applied."""
 
     def __init__(self, spec: AttentionSpec, tiles: TileSizes) -> None:
-        self.bq, self.bk = tiles.block_q, tiles.block_k
+        self.bq, self.bk = tiles.resolved(fused=False)
         self.n_q = math.ceil(spec.lq / self.bq)
         self.n_k = math.ceil(spec.lk / self.bk)
         if spec.mask is None:
@@ -188,6 +210,8 @@ def _backward(spec: AttentionSpec, tiles: TileSizes, bias_tensors: Sequence[Tens
 
 
 class _BlockedFunction(torch.autograd.Function):
+    """Pure PyTorch tiles: forward keeps the row log-sum-exp, backward recomputes the tiles."""
+
     @staticmethod
     def forward(ctx: Any, spec: AttentionSpec, tiles: TileSizes, *tensors: Tensor) -> Tensor:
         q, k, v, *bias_tensors = tensors
@@ -208,23 +232,67 @@ class _BlockedFunction(torch.autograd.Function):
         return (None, None, *result)
 
 
-def blocked_attention(spec: AttentionSpec, tiles: TileSizes | None = None) -> Tensor:
-    """Exact attention in tiles; differentiable with memory linear in L."""
+class _FusedBlockedFunction(torch.autograd.Function):
+    """Fused CPU kernel on runs of tiles (see :mod:`attnkit.backends.blocked_fused`)."""
+
+    @staticmethod
+    def forward(ctx: Any, spec: AttentionSpec, tiles: TileSizes, q: Tensor, k: Tensor,
+                v: Tensor) -> Tensor:
+        spec = AttentionSpec(q, k, v, spec.mask, None, spec.scale, None, 0.0)
+        out, lse = fused_forward(spec, *tiles.resolved(fused=True))
+        ctx.spec, ctx.tiles = spec, tiles
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor) -> Any:
+        q, k, v, out, lse = ctx.saved_tensors
+        spec: AttentionSpec = ctx.spec
+        spec = AttentionSpec(q, k, v, spec.mask, None, spec.scale, None, 0.0)
+        block_q, block_k = ctx.tiles.resolved(fused=True)
+        dq, dk, dv = fused_backward(spec, block_q, block_k, out, lse, grads[0].contiguous())
+        return None, None, dq, dk, dv
+
+
+def blocked_attention(spec: AttentionSpec, tiles: TileSizes | None = None, *,
+                      fused: bool | None = None) -> Tensor:
+    """Exact attention in tiles; differentiable with memory linear in L.
+
+    ``fused=None`` uses torch's fused CPU kernel on runs of tiles when it can (CPU, float32 or
+    float64, no bias, no softcap) and the pure PyTorch tile loop otherwise; ``False`` forces the
+    pure loop; ``True`` raises if the fused path cannot run.
+    """
     tiles = tiles or TileSizes()
+    can_fuse = fused_supports(spec)
+    if fused and not can_fuse:
+        raise ValueError("the fused CPU path of 'blocked' needs a CPU tensor of float32 or "
+                         "float64, no bias, no softcap, no dropout and torch's fused CPU flash "
+                         "kernel; pass fused=None to fall back to the pure PyTorch tiles")
+    if can_fuse and fused is not False:
+        if not spec.needs_grad:
+            with torch.no_grad():
+                return fused_forward(spec, *tiles.resolved(fused=True))[0]
+        out: Tensor = _FusedBlockedFunction.apply(spec, tiles, spec.q, spec.k, spec.v)
+        return out
     bias_tensors = spec.bias.tensors() if spec.bias is not None else ()
     if not spec.needs_grad:
         with torch.no_grad():
             return _forward(spec, tiles, bias_tensors)[0]
-    return _BlockedFunction.apply(spec, tiles, spec.q, spec.k, spec.v, *bias_tensors)
+    result: Tensor = _BlockedFunction.apply(spec, tiles, spec.q, spec.k, spec.v, *bias_tensors)
+    return result
 
 
 class BlockedBackend(Backend):
     name = "blocked"
-    capabilities = Capabilities(dropout=False,
-                                notes=("tiles with online softmax; skips empty tiles",))
+    capabilities = Capabilities(
+        dropout=False,
+        notes=("tiles with online softmax; skips empty tiles",
+               "CPU float32/float64 without bias or softcap: torch's fused kernel per run of "
+               "tiles, merged by log-sum-exp"))
 
-    def __init__(self, tiles: TileSizes | None = None) -> None:
+    def __init__(self, tiles: TileSizes | None = None, *, fused: bool | None = None) -> None:
         self.tiles = tiles or TileSizes()
+        self.fused = fused  # None: fused CPU kernel when possible; False: pure PyTorch tiles
 
     def forward(self, spec: AttentionSpec) -> Tensor:
-        return blocked_attention(spec, self.tiles)
+        return blocked_attention(spec, self.tiles, fused=self.fused)

@@ -1,0 +1,309 @@
+"""The CPU fast path of the ``blocked`` backend: torch's fused flash kernel on key ranges.
+
+The mask's tile states (EMPTY / PARTIAL / FULL, computed analytically) are turned into *work
+items*: for each query block, every contiguous run of non-empty key tiles becomes one call of
+torch's fused CPU kernel (``aten._scaled_dot_product_flash_attention_for_cpu``), with a small
+additive mask only when the run holds partial tiles. A long run with partial tiles only at its
+ends is split into masked ends and an unmasked middle. Items of one shape whose query blocks are
+consecutive and whose key ranges move by a fixed step (a sliding window, the diagonal of a
+causal mask) run as *one* kernel call over strided views, so there is no copy and no Python loop
+over tiles. Consecutive query blocks with the same fully visible key range are merged into one
+item (the whole of a plain or document-interior attention is one call).
+
+Items of one query block are merged exactly with their log-sum-exp (FlashAttention's rescaling)::
+
+    lse = logaddexp(lse_1, lse_2);  out = exp(lse_1 - lse) * out_1 + exp(lse_2 - lse) * out_2
+
+The backward runs the fused backward kernel on the same items with the *global* output and
+log-sum-exp: with ``P = exp(S - lse)`` and ``delta = rowsum(dO * O)`` the flash backward formulas
+give exactly each key range's share of dq and the range's dk, dv.
+
+The kernel is private to torch: :func:`fused_kernel_available` checks it once, and the pure
+PyTorch tile loop in :mod:`attnkit.backends.blocked` stays the fallback (other devices, biases,
+softcap, dtypes other than float32 / float64).
+
+Shape legend: B batch, H heads (query heads; GQA keys are expanded), Lq / Lk lengths,
+n items in a kernel call, q / k item lengths, D / Dv head dims.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from attnkit.functional.masks import EMPTY, FULL, Mask
+from attnkit.functional.math import AttentionSpec, expand_kv
+
+__all__ = ["fused_backward", "fused_forward", "fused_kernel_available", "fused_supports"]
+
+_FUSED_DTYPES = (torch.float32, torch.float64)
+# Splitting a run into masked ends + an unmasked middle costs a merge; worth it from this many
+# full tiles in the middle (measured: shorter runs are faster as one masked call).
+_MIN_FULL_TILES_TO_SPLIT = 4
+# Upper bound on mask elements built for one kernel call (bool + float: ~5 bytes each).
+_MAX_MASK_ELEMENTS = 1 << 24
+
+
+@functools.lru_cache(maxsize=1)
+def fused_kernel_available() -> bool:
+    """Whether this torch has the fused CPU flash kernel with the signature used here."""
+    try:
+        fwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+        bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+        q = torch.randn(1, 1, 2, 4)
+        out, lse = fwd(q, q, q, 0.0, False, attn_mask=torch.zeros(1, 1, 2, 2), scale=0.5)
+        bwd(out, q, q, q, out, lse, 0.0, False, attn_mask=None, scale=0.5)
+        return tuple(out.shape) == (1, 1, 2, 4) and tuple(lse.shape) == (1, 1, 2)
+    except (AttributeError, RuntimeError, TypeError):
+        return False
+
+
+def fused_supports(spec: AttentionSpec) -> bool:
+    """Whether the fused path can compute ``spec`` exactly (else the pure tile loop runs)."""
+    return (spec.q.device.type == "cpu" and spec.q.dtype in _FUSED_DTYPES
+            and spec.bias is None and spec.softcap is None and spec.dropout_p == 0.0
+            and spec.lq > 0 and spec.lk > 0 and fused_kernel_available())
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One kernel call's worth of work for one query range."""
+
+    q0: int  # first query row
+    q_len: int  # query rows
+    k0: int  # first key
+    k_len: int  # keys
+    masked: bool  # some tile in range is partial: apply the mask
+    level: int  # how many earlier items the query rows already have (0 = write, else merge)
+
+
+@dataclass(frozen=True)
+class _Group:
+    """Items of one shape with consecutive query ranges and key ranges a fixed step apart."""
+
+    first: _Item
+    n: int  # number of items
+    k_step: int  # key offset between consecutive items
+
+    @property
+    def rows(self) -> tuple[int, int]:
+        return self.first.q0, self.first.q0 + self.n * self.first.q_len
+
+
+def _row_items(row: list[int], qi: int, bq: int, bk: int, lq: int, lk: int) -> list[_Item]:
+    """Items of query block ``qi`` from its tile states (EMPTY / PARTIAL / FULL per key tile)."""
+    q0, q_len = qi * bq, min(bq, lq - qi * bq)
+    runs: list[tuple[int, int]] = []  # [start, end) key tiles
+    start = None
+    for kj, state in enumerate([*row, EMPTY]):
+        if state != EMPTY and start is None:
+            start = kj
+        elif state == EMPTY and start is not None:
+            runs.append((start, kj))
+            start = None
+    pieces: list[tuple[int, int, bool]] = []  # [start, end) key tiles, masked
+    for a, b in runs:
+        lo, hi = a, b
+        while lo < hi and row[lo] != FULL:
+            lo += 1
+        while hi > lo and row[hi - 1] != FULL:
+            hi -= 1
+        middle_full = hi > lo and all(s == FULL for s in row[lo:hi])
+        if middle_full and (lo == a and hi == b):
+            pieces.append((a, b, False))
+        elif middle_full and hi - lo >= _MIN_FULL_TILES_TO_SPLIT:
+            if lo > a:
+                pieces.append((a, lo, True))
+            pieces.append((lo, hi, False))
+            if b > hi:
+                pieces.append((hi, b, True))
+        else:
+            pieces.append((a, b, True))
+    items = []
+    for level, (a, b, masked) in enumerate(pieces):
+        k0, k1 = a * bk, min(b * bk, lk)
+        items.append(_Item(q0, q_len, k0, k1 - k0, masked, level))
+    return items
+
+
+def _plan(states: list[list[int]], bq: int, bk: int, lq: int, lk: int) -> list[_Group]:
+    """Work items for one batch element, grouped into kernel calls, level 0 first."""
+    items: list[_Item] = []
+    for qi, row in enumerate(states):
+        items.extend(_row_items(row, qi, bq, bk, lq, lk))
+    # Merge consecutive query blocks that see the same unmasked key range into one item.
+    merged: list[_Item] = []
+    for it in items:
+        prev = merged[-1] if merged else None
+        if (prev is not None and not it.masked and not prev.masked and prev.level == it.level
+                and prev.k0 == it.k0 and prev.k_len == it.k_len
+                and prev.q0 + prev.q_len == it.q0):
+            merged[-1] = _Item(prev.q0, prev.q_len + it.q_len, it.k0, it.k_len, False, it.level)
+        else:
+            merged.append(it)
+    merged.sort(key=lambda it: (it.level, it.masked, it.q_len, it.k_len, it.q0))
+    groups: list[_Group] = []
+    for it in merged:
+        g = groups[-1] if groups else None
+        if g is not None:
+            f = g.first
+            last_k0 = f.k0 + (g.n - 1) * g.k_step
+            step = it.k0 - last_k0 if g.n == 1 else g.k_step
+            fits = (it.level, it.masked, it.q_len, it.k_len) == (f.level, f.masked, f.q_len,
+                                                                  f.k_len)
+            within = not f.masked or (g.n + 1) * f.q_len * f.k_len <= _MAX_MASK_ELEMENTS
+            if fits and within and it.q0 == g.rows[1] and it.k0 - last_k0 == step and step >= 0:
+                groups[-1] = _Group(f, g.n + 1, step)
+                continue
+        groups.append(_Group(it, 1, 0))
+    return groups
+
+
+def _windows(x: Tensor, start: int, n: int, step: int, length: int) -> Tensor:
+    """n strided views of ``length`` rows of x (H, L, D), ``step`` rows apart: (n, H, length, D)."""
+    s_h, s_l, s_d = x.stride()
+    return x.as_strided((n, x.shape[0], length, x.shape[2]), (step * s_l, s_h, s_l, s_d),
+                        x.storage_offset() + start * s_l)
+
+
+def _group_mask(mask: Mask, group: _Group, batch_index: int, lq: int, lk: int,
+                dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Additive mask (n|1, H|1, q, k) of a masked group and which rows have a key (n|1, H|1, q)."""
+    f = group.first
+    starts_q = f.q0 + f.q_len * torch.arange(group.n, device=device)
+    starts_k = f.k0 + group.k_step * torch.arange(group.n, device=device)
+    q_idx = (starts_q[:, None] + torch.arange(f.q_len, device=device))[:, None, :, None]
+    k_idx = (starts_k[:, None] + torch.arange(f.k_len, device=device))[:, None, None, :]
+    b = torch.full((1, 1, 1, 1), batch_index, device=device)
+    h = torch.arange(mask.num_heads or 1, device=device).view(1, -1, 1, 1)
+    allowed = mask.allowed(b, h, q_idx, k_idx, lq, lk)
+    allowed = allowed.expand(group.n, allowed.shape[1], f.q_len, f.k_len)
+    if group.n > 1 and bool((allowed == allowed[:1]).all()):
+        allowed = allowed[:1]  # translation-invariant (bands): one mask for every item
+    additive = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    additive.masked_fill_(~allowed, float("-inf"))
+    return additive, allowed.any(-1)
+
+
+class _Job:
+    """Shared set-up of forward and backward for one call: heads expanded, states per batch."""
+
+    def __init__(self, spec: AttentionSpec, block_q: int, block_k: int) -> None:
+        self.spec = spec
+        self.bq, self.bk = block_q, block_k
+        self.k = expand_kv(spec.k, spec.heads)  # (B, H, Lk, D)
+        self.v = expand_kv(spec.v, spec.heads)  # (B, H, Lk, Dv)
+        n_q, n_k = math.ceil(spec.lq / block_q), math.ceil(spec.lk / block_k)
+        self.mask = spec.mask
+        if spec.mask is None:
+            self.states = [[[FULL] * n_k for _ in range(n_q)]]
+        else:
+            s = spec.mask.block_states(spec.lq, spec.lk, block_q, block_k, torch.device("cpu"))
+            # Over heads: a tile is skipped if empty for every head, unmasked if full for all.
+            merged = torch.where((s == EMPTY).all(1), EMPTY,
+                                 torch.where((s == FULL).all(1), FULL, 1))  # (B|1, nQ, nK)
+            self.states = merged.tolist()
+        self.plans = [_plan(st, block_q, block_k, spec.lq, spec.lk) for st in self.states]
+
+    def plan(self, b: int) -> tuple[int, list[_Group]]:
+        """(batch index the mask uses, groups) for batch element ``b``."""
+        mb = b if len(self.plans) > 1 else 0
+        return mb, self.plans[mb]
+
+    def mask_of(self, group: _Group, mb: int) -> tuple[Tensor | None, Tensor | None]:
+        if not group.first.masked or self.mask is None:
+            return None, None
+        return _group_mask(self.mask, group, mb, self.spec.lq, self.spec.lk, self.spec.q.dtype,
+                           self.spec.q.device)
+
+
+def _fwd_op() -> Any:
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+
+
+def _bwd_op() -> Any:
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+
+def fused_forward(spec: AttentionSpec, block_q: int, block_k: int) -> tuple[Tensor, Tensor]:
+    """Output (B, Hq, Lq, Dv) and row log-sum-exp (B, Hq, Lq), ``-inf`` for rows with no key."""
+    job = _Job(spec, block_q, block_k)
+    q = spec.q
+    out = torch.zeros(*q.shape[:-1], job.v.shape[-1], dtype=q.dtype)  # (B, H, Lq, Dv)
+    lse = torch.full(q.shape[:-1], float("-inf"), dtype=q.dtype)  # (B, H, Lq)
+    for b in range(spec.batch):
+        mb, groups = job.plan(b)
+        for g in groups:
+            f = g.first
+            additive, row_has_key = job.mask_of(g, mb)
+            o, l = _fwd_op()(
+                _windows(q[b], f.q0, g.n, f.q_len, f.q_len),
+                _windows(job.k[b], f.k0, g.n, g.k_step, f.k_len),
+                _windows(job.v[b], f.k0, g.n, g.k_step, f.k_len),
+                0.0, False, attn_mask=additive, scale=spec.scale)  # (n, H, q, Dv), (n, H, q)
+            l = l.to(q.dtype)
+            if row_has_key is not None:  # the kernel gives lse 0 to rows with no key
+                l = l.masked_fill(~row_has_key, float("-inf"))
+            r0, r1 = g.rows
+            o = o.transpose(0, 1).reshape(o.shape[1], -1, o.shape[-1])  # (H, n*q, Dv)
+            l = l.transpose(0, 1).reshape(l.shape[1], -1)  # (H, n*q)
+            if f.level == 0:
+                out[b, :, r0:r1] = o
+                lse[b, :, r0:r1] = l
+            else:
+                _merge_into(out[b, :, r0:r1], lse[b, :, r0:r1], o, l)
+    return out, lse
+
+
+def _merge_into(acc: Tensor, acc_lse: Tensor, new: Tensor, new_lse: Tensor) -> None:
+    """acc, acc_lse <- exact softmax merge of two partial results over disjoint key sets."""
+    total = torch.logaddexp(acc_lse, new_lse)
+    safe = torch.where(torch.isfinite(total), total, torch.zeros_like(total))
+    w_acc = torch.exp(acc_lse - safe)[..., None]  # 0 where a part saw no key
+    w_new = torch.exp(new_lse - safe)[..., None]
+    acc.mul_(w_acc).add_(new * w_new)
+    acc_lse.copy_(total)
+
+
+def fused_backward(spec: AttentionSpec, block_q: int, block_k: int, out: Tensor, lse: Tensor,
+                   grad_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """dq (B, Hq, Lq, D), dk (B, Hkv, Lk, D), dv (B, Hkv, Lk, Dv) from the global out and lse."""
+    job = _Job(spec, block_q, block_k)
+    q = spec.q
+    # Rows with no key: lse +inf makes their P = exp(S - lse) exactly 0, so no gradient.
+    lse = torch.where(torch.isfinite(lse), lse, torch.full_like(lse, float("inf")))
+    dq = torch.zeros_like(q)
+    dk, dv = torch.zeros_like(job.k), torch.zeros_like(job.v)
+    for b in range(spec.batch):
+        mb, groups = job.plan(b)
+        for g in groups:
+            f = g.first
+            additive, _ = job.mask_of(g, mb)
+            q_win = _windows(q[b], f.q0, g.n, f.q_len, f.q_len)
+            gq, gk, gv = _bwd_op()(
+                _windows(grad_out[b], f.q0, g.n, f.q_len, f.q_len), q_win,
+                _windows(job.k[b], f.k0, g.n, g.k_step, f.k_len),
+                _windows(job.v[b], f.k0, g.n, g.k_step, f.k_len),
+                _windows(out[b], f.q0, g.n, f.q_len, f.q_len),
+                _windows(lse[b, :, :, None], f.q0, g.n, f.q_len, f.q_len)[..., 0],
+                0.0, False, attn_mask=additive, scale=spec.scale)
+            r0, r1 = g.rows
+            dq[b, :, r0:r1] += gq.transpose(0, 1).reshape(gq.shape[1], -1, gq.shape[-1])
+            if g.n == 1:
+                dk[b, :, f.k0:f.k0 + f.k_len] += gk[0]
+                dv[b, :, f.k0:f.k0 + f.k_len] += gv[0]
+            else:
+                keys = (f.k0 + g.k_step * torch.arange(g.n)[:, None]
+                        + torch.arange(f.k_len)).flatten()  # (n*k,)
+                dk[b].index_add_(1, keys, gk.transpose(0, 1).flatten(1, 2))
+                dv[b].index_add_(1, keys, gv.transpose(0, 1).flatten(1, 2))
+    if spec.kv_heads != spec.heads:  # GQA: the expanded heads of one kv head add up
+        groups_per_kv = spec.heads // spec.kv_heads
+        dk = dk.unflatten(1, (spec.kv_heads, groups_per_kv)).sum(2)
+        dv = dv.unflatten(1, (spec.kv_heads, groups_per_kv)).sum(2)
+    return dq, dk, dv
