@@ -53,7 +53,7 @@ def tolerance(dtype: torch.dtype) -> dict[str, float]:
     return {"atol": 2e-2, "rtol": 2e-2}  # half precisions
 
 
-class _Retensored(Bias):
+class RetensoredBias(Bias):
     """A bias evaluated with replacement tensors (e.g. float64 leaves for the oracle)."""
 
     def __init__(self, inner: Bias, tensors: Sequence[Tensor]) -> None:
@@ -84,7 +84,7 @@ def float64_reference(q: Tensor, k: Tensor, v: Tensor, *, mask: Mask | None = No
     if bias is not None:
         if bias_tensors is None:
             bias_tensors = [t.double() for t in bias.tensors()]
-        bias = _Retensored(bias, bias_tensors)
+        bias = RetensoredBias(bias, bias_tensors)
     spec = validate(q.double(), k.double(), v.double(), mask=mask, bias=bias, scale=scale,
                     softcap=softcap, dropout_p=0.0)
     return reference_attention(spec)

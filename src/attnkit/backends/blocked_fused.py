@@ -39,7 +39,8 @@ from torch import Tensor
 from attnkit.functional.masks import EMPTY, FULL, Mask
 from attnkit.functional.math import AttentionSpec, expand_kv
 
-__all__ = ["fused_backward", "fused_forward", "fused_kernel_available", "fused_supports"]
+__all__ = ["FusedPlan", "fused_backward", "fused_forward", "fused_kernel_available",
+           "fused_supports", "make_plan"]
 
 _FUSED_DTYPES = (torch.float32, torch.float64)
 # Splitting a run into masked ends + an unmasked middle costs a merge; worth it from this many
@@ -67,7 +68,9 @@ def fused_supports(spec: AttentionSpec) -> bool:
     """Whether the fused path can compute ``spec`` exactly (else the pure tile loop runs)."""
     return (spec.q.device.type == "cpu" and spec.q.dtype in _FUSED_DTYPES
             and spec.bias is None and spec.softcap is None and spec.dropout_p == 0.0
-            and spec.lq > 0 and spec.lk > 0 and fused_kernel_available())
+            and spec.lq > 0 and spec.lk > 0
+            # torch's fused CPU flash kernel needs Q/K/V of one head size (Dv == D).
+            and spec.q.shape[-1] == spec.v.shape[-1] and fused_kernel_available())
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class _Item:
     k_len: int  # keys
     masked: bool  # some tile in range is partial: apply the mask
     level: int  # how many earlier items the query rows already have (0 = write, else merge)
+    pattern: tuple[int, ...] = ()  # tile states along the key range (masked items only)
 
 
 @dataclass(frozen=True)
@@ -127,7 +131,8 @@ def _row_items(row: list[int], qi: int, bq: int, bk: int, lq: int, lk: int) -> l
     items = []
     for level, (a, b, masked) in enumerate(pieces):
         k0, k1 = a * bk, min(b * bk, lk)
-        items.append(_Item(q0, q_len, k0, k1 - k0, masked, level))
+        items.append(_Item(q0, q_len, k0, k1 - k0, masked, level,
+                           tuple(row[a:b]) if masked else ()))
     return items
 
 
@@ -146,7 +151,7 @@ def _plan(states: list[list[int]], bq: int, bk: int, lq: int, lk: int) -> list[_
             merged[-1] = _Item(prev.q0, prev.q_len + it.q_len, it.k0, it.k_len, False, it.level)
         else:
             merged.append(it)
-    merged.sort(key=lambda it: (it.level, it.masked, it.q_len, it.k_len, it.q0))
+    merged.sort(key=lambda it: (it.level, it.masked, it.q_len, it.k_len, it.pattern, it.q0))
     groups: list[_Group] = []
     for it in merged:
         g = groups[-1] if groups else None
@@ -154,8 +159,8 @@ def _plan(states: list[list[int]], bq: int, bk: int, lq: int, lk: int) -> list[_
             f = g.first
             last_k0 = f.k0 + (g.n - 1) * g.k_step
             step = it.k0 - last_k0 if g.n == 1 else g.k_step
-            fits = (it.level, it.masked, it.q_len, it.k_len) == (f.level, f.masked, f.q_len,
-                                                                  f.k_len)
+            fits = ((it.level, it.masked, it.q_len, it.k_len, it.pattern)
+                    == (f.level, f.masked, f.q_len, f.k_len, f.pattern))
             within = not f.masked or (g.n + 1) * f.q_len * f.k_len <= _MAX_MASK_ELEMENTS
             if fits and within and it.q0 == g.rows[1] and it.k0 - last_k0 == step and step >= 0:
                 groups[-1] = _Group(f, g.n + 1, step)
@@ -171,55 +176,81 @@ def _windows(x: Tensor, start: int, n: int, step: int, length: int) -> Tensor:
                         x.storage_offset() + start * s_l)
 
 
-def _group_mask(mask: Mask, group: _Group, batch_index: int, lq: int, lk: int,
-                dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Additive mask (n|1, H|1, q, k) of a masked group and which rows have a key (n|1, H|1, q)."""
-    f = group.first
-    starts_q = f.q0 + f.q_len * torch.arange(group.n, device=device)
-    starts_k = f.k0 + group.k_step * torch.arange(group.n, device=device)
-    q_idx = (starts_q[:, None] + torch.arange(f.q_len, device=device))[:, None, :, None]
-    k_idx = (starts_k[:, None] + torch.arange(f.k_len, device=device))[:, None, None, :]
-    b = torch.full((1, 1, 1, 1), batch_index, device=device)
-    h = torch.arange(mask.num_heads or 1, device=device).view(1, -1, 1, 1)
-    allowed = mask.allowed(b, h, q_idx, k_idx, lq, lk)
-    allowed = allowed.expand(group.n, allowed.shape[1], f.q_len, f.k_len)
-    if group.n > 1 and bool((allowed == allowed[:1]).all()):
-        allowed = allowed[:1]  # translation-invariant (bands): one mask for every item
-    additive = torch.zeros(allowed.shape, dtype=dtype, device=device)
-    additive.masked_fill_(~allowed, float("-inf"))
-    return additive, allowed.any(-1)
+def _group_mask(mask: Mask, group: _Group, batch_index: int, lq: int, lk: int, bk: int,
+                dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+    """Additive mask (n|1, H|1, q, k) of a masked group, and which rows have a key (or None).
+
+    Only the partial tiles are evaluated (full tiles stay 0). A mask that is the same for every
+    item (bands: sliding windows, the causal diagonal) is kept once and broadcast.
+    """
+    f, n = group.first, group.n
+    q_idx = (f.q0 + f.q_len * torch.arange(n))[:, None] + torch.arange(f.q_len)  # (n, q)
+    k_starts = (f.k0 + group.k_step * torch.arange(n))[:, None]  # (n, 1)
+    b = torch.full((1, 1, 1, 1), batch_index)
+    heads = mask.num_heads or 1
+    h = torch.arange(heads).view(1, -1, 1, 1)
+    parts: list[tuple[int, int, Tensor]] = []
+    shared = True
+    for t, state in enumerate(f.pattern):
+        if state == FULL:
+            continue
+        c0, c1 = t * bk, min((t + 1) * bk, f.k_len)
+        k_idx = k_starts + torch.arange(c0, c1)  # (n, c)
+        allowed = mask.allowed(b, h, q_idx[:, None, :, None], k_idx[:, None, None, :], lq, lk)
+        allowed = allowed.expand(n, heads, f.q_len, c1 - c0)
+        shared = shared and (n == 1 or bool((allowed == allowed[:1]).all()))
+        parts.append((c0, c1, allowed))
+    m = 1 if shared else n
+    additive = torch.zeros(m, heads, f.q_len, f.k_len, dtype=dtype)
+    row_has_key = None if FULL in f.pattern else torch.zeros(m, heads, f.q_len, dtype=torch.bool)
+    for c0, c1, allowed in parts:
+        additive[..., c0:c1].masked_fill_(~allowed[:m], float("-inf"))
+        if row_has_key is not None:
+            row_has_key |= allowed[:m].any(-1)
+    return additive, row_has_key
 
 
-class _Job:
-    """Shared set-up of forward and backward for one call: heads expanded, states per batch."""
+class FusedPlan:
+    """Kernel calls for one (mask, shape, tiles), with their additive masks built once.
 
-    def __init__(self, spec: AttentionSpec, block_q: int, block_k: int) -> None:
-        self.spec = spec
-        self.bq, self.bk = block_q, block_k
-        self.k = expand_kv(spec.k, spec.heads)  # (B, H, Lk, D)
-        self.v = expand_kv(spec.v, spec.heads)  # (B, H, Lk, Dv)
-        n_q, n_k = math.ceil(spec.lq / block_q), math.ceil(spec.lk / block_k)
-        self.mask = spec.mask
-        if spec.mask is None:
-            self.states = [[[FULL] * n_k for _ in range(n_q)]]
+    Built in the forward and reused by the backward; holds no q / k / v.
+    """
+
+    def __init__(self, mask: Mask | None, lq: int, lk: int, block_q: int, block_k: int,
+                 dtype: torch.dtype) -> None:
+        self.mask, self.lq, self.lk, self.bk, self.dtype = mask, lq, lk, block_k, dtype
+        n_q, n_k = math.ceil(lq / block_q), math.ceil(lk / block_k)
+        if mask is None:
+            states = [[[FULL] * n_k for _ in range(n_q)]]
         else:
-            s = spec.mask.block_states(spec.lq, spec.lk, block_q, block_k, torch.device("cpu"))
+            s = mask.block_states(lq, lk, block_q, block_k, torch.device("cpu"))
             # Over heads: a tile is skipped if empty for every head, unmasked if full for all.
             merged = torch.where((s == EMPTY).all(1), EMPTY,
                                  torch.where((s == FULL).all(1), FULL, 1))  # (B|1, nQ, nK)
-            self.states = merged.tolist()
-        self.plans = [_plan(st, block_q, block_k, spec.lq, spec.lk) for st in self.states]
+            states = merged.tolist()
+        self.groups = [_plan(st, block_q, block_k, lq, lk) for st in states]
+        self._masks: dict[tuple[int, int], tuple[Tensor, Tensor | None]] = {}
 
-    def plan(self, b: int) -> tuple[int, list[_Group]]:
-        """(batch index the mask uses, groups) for batch element ``b``."""
-        mb = b if len(self.plans) > 1 else 0
-        return mb, self.plans[mb]
+    def for_batch(self, b: int) -> tuple[int, list[_Group]]:
+        """(batch index the mask uses, kernel calls) for batch element ``b``."""
+        mb = b if len(self.groups) > 1 else 0
+        return mb, self.groups[mb]
 
-    def mask_of(self, group: _Group, mb: int) -> tuple[Tensor | None, Tensor | None]:
+    def mask_of(self, mb: int, index: int) -> tuple[Tensor | None, Tensor | None]:
+        """Additive mask and rows-with-a-key of call ``index`` of mask batch ``mb``."""
+        group = self.groups[mb][index]
         if not group.first.masked or self.mask is None:
             return None, None
-        return _group_mask(self.mask, group, mb, self.spec.lq, self.spec.lk, self.spec.q.dtype,
-                           self.spec.q.device)
+        key = (mb, index)
+        if key not in self._masks:
+            self._masks[key] = _group_mask(self.mask, group, mb, self.lq, self.lk, self.bk,
+                                           self.dtype)
+        return self._masks[key]
+
+
+def make_plan(spec: AttentionSpec, block_q: int, block_k: int) -> FusedPlan:
+    """The kernel calls for ``spec`` with tiles of ``block_q`` x ``block_k``."""
+    return FusedPlan(spec.mask, spec.lq, spec.lk, block_q, block_k, spec.q.dtype)
 
 
 def _fwd_op() -> Any:
@@ -230,21 +261,21 @@ def _bwd_op() -> Any:
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 
 
-def fused_forward(spec: AttentionSpec, block_q: int, block_k: int) -> tuple[Tensor, Tensor]:
+def fused_forward(spec: AttentionSpec, plan: FusedPlan) -> tuple[Tensor, Tensor]:
     """Output (B, Hq, Lq, Dv) and row log-sum-exp (B, Hq, Lq), ``-inf`` for rows with no key."""
-    job = _Job(spec, block_q, block_k)
     q = spec.q
-    out = torch.zeros(*q.shape[:-1], job.v.shape[-1], dtype=q.dtype)  # (B, H, Lq, Dv)
+    k, v = expand_kv(spec.k, spec.heads), expand_kv(spec.v, spec.heads)  # (B, H, Lk, D|Dv)
+    out = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=q.dtype)  # (B, H, Lq, Dv)
     lse = torch.full(q.shape[:-1], float("-inf"), dtype=q.dtype)  # (B, H, Lq)
     for b in range(spec.batch):
-        mb, groups = job.plan(b)
-        for g in groups:
+        mb, groups = plan.for_batch(b)
+        for index, g in enumerate(groups):
             f = g.first
-            additive, row_has_key = job.mask_of(g, mb)
+            additive, row_has_key = plan.mask_of(mb, index)
             o, l = _fwd_op()(
                 _windows(q[b], f.q0, g.n, f.q_len, f.q_len),
-                _windows(job.k[b], f.k0, g.n, g.k_step, f.k_len),
-                _windows(job.v[b], f.k0, g.n, g.k_step, f.k_len),
+                _windows(k[b], f.k0, g.n, g.k_step, f.k_len),
+                _windows(v[b], f.k0, g.n, g.k_step, f.k_len),
                 0.0, False, attn_mask=additive, scale=spec.scale)  # (n, H, q, Dv), (n, H, q)
             l = l.to(q.dtype)
             if row_has_key is not None:  # the kernel gives lse 0 to rows with no key
@@ -270,25 +301,25 @@ def _merge_into(acc: Tensor, acc_lse: Tensor, new: Tensor, new_lse: Tensor) -> N
     acc_lse.copy_(total)
 
 
-def fused_backward(spec: AttentionSpec, block_q: int, block_k: int, out: Tensor, lse: Tensor,
+def fused_backward(spec: AttentionSpec, plan: FusedPlan, out: Tensor, lse: Tensor,
                    grad_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """dq (B, Hq, Lq, D), dk (B, Hkv, Lk, D), dv (B, Hkv, Lk, Dv) from the global out and lse."""
-    job = _Job(spec, block_q, block_k)
     q = spec.q
+    k, v = expand_kv(spec.k, spec.heads), expand_kv(spec.v, spec.heads)  # (B, H, Lk, D|Dv)
     # Rows with no key: lse +inf makes their P = exp(S - lse) exactly 0, so no gradient.
     lse = torch.where(torch.isfinite(lse), lse, torch.full_like(lse, float("inf")))
     dq = torch.zeros_like(q)
-    dk, dv = torch.zeros_like(job.k), torch.zeros_like(job.v)
+    dk, dv = torch.zeros_like(k), torch.zeros_like(v)
     for b in range(spec.batch):
-        mb, groups = job.plan(b)
-        for g in groups:
+        mb, groups = plan.for_batch(b)
+        for index, g in enumerate(groups):
             f = g.first
-            additive, _ = job.mask_of(g, mb)
+            additive, _ = plan.mask_of(mb, index)
             q_win = _windows(q[b], f.q0, g.n, f.q_len, f.q_len)
             gq, gk, gv = _bwd_op()(
                 _windows(grad_out[b], f.q0, g.n, f.q_len, f.q_len), q_win,
-                _windows(job.k[b], f.k0, g.n, g.k_step, f.k_len),
-                _windows(job.v[b], f.k0, g.n, g.k_step, f.k_len),
+                _windows(k[b], f.k0, g.n, g.k_step, f.k_len),
+                _windows(v[b], f.k0, g.n, g.k_step, f.k_len),
                 _windows(out[b], f.q0, g.n, f.q_len, f.q_len),
                 _windows(lse[b, :, :, None], f.q0, g.n, f.q_len, f.q_len)[..., 0],
                 0.0, False, attn_mask=additive, scale=spec.scale)

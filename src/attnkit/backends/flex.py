@@ -50,6 +50,9 @@ class FlexBackend(Backend):
         reasons = []
         if not flex_available():
             reasons.append(f"torch {torch.__version__} has no FlexAttention")
+        if spec.needs_grad and spec.q.device.type == "cpu":
+            # torch raises "FlexAttention does not support backward on CPU" at the first call.
+            reasons.append("backward not supported on CPU (FlexAttention is forward-only there)")
         return reasons
 
     def forward(self, spec: AttentionSpec) -> Tensor:

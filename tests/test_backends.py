@@ -1,0 +1,431 @@
+"""Every backend on every case: the grid generated from the registry, dispatch, gradcheck.
+
+The grid pairs each registered backend (read from :func:`attnkit.backends.list_backends` when the
+tests are collected, so a new backend is tested the day it is registered) with each case below.
+A backend that declares support for a case must match float64 plain math, forward and backward;
+a backend that declines must refuse with an error that lists its reasons.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+
+from attnkit import attention, dispatch_report, masks
+from attnkit import bias as biases
+from attnkit.backends import (
+    Backend,
+    Capabilities,
+    NoBackendError,
+    get_backend,
+    list_backends,
+    register_backend,
+)
+from attnkit.backends.blocked import BlockedBackend, TileSizes, blocked_attention
+from attnkit.backends.dispatch import _REGISTRY
+from attnkit.backends.reference import ReferenceBackend
+from attnkit.functional.math import AttentionSpec, validate
+from conftest import (
+    RetensoredBias,
+    backend_names,
+    check_against_reference,
+    float64_reference,
+    tolerance,
+)
+
+
+@dataclass
+class Case:
+    """One attention call: shapes, dtype and keyword arguments built from fresh random tensors."""
+
+    name: str
+    shape: tuple[int, int, int, int, int, int, int]  # B, Hq, Hkv, Lq, Lk, D, Dv
+    options: Callable[[], dict[str, Any]] = field(default=dict)  # mask/bias/scale/softcap
+    dtype: torch.dtype = torch.float32
+
+    def build(self, grad: bool) -> tuple[Tensor, Tensor, Tensor, dict[str, Any]]:
+        b, hq, hkv, lq, lk, d, dv = self.shape
+        q = torch.randn(b, hq, lq, d, dtype=self.dtype, requires_grad=grad)
+        k = torch.randn(b, hkv, lk, d, dtype=self.dtype, requires_grad=grad)
+        v = torch.randn(b, hkv, lk, dv, dtype=self.dtype, requires_grad=grad)
+        options = self.options()
+        if not grad and options.get("bias") is not None:
+            for t in options["bias"].tensors():
+                t.requires_grad_(False)
+        return q, k, v, options
+
+
+def _learned_buckets(heads: int) -> biases.RelativeBucketBias:
+    module = biases.relative_buckets(heads, num_buckets=8, max_distance=12)
+    with torch.no_grad():
+        module.table.normal_()
+    return module
+
+
+def _doc_ids() -> Tensor:
+    return torch.tensor([[0, 0, 0, 1, 1, 2, 2, 2, 2], [0, 1, 1, 1, 1, 1, 2, 3, 3]])
+
+
+CASES = [
+    Case("plain", (2, 4, 4, 7, 7, 8, 8)),
+    Case("plain_f64_lq_ne_lk", (1, 2, 2, 5, 9, 5, 3), dtype=torch.float64),
+    Case("causal", (1, 2, 2, 9, 9, 12, 12), lambda: {"mask": masks.causal()}),
+    Case("causal_bottom_right", (2, 2, 1, 3, 10, 6, 6), lambda: {"mask": masks.causal()}),
+    Case("causal_top_left", (1, 2, 2, 6, 9, 4, 4), lambda: {"mask": masks.causal(offset=0)}),
+    Case("causal_negative_offset", (1, 2, 2, 8, 8, 4, 4),
+         lambda: {"mask": masks.causal(offset=-2)}),  # the first two rows see nothing
+    Case("gqa_causal", (2, 6, 2, 8, 8, 5, 7), lambda: {"mask": masks.causal()}),
+    Case("mqa_decode_step", (2, 4, 1, 1, 11, 8, 8), lambda: {"mask": masks.causal()}),
+    Case("sliding_window", (1, 2, 2, 11, 11, 4, 4), lambda: {"mask": masks.sliding_window(3)}),
+    Case("window_right_padding", (2, 2, 2, 9, 11, 3, 3),
+         lambda: {"mask": masks.sliding_window(2, right=1) & masks.padding([5, 11])}),
+    Case("document_causal", (2, 3, 1, 9, 9, 4, 4),
+         lambda: {"mask": masks.document(_doc_ids()) & masks.causal()}),
+    Case("padding_bool_empty_sequence", (2, 2, 2, 5, 7, 4, 4), lambda: {
+        "mask": masks.padding(torch.tensor([[True, False, True, True, False, True, True],
+                                            [False] * 7]))}),
+    Case("dense_per_head", (1, 3, 3, 6, 8, 4, 4),
+         lambda: {"mask": masks.dense(torch.rand(1, 3, 6, 8) < 0.5)}),
+    Case("streaming_sink", (1, 2, 2, 10, 10, 4, 4),
+         lambda: {"mask": masks.causal() & (masks.sliding_window(2) | masks.sink(2))}),
+    Case("not_causal", (1, 2, 2, 6, 6, 4, 4), lambda: {"mask": ~masks.causal()}),
+    Case("alibi_6_heads", (1, 6, 3, 7, 7, 4, 4),
+         lambda: {"mask": masks.causal(), "bias": biases.alibi(6)}),
+    Case("relative_buckets", (2, 2, 2, 5, 8, 4, 4),
+         lambda: {"mask": masks.causal(), "bias": _learned_buckets(2)}),
+    Case("dense_bias_grad", (2, 2, 1, 6, 7, 4, 4),
+         lambda: {"bias": biases.dense(torch.randn(1, 2, 6, 7, requires_grad=True))}),
+    Case("softcap_alibi_window", (1, 2, 2, 9, 9, 4, 4), lambda: {
+        "mask": masks.sliding_window(4), "bias": biases.alibi(2), "softcap": 2.0}),
+    Case("softcap_only", (1, 2, 2, 5, 5, 4, 4), lambda: {"softcap": 0.5}),
+    Case("custom_scale", (1, 2, 2, 4, 6, 4, 9), lambda: {"scale": 0.3}),
+    Case("f64_everything", (2, 4, 2, 9, 9, 3, 5), lambda: {
+        "mask": masks.document(_doc_ids()) & masks.sliding_window(3),
+        "bias": biases.dense(torch.randn(2, 4, 9, 9, dtype=torch.float64, requires_grad=True))
+        + biases.alibi(4),
+        "softcap": 3.0}, dtype=torch.float64),
+    Case("flex_small", (2, 2, 1, 8, 8, 4, 4), lambda: {
+        "mask": masks.causal() & masks.sliding_window(3) & masks.padding([8, 0]),
+        "bias": biases.alibi(2), "softcap": 5.0}),
+]
+CASES_BY_NAME = {c.name: c for c in CASES}
+
+# Backends too slow to run on every case on CPU, with the cases they do run (and why).
+# FlexAttention compiles one kernel per shape and modification (~10-30 s each on 2 CPU cores).
+SLOW_BACKENDS: dict[str, set[str]] = {"flex": {"flex_small"}}
+
+# Extra, unregistered configurations worth a grid of their own: tiny tiles make several full,
+# partial and empty tiles (and short edge tiles) appear in every case.
+# ``fused=False`` keeps blocked's pure PyTorch tile loop tested where the fused path would run.
+EXTRA_BACKENDS: dict[str, Backend] = {
+    "blocked[3x4]": BlockedBackend(TileSizes(3, 4)),
+    "blocked[3x4,pure]": BlockedBackend(TileSizes(3, 4), fused=False),
+}
+
+
+def _grid() -> list[Any]:
+    params = []
+    for name in ["auto", *backend_names, *EXTRA_BACKENDS]:
+        for case in CASES:
+            if name in SLOW_BACKENDS and case.name not in SLOW_BACKENDS[name]:
+                continue
+            marks = [pytest.mark.slow] if name in SLOW_BACKENDS else []
+            params.append(pytest.param(name, case, id=f"{name}-{case.name}", marks=marks))
+    return params
+
+
+def _backend(name: str) -> Backend | None:
+    return EXTRA_BACKENDS[name] if name in EXTRA_BACKENDS else (
+        None if name == "auto" else get_backend(name))
+
+
+def _run(name: str, options: dict[str, Any]) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    if name in EXTRA_BACKENDS:
+        backend = EXTRA_BACKENDS[name]
+        return lambda q, k, v: backend.forward(validate(q, k, v, dropout_p=0.0, **{
+            "mask": None, "bias": None, "scale": None, "softcap": None, **options}))
+    return lambda q, k, v: attention(q, k, v, backend=name, **options)
+
+
+def _reasons(name: str, q: Tensor, k: Tensor, v: Tensor, options: dict[str, Any]) -> list[str]:
+    spec = validate(q, k, v, dropout_p=0.0, **{"mask": None, "bias": None, "scale": None,
+                                                "softcap": None, **options})
+    backend = _backend(name)
+    if backend is None:
+        chosen = dispatch_report(q, k, v, **options).chosen  # type: ignore[attr-defined]
+        return [] if chosen else ["auto found no backend"]
+    return backend.not_supported_reasons(spec)
+
+
+def _check_refusal(name: str, q: Tensor, k: Tensor, v: Tensor, options: dict[str, Any],
+                   reasons: list[str]) -> None:
+    assert name != "auto", f"auto found no backend: {dispatch_report(q, k, v, **options)}"
+    assert name in EXTRA_BACKENDS or name in list_backends()
+    if name in EXTRA_BACKENDS:
+        return
+    with pytest.raises(NoBackendError) as err:
+        attention(q, k, v, backend=name, **options)
+    for reason in reasons:
+        assert reason in str(err.value)
+
+
+@pytest.mark.parametrize("name, case", _grid())
+def test_forward_matches_reference(name: str, case: Case) -> None:
+    q, k, v, options = case.build(grad=False)
+    reasons = _reasons(name, q, k, v, options)
+    if reasons:
+        _check_refusal(name, q, k, v, options, reasons)
+        return
+    check_against_reference(_run(name, options), q, k, v, grad=False, **options)
+
+
+@pytest.mark.parametrize("name, case", _grid())
+def test_gradients_match_reference(name: str, case: Case) -> None:
+    q, k, v, options = case.build(grad=True)
+    reasons = _reasons(name, q, k, v, options)
+    if reasons:
+        _check_refusal(name, q, k, v, options, reasons)
+        return
+    check_against_reference(_run(name, options), q, k, v, grad=True, **options)
+
+
+def test_the_grid_is_not_vacuous() -> None:
+    """Every case runs on the reference and blocked backends and on at least two others."""
+    for case in CASES:
+        q, k, v, options = case.build(grad=True)
+        supported = [n for n in backend_names if not _reasons(n, q, k, v, options)]
+        assert {"reference", "blocked"} <= set(supported), (case.name, supported)
+    forward_support = {n: 0 for n in backend_names}
+    for case in CASES:
+        q, k, v, options = case.build(grad=False)
+        for n in backend_names:
+            forward_support[n] += not _reasons(n, q, k, v, options)
+    assert all(count > 0 for count in forward_support.values()), forward_support
+    q, k, v, options = CASES_BY_NAME["flex_small"].build(grad=False)
+    if "flex" in backend_names:
+        assert _reasons("flex", q, k, v, options) == [], "flex must run its grid case"
+
+
+# -- fully masked rows --------------------------------------------------------------------------
+FULLY_MASKED = masks.causal(offset=-2) & masks.padding([6, 0])  # rows 0-1 of seq 0, all of seq 1
+
+
+@pytest.mark.parametrize("name", [n for n in ["auto", *backend_names, *EXTRA_BACKENDS]
+                                  if n not in SLOW_BACKENDS])
+def test_fully_masked_rows_are_zero_with_finite_gradients(name: str) -> None:
+    q = torch.randn(2, 2, 6, 4, requires_grad=True)
+    k = torch.randn(2, 2, 6, 4, requires_grad=True)
+    v = torch.randn(2, 2, 6, 4, requires_grad=True)
+    table = torch.randn(2, 2, 6, 6, requires_grad=True)
+    for options in ({"mask": FULLY_MASKED},
+                    {"mask": FULLY_MASKED, "bias": biases.dense(table), "softcap": 3.0}):
+        if _reasons(name, q, k, v, options):
+            _check_refusal(name, q, k, v, options, _reasons(name, q, k, v, options))
+            continue
+        out = _run(name, options)(q, k, v)
+        assert torch.equal(out[0, :, :2], torch.zeros_like(out[0, :, :2]))
+        assert torch.equal(out[1], torch.zeros_like(out[1]))
+        assert torch.isfinite(out).all() and out[0, :, 2:].abs().sum() > 0
+        grads = torch.autograd.grad(out, [q, k, v], torch.randn_like(out))
+        for g in grads:
+            assert torch.isfinite(g).all()
+        assert torch.equal(grads[0][1], torch.zeros_like(grads[0][1]))
+        check_against_reference(_run(name, options), q, k, v, **options)
+
+
+# -- gradcheck ----------------------------------------------------------------------------------
+TINY = TileSizes(block_q=3, block_k=4)
+
+
+def _blocked_fn(mask: masks.Mask | None, make_bias: Callable[..., Any] | None,
+                softcap: float | None, fused: bool | None) -> Callable[..., Tensor]:
+    def fn(q: Tensor, k: Tensor, v: Tensor, *bias_tensors: Tensor) -> Tensor:
+        bias = make_bias(*bias_tensors) if make_bias is not None else None
+        spec = validate(q, k, v, mask=mask, bias=bias, scale=None, softcap=softcap,
+                        dropout_p=0.0)
+        return blocked_attention(spec, TINY, fused=fused)
+    return fn
+
+
+@pytest.mark.parametrize("variant, fused", [
+    ("plain", False), ("plain", None), ("window", False), ("window", None),
+    ("alibi_softcap", None), ("dense_bias_masked", None), ("buckets", None)])
+def test_blocked_gradcheck(variant: str, fused: bool | None) -> None:
+    """Float64 gradcheck with tiles of 3 queries x 4 keys: full, partial, empty and short tiles.
+
+    ``fused=None`` lets blocked use torch's fused kernel where it can (no bias, no softcap);
+    ``False`` forces the pure PyTorch tile loop.
+    """
+    f64 = {"dtype": torch.float64, "requires_grad": True}
+    q, k, v = torch.randn(1, 4, 7, 3, **f64), torch.randn(1, 2, 9, 3, **f64), \
+        torch.randn(1, 2, 9, 3, **f64)
+    extra: tuple[Tensor, ...] = ()
+    if variant == "plain":
+        fn = _blocked_fn(None, None, None, fused)
+    elif variant == "window":
+        fn = _blocked_fn(masks.sliding_window(3, right=1) | masks.sink(1), None, None, fused)
+    elif variant == "alibi_softcap":
+        fn = _blocked_fn(masks.causal(), lambda: biases.alibi(4), 1.5, fused)
+    elif variant == "dense_bias_masked":
+        extra = (torch.randn(1, 4, 7, 9, **f64),)
+        fn = _blocked_fn(masks.causal(offset=-1) & masks.sliding_window(4, offset=-1),
+                         biases.dense, 2.0, fused)
+    else:
+        module = _learned_buckets(4).double()
+        extra = (module.table.detach().clone().requires_grad_(True),)
+        fn = _blocked_fn(masks.causal(), lambda table: RetensoredBias(module, [table]), None,
+                         fused)
+    # fast_mode checks random projections of the Jacobian: much cheaper, still exact in float64.
+    assert torch.autograd.gradcheck(fn, (q, k, v, *extra), eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+# -- return_weights and dispatch ----------------------------------------------------------------
+@pytest.mark.parametrize("name", [n for n in backend_names if n not in SLOW_BACKENDS])
+def test_return_weights_whatever_backend_ran(name: str) -> None:
+    q, k, v = torch.randn(2, 4, 5, 6), torch.randn(2, 2, 8, 6), torch.randn(2, 2, 8, 3)
+    for options in ({}, {"mask": masks.causal()},
+                    {"mask": masks.sliding_window(2) & masks.padding([8, 3]),
+                     "bias": biases.alibi(4), "softcap": 4.0}):
+        if _reasons(name, q, k, v, options):
+            continue
+        out, weights = attention(q, k, v, backend=name, return_weights=True, **options)
+        ref_out, ref_weights = float64_reference(q, k, v, **options)
+        torch.testing.assert_close(out.double(), ref_out, **tolerance(q.dtype))
+        torch.testing.assert_close(weights.double(), ref_weights, **tolerance(q.dtype))
+        assert weights.shape == (2, 4, 5, 8)
+        sums = weights.sum(-1)  # 1, or 0 for a row that may attend nowhere
+        assert (((sums - 1).abs() < 1e-5) | (sums == 0)).all()
+
+
+def test_return_weights_with_fully_masked_rows() -> None:
+    q, k, v = torch.randn(1, 2, 4, 3), torch.randn(1, 2, 4, 3), torch.randn(1, 2, 4, 3)
+    out, weights = attention(q, k, v, mask=masks.causal(offset=-1), return_weights=True)
+    assert torch.equal(weights[..., 0, :], torch.zeros(1, 2, 4))
+    assert torch.equal(out[..., 0, :], torch.zeros(1, 2, 3))
+
+
+def _qkv(lq: int = 6, lk: int = 6) -> tuple[Tensor, Tensor, Tensor]:
+    return torch.randn(1, 2, lq, 4), torch.randn(1, 2, lk, 4), torch.randn(1, 2, lk, 4)
+
+
+@pytest.mark.parametrize("options, chosen", [
+    ({}, "sdpa"),
+    ({"mask": masks.causal()}, "sdpa"),
+    ({"mask": masks.full()}, "sdpa"),
+    ({"mask": masks.sliding_window(2)}, "blocked"),
+    ({"mask": masks.causal() & masks.sliding_window(2)}, "blocked"),
+    ({"mask": masks.document(torch.tensor([[0, 0, 1, 1, 1, 2]]))}, "blocked"),
+    ({"mask": masks.padding([4])}, "blocked"),
+    ({"bias": biases.alibi(2)}, "blocked"),
+    ({"mask": masks.causal(), "bias": biases.alibi(2)}, "blocked"),
+    ({"softcap": 5.0}, "blocked"),
+    ({"dropout_p": 0.1}, "sdpa"),
+    ({"mask": masks.sliding_window(2), "dropout_p": 0.1}, "sdpa_dense"),
+    ({"mask": masks.sliding_window(2), "softcap": 5.0, "dropout_p": 0.1}, "reference"),
+])
+def test_auto_picks_the_expected_backend(options: dict[str, Any], chosen: str) -> None:
+    report = dispatch_report(*_qkv(), **options)
+    assert report.chosen == chosen, str(report)  # type: ignore[attr-defined]
+    text = str(report)
+    assert text.startswith(f"chosen: {chosen}")
+    for name in backend_names:
+        assert name in text
+    if chosen != "sdpa":
+        assert report.reasons["sdpa"], "sdpa was passed over, so it must say why"  # type: ignore[attr-defined]
+
+
+def test_causal_with_unequal_lengths_is_not_sent_to_native_sdpa() -> None:
+    """SDPA's is_causal is top-left aligned; attnkit's default causal is bottom-right."""
+    report = dispatch_report(*_qkv(3, 7), mask=masks.causal())
+    assert report.chosen == "blocked"  # type: ignore[attr-defined]
+    assert any("no native SDPA flag" in r for r in report.reasons["sdpa"])  # type: ignore[attr-defined]
+    assert dispatch_report(*_qkv(3, 7), mask=masks.causal(offset=0)).chosen == "sdpa"  # type: ignore[attr-defined]
+
+
+def test_report_lists_reasons() -> None:
+    q, k, v = (t.double() for t in _qkv())
+    report = dispatch_report(q, k, v, mask=masks.sliding_window(1), softcap=2.0)
+    reasons = report.reasons  # type: ignore[attr-defined]
+    assert "softcap not supported" in reasons["sdpa"]
+    assert any("no native SDPA flag" in r for r in reasons["sdpa"])
+    if "flex" in reasons:
+        assert any("allow_in_auto" in r for r in reasons["flex"])
+        assert any("dtype float64" in r for r in reasons["flex"])
+    assert reasons["blocked"] == [] and report.chosen == "blocked"  # type: ignore[attr-defined]
+    assert "softcap not supported" in str(report)
+
+
+@pytest.mark.parametrize("backend, options, reason", [
+    ("sdpa", {"softcap": 3.0}, "softcap not supported"),
+    ("sdpa", {"bias": biases.alibi(2)}, "score bias not supported"),
+    ("sdpa", {"mask": masks.sliding_window(2)}, "no native SDPA flag"),
+    ("blocked", {"dropout_p": 0.2}, "dropout not supported"),
+    ("sdpa_dense", {"softcap": 1.0}, "softcap not supported"),
+])
+def test_forcing_an_unsupported_backend_lists_reasons(backend: str, options: dict[str, Any],
+                                                      reason: str) -> None:
+    with pytest.raises(NoBackendError, match=f"backend '{backend}' cannot run this call") as err:
+        attention(*_qkv(), backend=backend, **options)
+    assert reason in str(err.value)
+    assert "backend='auto'" in str(err.value)
+    report = dispatch_report(*_qkv(), backend=backend, **options)
+    assert report.chosen is None and reason in str(report)  # type: ignore[attr-defined]
+
+
+def test_flex_declines_what_it_cannot_do_without_compiling() -> None:
+    if "flex" not in backend_names:
+        pytest.fail("flex backend is not registered")
+    q, k, v = (t.double() for t in _qkv())
+    with pytest.raises(NoBackendError, match="dtype float64"):
+        attention(q, k, v, backend="flex")
+    table = torch.randn(1, 2, 6, 6, requires_grad=True)
+    with pytest.raises(NoBackendError, match="gradients into the bias"):
+        attention(*_qkv(), bias=biases.dense(table), backend="flex")
+    q, k, v = (t.requires_grad_() for t in _qkv())
+    if not torch.cuda.is_available():
+        reasons = get_backend("flex").not_supported_reasons(
+            validate(q, k, v, mask=None, bias=None, scale=None, softcap=None, dropout_p=0.0))
+        assert any("backward" in r for r in reasons), reasons
+
+
+def test_unknown_backend_name() -> None:
+    with pytest.raises(ValueError, match=r"unknown backend 'fast'; choose one of \['auto', "):
+        attention(*_qkv(), backend="fast")
+
+
+def test_a_newly_registered_backend_is_dispatchable() -> None:
+    class PlainOnly(ReferenceBackend):
+        name = "test_plain_only"
+        capabilities = Capabilities(masks=False, bias=False, notes=("test double",))
+
+        def forward(self, spec: AttentionSpec) -> Tensor:
+            return super().forward(spec)
+
+    register_backend(PlainOnly())
+    try:
+        assert "test_plain_only" in list_backends()
+        q, k, v = _qkv()
+        check_against_reference(lambda q, k, v: attention(q, k, v, backend="test_plain_only"),
+                                q, k, v)
+        with pytest.raises(NoBackendError, match=r"mask causal\(\) not supported"):
+            attention(q, k, v, mask=masks.causal(), backend="test_plain_only")
+        assert "test_plain_only" in dispatch_report(q, k, v).reasons  # type: ignore[attr-defined]
+    finally:
+        _REGISTRY.pop("test_plain_only")
+
+
+def test_dropout_is_unbiased() -> None:
+    """Dropout zeroes weights and rescales the rest: its mean over many draws is the output."""
+    draws = 4000  # one batch entry per draw, in a single call
+    q, k, v = torch.randn(1, 1, 3, 4), torch.randn(1, 1, 5, 4), torch.randn(1, 1, 5, 2)
+    exact = attention(q, k, v, mask=masks.sliding_window(2))
+    q, k, v = (t.expand(draws, -1, -1, -1).contiguous() for t in (q, k, v))
+    for backend in ("reference", "sdpa_dense"):
+        out = attention(q, k, v, mask=masks.sliding_window(2), dropout_p=0.5, backend=backend)
+        assert not torch.allclose(out[0], exact[0])
+        torch.testing.assert_close(out.mean(0, keepdim=True), exact, atol=0.08, rtol=0.08)

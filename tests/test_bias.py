@@ -1,0 +1,176 @@
+"""Score biases: ALiBi slopes and values, T5 relative buckets, dense biases, sums."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from attnkit import attention, masks
+from attnkit import bias as biases
+from attnkit.backends.blocked import TileSizes, blocked_attention
+from attnkit.functional.bias import alibi_slopes, relative_position_bucket
+from attnkit.functional.math import validate
+from conftest import check_against_reference
+
+
+def paper_slopes(n: int) -> list[float]:
+    """ALiBi slopes as Press et al. (2022) describe them, written out independently."""
+    def power_of_two(m: int) -> list[float]:
+        # Geometric sequence whose first term and ratio are both 2^(-8/m).
+        return [2.0 ** (-8.0 * (i + 1) / m) for i in range(m)]
+
+    if math.log2(n).is_integer():
+        return power_of_two(n)
+    closest = 2 ** math.floor(math.log2(n))
+    return power_of_two(closest) + power_of_two(2 * closest)[0::2][: n - closest]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 20, 32, 48])
+def test_alibi_slopes_follow_the_paper(n: int) -> None:
+    slopes = alibi_slopes(n)
+    assert slopes.shape == (n,) and slopes.dtype == torch.float64
+    torch.testing.assert_close(slopes, torch.tensor(paper_slopes(n), dtype=torch.float64))
+
+
+def test_alibi_slopes_known_values() -> None:
+    assert alibi_slopes(8).tolist() == [2.0 ** -i for i in range(1, 9)]
+    assert alibi_slopes(6).tolist() == [2.0 ** -2, 2.0 ** -4, 2.0 ** -6, 2.0 ** -8,
+                                        2.0 ** -1, 2.0 ** -3]
+    with pytest.raises(ValueError, match="num_heads >= 1, got 0"):
+        alibi_slopes(0)
+
+
+@given(heads=st.integers(1, 9), lq=st.integers(1, 8), lk=st.integers(1, 8),
+       offset=st.none() | st.integers(-3, 3))
+def test_alibi_values(heads: int, lq: int, lk: int, offset: int | None) -> None:
+    got = biases.alibi(heads, offset=offset).dense(lq, lk)
+    off = lk - lq if offset is None else offset
+    i = torch.arange(lq, dtype=torch.float64).view(-1, 1)
+    j = torch.arange(lk, dtype=torch.float64).view(1, -1)
+    want = -alibi_slopes(heads).view(-1, 1, 1) * (i + off - j).abs()
+    assert got.shape == (1, heads, lq, lk)
+    torch.testing.assert_close(got.double()[0], want, atol=1e-6, rtol=1e-6)
+
+
+def test_alibi_under_causal_is_the_papers_linear_penalty() -> None:
+    heads, length = 4, 6
+    got = biases.alibi(heads).dense(length, length)[0]
+    allowed = masks.causal().dense(length, length)[0, 0]
+    i, j = torch.arange(length).view(-1, 1), torch.arange(length).view(1, -1)
+    want = alibi_slopes(heads).view(-1, 1, 1).float() * (j - i)
+    assert torch.equal(got[:, allowed], want[:, allowed])
+
+
+def t5_bucket(relative: int, bidirectional: bool, num_buckets: int, max_distance: int) -> int:
+    """T5's relative-position bucketing (Raffel et al., 2020), scalar and from the definition."""
+    offset = 0
+    if bidirectional:
+        num_buckets //= 2
+        if relative > 0:
+            offset = num_buckets
+        distance = abs(relative)
+    else:
+        distance = max(-relative, 0)
+    exact = num_buckets // 2
+    if distance < exact:
+        return offset + distance
+    log_part = math.log(distance / exact) / math.log(max_distance / exact)
+    return offset + min(exact + int(log_part * (num_buckets - exact)), num_buckets - 1)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("num_buckets, max_distance", [(32, 128), (8, 20), (4, 3), (10, 6)])
+def test_relative_position_buckets(bidirectional: bool, num_buckets: int,
+                                   max_distance: int) -> None:
+    relative = torch.arange(-300, 301)
+    got = relative_position_bucket(relative, bidirectional, num_buckets, max_distance)
+    want = [t5_bucket(int(r), bidirectional, num_buckets, max_distance) for r in relative]
+    assert got.tolist() == want
+    assert int(got.min()) >= 0 and int(got.max()) < num_buckets
+
+
+def test_relative_bucket_bias_module() -> None:
+    module = biases.relative_buckets(3, num_buckets=8, max_distance=16)
+    with torch.no_grad():
+        module.table.copy_(torch.randn(8, 3))
+    lq, lk = 4, 7
+    got = module(lq, lk)
+    assert got.shape == (1, 3, lq, lk)
+    for i in range(lq):
+        for j in range(lk):
+            bucket = t5_bucket(j - (i + lk - lq), True, 8, 16)
+            assert torch.equal(got[0, :, i, j], module.table[bucket])
+    assert list(module.parameters()) == [module.table]
+    assert repr(module) == ("relative_buckets(num_heads=3, num_buckets=8, max_distance=16, "
+                            "bidirectional=True)")
+    with pytest.raises(ValueError, match="num_buckets=2, max_distance=8"):
+        biases.relative_buckets(3, num_buckets=2, max_distance=8)
+
+
+def test_relative_bucket_table_learns_through_attention() -> None:
+    """Gradients reach the bucket table through every differentiable path, equal to plain math."""
+    module = biases.relative_buckets(2, num_buckets=6, max_distance=10)
+    with torch.no_grad():
+        module.table.normal_()
+    q, k, v = torch.randn(1, 2, 5, 4), torch.randn(1, 2, 7, 4), torch.randn(1, 2, 7, 3)
+    check_against_reference(lambda q, k, v: attention(q, k, v, bias=module, mask=masks.causal()),
+                            q, k, v, bias=module, mask=masks.causal())
+    spec_tiles = TileSizes(block_q=2, block_k=3)
+    check_against_reference(
+        lambda q, k, v: blocked_attention(validate(q, k, v, mask=None, bias=module, scale=None,
+                                                   softcap=None, dropout_p=0.0), spec_tiles),
+        q, k, v, bias=module)
+
+
+@pytest.mark.parametrize("shape", [(5, 6), (1, 5, 6), (2, 1, 5, 6), (1, 3, 5, 6), (2, 3, 5, 6)])
+def test_dense_bias_broadcasts(shape: tuple[int, ...]) -> None:
+    table = torch.randn(shape)
+    bias = biases.dense(table)
+    got = bias.dense(5, 6)
+    assert got.dim() == 4
+    assert torch.equal(got.expand(2, 3, 5, 6), table.expand(2, 3, 5, 6))
+    tile = bias.tile(torch.arange(1, 4), torch.arange(2, 6), 5, 6)
+    assert torch.equal(tile, got[..., 1:4, 2:6])
+
+
+def test_dense_bias_gradient_equals_plain_math() -> None:
+    table = torch.randn(2, 3, 4, 6, requires_grad=True)
+    bias = biases.dense(table)
+    q, k, v = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 6, 5), torch.randn(2, 3, 6, 5)
+    for backend in ("auto", "blocked", "reference", "sdpa_dense"):
+        check_against_reference(lambda q, k, v, b=backend: attention(q, k, v, bias=bias,
+                                                                     backend=b),
+                                q, k, v, bias=bias)
+
+
+def test_sum_of_biases() -> None:
+    table = torch.randn(1, 4, 3, 5)
+    total = biases.alibi(4) + biases.dense(table)
+    assert total.num_heads == 4
+    torch.testing.assert_close(total.dense(3, 5), biases.alibi(4).dense(3, 5) + table)
+    assert total.tensors() == (table,)
+    assert repr(total) == "(alibi(4) + dense_bias((1, 4, 3, 5)))"
+
+
+def test_score_mod_adds_the_bias() -> None:
+    bias = biases.alibi(3)
+    mod = bias.score_mod(4, 6)
+    score = torch.randn(1, 3, 4, 6)
+    got = mod(score, torch.zeros(1, 1, 1, 1, dtype=torch.long), torch.arange(3).view(1, -1, 1, 1),
+              torch.arange(4).view(1, 1, -1, 1), torch.arange(6).view(1, 1, 1, -1))
+    torch.testing.assert_close(got, score + bias.dense(4, 6))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: biases.dense(torch.ones(3, 3, dtype=torch.long)), "torch.int64"),
+    (lambda: biases.dense(torch.ones(3)), "(3,)"),
+    (lambda: biases.dense(torch.ones(1, 1, 1, 3, 3)), "(1, 1, 1, 3, 3)"),
+])
+def test_bad_bias_arguments(make, message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError) as err:
+        make()
+    assert message in str(err.value)
