@@ -26,7 +26,12 @@ import torch
 from torch import Tensor
 
 from attnkit.backends.base import Backend, Capabilities
-from attnkit.backends.blocked_fused import fused_backward, fused_forward, fused_supports
+from attnkit.backends.blocked_fused import (
+    fused_backward,
+    fused_forward,
+    fused_supports,
+    make_plan,
+)
 from attnkit.functional.masks import EMPTY, FULL
 from attnkit.functional.math import AttentionSpec
 
@@ -239,8 +244,9 @@ class _FusedBlockedFunction(torch.autograd.Function):
     def forward(ctx: Any, spec: AttentionSpec, tiles: TileSizes, q: Tensor, k: Tensor,
                 v: Tensor) -> Tensor:
         spec = AttentionSpec(q, k, v, spec.mask, None, spec.scale, None, 0.0)
-        out, lse = fused_forward(spec, *tiles.resolved(fused=True))
-        ctx.spec, ctx.tiles = spec, tiles
+        plan = make_plan(spec, *tiles.resolved(fused=True))
+        out, lse = fused_forward(spec, plan)
+        ctx.spec, ctx.plan = spec, plan
         ctx.save_for_backward(q, k, v, out, lse)
         return out
 
@@ -249,8 +255,7 @@ class _FusedBlockedFunction(torch.autograd.Function):
         q, k, v, out, lse = ctx.saved_tensors
         spec: AttentionSpec = ctx.spec
         spec = AttentionSpec(q, k, v, spec.mask, None, spec.scale, None, 0.0)
-        block_q, block_k = ctx.tiles.resolved(fused=True)
-        dq, dk, dv = fused_backward(spec, block_q, block_k, out, lse, grads[0].contiguous())
+        dq, dk, dv = fused_backward(spec, ctx.plan, out, lse, grads[0].contiguous())
         return None, None, dq, dk, dv
 
 
@@ -271,7 +276,7 @@ def blocked_attention(spec: AttentionSpec, tiles: TileSizes | None = None, *,
     if can_fuse and fused is not False:
         if not spec.needs_grad:
             with torch.no_grad():
-                return fused_forward(spec, *tiles.resolved(fused=True))[0]
+                return fused_forward(spec, make_plan(spec, *tiles.resolved(fused=True)))[0]
         out: Tensor = _FusedBlockedFunction.apply(spec, tiles, spec.q, spec.k, spec.v)
         return out
     bias_tensors = spec.bias.tensors() if spec.bias is not None else ()
