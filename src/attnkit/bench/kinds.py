@@ -1,0 +1,444 @@
+"""``attnkit bench kinds``: time and peak memory of every attention kind against sequence length.
+
+For each registered kind and each length L it measures, on self-attention of a (B, L, dim)
+input without a mask:
+
+- forward time (no autograd) and forward + backward time (gradients into input and weights),
+- peak memory above the resident baseline during each (CPU: the process' resident high-water
+  mark, reset before each call; CUDA: ``torch.cuda.max_memory_allocated``),
+
+then fits the log-log slope of time and memory against L over the largest lengths, finds the
+length where each kind becomes faster than exact attention (``mha``), and writes a CSV, a
+log-log PNG and a text summary. Points whose projected time (from the previous length, assuming
+quadratic growth) exceeds a budget are skipped and marked, except for ``mha``, the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import ctypes
+import ctypes.util
+import itertools
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attnkit.layers import build_attention, list_attention_kinds
+
+__all__ = ["KindsBenchConfig", "Measurement", "register", "run_kinds_benchmark"]
+
+#: Options that make each kind's benchmark representative (documented in docs/attention-kinds.md).
+BENCH_OPTIONS: dict[str, dict[str, Any]] = {
+    "local": {"window": 256, "lookahead": 256},
+    "adaptive_span": {"max_span": 1024, "span_init": 1.0},  # fully grown span: worst case
+    "topk": {"top_k": 32},
+    "performer": {"num_features": 256, "seed": 0},
+    "linformer": {"projected_length": 256},  # max_length is set to the largest L
+    "nystrom": {"num_landmarks": 64},
+}
+#: Kinds whose cost should grow linearly in L (the slope / speed-up targets apply to them).
+LINEAR_COST_KINDS = ("local", "adaptive_span", "linear", "performer", "linformer", "nystrom")
+REFERENCE_KIND = "mha"
+
+
+@dataclass(frozen=True)
+class KindsBenchConfig:
+    """What to measure."""
+
+    lengths: tuple[int, ...] = (1024, 2048, 4096, 8192, 16384, 32768)  # sequence lengths L
+    dim: int = 512  # model width
+    num_heads: int = 8  # attention heads
+    batch: int = 1  # sequences per call
+    dtype: torch.dtype = torch.float32  # parameter and input dtype
+    device: str = "cpu"  # "cpu" or "cuda"
+    kinds: tuple[str, ...] | None = None  # None: every registered kind
+    repeats: int = 3  # at most this many timed runs per point (median)
+    min_time_s: float = 0.5  # stop repeating once one run takes at least this long
+    point_budget_s: float | None = 240.0  # skip a point projected to take longer (not mha)
+    fit_points: int = 3  # the slope is fitted over this many largest measured lengths
+    seed: int = 0  # seed of inputs and weights
+    out_dir: Path = Path("bench_results/kinds")  # where CSV, PNG and summary go
+
+
+@dataclass
+class Measurement:
+    """One (kind, L) point; times in seconds, memory in MiB; NaN when skipped."""
+
+    kind: str
+    length: int
+    forward_s: float = math.nan
+    forward_backward_s: float = math.nan
+    forward_peak_mib: float = math.nan
+    forward_backward_peak_mib: float = math.nan
+    status: str = "ok"  # "ok" or why the point was skipped
+
+
+@dataclass
+class KindSummary:
+    """Fitted slopes and crossover of one kind."""
+
+    kind: str
+    slopes: dict[str, float] = field(default_factory=dict)  # metric -> log-log slope
+    crossover: dict[str, str] = field(default_factory=dict)  # metric -> length where < mha
+    speedup: dict[str, float] = field(default_factory=dict)  # metric -> mha / kind at max L
+
+
+# -- measuring ---------------------------------------------------------------------------------
+def _libc_mmap_large_allocations() -> None:
+    """Make glibc return large blocks to the OS on free, so resident memory tracks live tensors.
+
+    By default glibc raises its mmap threshold after frees and keeps freed heap resident, which
+    would hide later peaks; a fixed threshold keeps large tensors mmapped.
+    """
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(name)
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        libc.mallopt(m_mmap_threshold, 1 << 16)
+        libc.mallopt(m_trim_threshold, 1 << 16)
+
+
+def _status_kib(field_name: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class PeakMemory:
+    """Peak memory above the starting level during a ``with`` block, in MiB (NaN if unknown)."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.peak_mib = math.nan
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._start = torch.cuda.memory_allocated()
+        else:
+            with contextlib.suppress(OSError):
+                Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark
+            self._start = _status_kib("VmRSS") or 0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            self.peak_mib = (torch.cuda.max_memory_allocated() - self._start) / 2**20
+        else:
+            peak = _status_kib("VmHWM")
+            if peak is not None:
+                self.peak_mib = max(0, peak - self._start) / 1024
+
+
+def _timed(fn: Callable[[], None], config: KindsBenchConfig) -> tuple[float, float]:
+    """Median time of up to ``repeats`` runs and the peak memory of the first one."""
+    times: list[float] = []
+    peak = math.nan
+    for i in range(config.repeats):
+        with PeakMemory(config.device) as mem:
+            start = time.perf_counter()
+            fn()
+            if config.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        if i == 0:
+            peak = mem.peak_mib
+        if times[-1] >= config.min_time_s:
+            break
+    return statistics.median(times), peak
+
+
+def _build(kind: str, config: KindsBenchConfig) -> torch.nn.Module:
+    options = dict(BENCH_OPTIONS.get(kind, {}))
+    if kind == "linformer":
+        options["max_length"] = max(config.lengths)
+    torch.manual_seed(config.seed)
+    layer = build_attention(kind, dim=config.dim, num_heads=config.num_heads, **options)
+    return layer.to(device=config.device, dtype=config.dtype)
+
+
+def measure_point(layer: torch.nn.Module, kind: str, length: int,
+                  config: KindsBenchConfig) -> Measurement:
+    """Forward and forward+backward time and peak memory of ``layer`` at length ``length``."""
+    gen = torch.Generator(device=config.device).manual_seed(config.seed + length)
+    x = torch.randn(config.batch, length, config.dim, generator=gen, device=config.device,
+                    dtype=config.dtype)
+    grad = torch.randn(x.shape, generator=gen, device=config.device, dtype=config.dtype)
+
+    def forward() -> None:
+        with torch.no_grad():
+            layer(x)
+
+    def forward_backward() -> None:
+        layer.zero_grad(set_to_none=True)
+        inp = x.detach().requires_grad_(True)
+        layer(inp).backward(grad)
+
+    result = Measurement(kind, length)
+    result.forward_s, result.forward_peak_mib = _timed(forward, config)
+    result.forward_backward_s, result.forward_backward_peak_mib = _timed(forward_backward, config)
+    layer.zero_grad(set_to_none=True)
+    return result
+
+
+def _measure_kind(kind: str, config: KindsBenchConfig,
+                  log: Callable[[str], None]) -> Iterator[Measurement]:
+    layer = _build(kind, config)
+    layer.train()  # training mode, as in the forward+backward use; no kind uses dropout here
+    measure_point(layer, kind, min(config.lengths), config)  # warm-up (allocator, kernels)
+    previous: Measurement | None = None
+    for length in sorted(config.lengths):
+        if previous is not None and kind != REFERENCE_KIND and config.point_budget_s:
+            projected = previous.forward_backward_s * (length / previous.length) ** 2
+            if math.isfinite(projected) and projected > config.point_budget_s:
+                point = Measurement(kind, length, status=f"skipped: projected {projected:.0f}s "
+                                    f"> budget {config.point_budget_s:.0f}s")
+                log(f"{kind:>14} L={length:>6}  {point.status}")
+                yield point
+                continue
+        point = measure_point(layer, kind, length, config)
+        log(f"{kind:>14} L={length:>6}  fwd {point.forward_s:8.3f}s  fwd+bwd "
+            f"{point.forward_backward_s:8.3f}s  peak fwd {point.forward_peak_mib:8.1f} MiB  "
+            f"fwd+bwd {point.forward_backward_peak_mib:8.1f} MiB")
+        previous = point
+        yield point
+
+
+# -- analysis ----------------------------------------------------------------------------------
+METRICS = ("forward_s", "forward_backward_s", "forward_peak_mib", "forward_backward_peak_mib")
+
+
+def loglog_slope(lengths: Sequence[int], values: Sequence[float]) -> float:
+    """Least-squares slope of log(value) against log(L) over finite positive points."""
+    pts = [(math.log(n), math.log(v)) for n, v in zip(lengths, values)
+           if math.isfinite(v) and v > 0]
+    if len(pts) < 2:
+        return math.nan
+    mx = sum(p[0] for p in pts) / len(pts)
+    my = sum(p[1] for p in pts) / len(pts)
+    sxx = sum((p[0] - mx) ** 2 for p in pts)
+    return sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx if sxx > 0 else math.nan
+
+
+def crossover_length(lengths: Sequence[int], kind_values: Sequence[float],
+                     reference_values: Sequence[float]) -> str:
+    """Length where ``kind`` becomes cheaper than the reference, log-interpolated between points."""
+    pts = [(n, k / r) for n, k, r in zip(lengths, kind_values, reference_values)
+           if math.isfinite(k) and math.isfinite(r) and r > 0 and k > 0]
+    if not pts:
+        return "n/a"
+    if pts[0][1] < 1:
+        return f"<= {pts[0][0]}"
+    for (n0, r0), (n1, r1) in itertools.pairwise(pts):
+        if r0 >= 1 > r1:
+            t = math.log(r0) / (math.log(r0) - math.log(r1))
+            return f"~{round(math.exp(math.log(n0) + t * (math.log(n1) - math.log(n0))))}"
+    return f"> {pts[-1][0]}"
+
+
+def summarize(points: Sequence[Measurement], config: KindsBenchConfig) -> list[KindSummary]:
+    by_kind: dict[str, dict[int, Measurement]] = {}
+    for p in points:
+        by_kind.setdefault(p.kind, {})[p.length] = p
+    ref = by_kind.get(REFERENCE_KIND, {})
+    summaries = []
+    for kind, rows in by_kind.items():
+        lengths = sorted(rows)
+        summary = KindSummary(kind)
+        for metric in METRICS:
+            measured = [n for n in lengths if math.isfinite(getattr(rows[n], metric))]
+            fit = measured[-config.fit_points:]
+            summary.slopes[metric] = loglog_slope(fit, [getattr(rows[n], metric) for n in fit])
+            if ref and kind != REFERENCE_KIND:
+                common = [n for n in lengths if n in ref]
+                summary.crossover[metric] = crossover_length(
+                    common, [getattr(rows[n], metric) for n in common],
+                    [getattr(ref[n], metric) for n in common])
+                top = max(common) if common else None
+                if top is not None:
+                    mine, theirs = getattr(rows[top], metric), getattr(ref[top], metric)
+                    summary.speedup[metric] = theirs / mine if mine > 0 else math.nan
+        summaries.append(summary)
+    return summaries
+
+
+def format_summary(summaries: Sequence[KindSummary], config: KindsBenchConfig) -> str:
+    top = max(config.lengths)
+    lines = [f"slopes fitted over the {config.fit_points} largest measured lengths; speed-up = "
+             f"mha / kind at L={top}; crossover = length where the kind becomes cheaper than mha",
+             f"{'kind':>14} | {'slope t_fwd':>11} {'t_fwd+bwd':>9} {'mem_fwd':>8} "
+             f"{'mem_f+b':>8} | {'x fwd':>7} {'x f+b':>7} | crossover fwd / fwd+bwd"]
+    for s in summaries:
+        sl = [s.slopes.get(m, math.nan) for m in METRICS]
+        sp = [s.speedup.get(m, math.nan) for m in ("forward_s", "forward_backward_s")]
+        cross = " / ".join(s.crossover.get(m, "-") for m in ("forward_s", "forward_backward_s"))
+        lines.append(f"{s.kind:>14} | {sl[0]:11.2f} {sl[1]:9.2f} {sl[2]:8.2f} {sl[3]:8.2f} | "
+                     f"{sp[0]:7.1f} {sp[1]:7.1f} | {cross}")
+    targets = []
+    for s in summaries:
+        if s.kind not in LINEAR_COST_KINDS:
+            continue
+        fast = s.speedup.get("forward_backward_s", math.nan) >= 20 and \
+            s.speedup.get("forward_s", math.nan) >= 20
+        flat = all(s.slopes.get(m, math.inf) <= 1.15 for m in METRICS)
+        targets.append(f"{s.kind}: >=20x {'yes' if fast else 'NO'}, slopes<=1.15 "
+                       f"{'yes' if flat else 'NO'}")
+    if targets:
+        lines.append(f"targets at L={top} (linear-cost kinds): {'; '.join(targets)}")
+    return "\n".join(lines)
+
+
+# -- output ------------------------------------------------------------------------------------
+def write_csv(points: Sequence[Measurement], path: Path) -> None:
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["kind", "length", *METRICS, "status"])
+        for p in points:
+            writer.writerow([p.kind, p.length, *(f"{getattr(p, m):.6g}" for m in METRICS),
+                             p.status])
+
+
+def write_plot(points: Sequence[Measurement], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("forward_s", "forward time (s)"),
+              ("forward_backward_s", "forward+backward time (s)"),
+              ("forward_backward_peak_mib", "peak memory, forward+backward (MiB)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5))
+    kinds = list(dict.fromkeys(p.kind for p in points))
+    for ax, (metric, label) in zip(axes, panels):
+        for kind in kinds:
+            rows = sorted((p.length, getattr(p, metric)) for p in points if p.kind == kind)
+            rows = [(n, v) for n, v in rows if math.isfinite(v) and v > 0]
+            if rows:
+                style = "-" if kind in LINEAR_COST_KINDS else "--"
+                ax.plot([r[0] for r in rows], [r[1] for r in rows], style, marker="o", ms=3,
+                        label=kind)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length L")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_kinds_benchmark(config: KindsBenchConfig, *, log: Callable[[str], None] = print
+                        ) -> tuple[list[Measurement], list[KindSummary]]:
+    """Measure every kind at every length; write CSV, PNG and summary under ``out_dir``."""
+    available = list_attention_kinds()
+    kinds = list(config.kinds) if config.kinds else list(available)
+    unknown = [k for k in kinds if k not in available]
+    if unknown:
+        raise ValueError(f"unknown attention kinds {unknown}; registered: {sorted(available)}")
+    if any(n < 1 for n in config.lengths):
+        raise ValueError(f"lengths must be positive, got {list(config.lengths)}")
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for but torch.cuda.is_available() is False")
+    if REFERENCE_KIND in kinds:  # measure the reference first so crossovers can be logged early
+        kinds.remove(REFERENCE_KIND)
+        kinds.insert(0, REFERENCE_KIND)
+    if not config.device.startswith("cuda"):
+        _libc_mmap_large_allocations()
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    header = (f"attnkit bench kinds: dim={config.dim} heads={config.num_heads} "
+              f"batch={config.batch} {str(config.dtype).removeprefix('torch.')} "
+              f"{config.device} threads={torch.get_num_threads()} torch={torch.__version__} "
+              f"lengths={list(config.lengths)}")
+    log(header)
+    points: list[Measurement] = []
+    for kind in kinds:
+        for point in _measure_kind(kind, config, log):
+            points.append(point)
+            write_csv(points, config.out_dir / "kinds.csv")  # partial results survive a stop
+    summaries = summarize(points, config)
+    text = format_summary(summaries, config)
+    log(text)
+    (config.out_dir / "summary.txt").write_text(header + "\n" + text + "\n")
+    write_plot(points, config.out_dir / "kinds.png", header)
+    log(f"wrote {config.out_dir / 'kinds.csv'}, {config.out_dir / 'kinds.png'}, "
+        f"{config.out_dir / 'summary.txt'}")
+    return points, summaries
+
+
+# -- command line ------------------------------------------------------------------------------
+SMALL_LENGTHS = (256, 512, 1024, 2048)
+
+
+def _parse_lengths(text: str) -> tuple[int, ...]:
+    """'1k,2k,4096' -> (1024, 2048, 4096)."""
+    values = []
+    for token in text.lower().split(","):
+        token = token.strip()
+        try:
+            values.append(int(token[:-1]) * 1024 if token.endswith("k") else int(token))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"lengths must be comma-separated integers such "
+                                             f"as '1024,2048' or '1k,2k', got {text!r}") from None
+    return tuple(values)
+
+
+def register(bench_subparsers: Any) -> None:
+    """Add ``kinds`` to the ``attnkit bench`` subcommands."""
+    p = bench_subparsers.add_parser(
+        "kinds", help="time and memory of every attention kind against sequence length")
+    p.add_argument("--lengths", type=_parse_lengths, default=None,
+                   help="comma-separated lengths, e.g. 1k,2k,4k (default 1k..32k)")
+    p.add_argument("--small", action="store_true",
+                   help=f"quick run: lengths {','.join(map(str, SMALL_LENGTHS))}, dim 128")
+    p.add_argument("--kinds", default=None, help="comma-separated kinds (default: all)")
+    p.add_argument("--dim", type=int, default=None, help="model width (default 512)")
+    p.add_argument("--heads", type=int, default=8, help="attention heads (default 8)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--point-budget", type=float, default=240.0,
+                   help="skip points projected to take longer, in seconds (0: never skip)")
+    p.add_argument("--out", type=Path, default=Path("bench_results/kinds"))
+    p.set_defaults(handler=_run_from_args)
+
+
+def _run_from_args(args: argparse.Namespace) -> int:
+    lengths = args.lengths or (SMALL_LENGTHS if args.small else KindsBenchConfig.lengths)
+    dim = args.dim or (128 if args.small else 512)
+    config = KindsBenchConfig(
+        lengths=tuple(lengths), dim=dim, num_heads=args.heads, batch=args.batch,
+        device=args.device, kinds=tuple(args.kinds.split(",")) if args.kinds else None,
+        repeats=args.repeats, point_budget_s=args.point_budget or None, out_dir=args.out)
+    run_kinds_benchmark(config, log=lambda line: print(line, flush=True))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m attnkit.bench.kinds`` (same options as ``attnkit bench kinds``)."""
+    parser = argparse.ArgumentParser(prog="attnkit bench")
+    register(parser.add_subparsers(dest="bench_command", required=True))
+    args = parser.parse_args(["kinds", *(sys.argv[1:] if argv is None else argv)])
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
