@@ -1,0 +1,146 @@
+"""``attnkit explain RUN_DIR``: an HTML report (and optional PNGs) of a trained run.
+
+    attnkit explain runs/digits-vit-... --input test:3 --method rollout --out report.html
+
+:func:`write_demo_report` is what ``attnkit demo`` calls after training (through
+``attnkit.train.demo.DEMO_HOOKS``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from attnkit.explain.report import METHODS
+
+__all__ = ["explain_run", "register", "write_demo_report"]
+
+
+def _example(run: Any, spec: str, text: str | None) -> Any:
+    from attnkit.explain.examples import example_from_task, parse_input_spec
+
+    task = run.task
+    title = f"{task.name} · {run.run_dir.name}"
+    if text is not None:
+        if task.encode is None:
+            raise ValueError(f"task {task.name!r} has no text encoder; use --input split:index")
+        import torch
+
+        return example_from_task(run.model, task, torch.tensor(task.encode(text)), title=title)
+    split, index = parse_input_spec(spec)
+    dataset = getattr(task, split)
+    if not -len(dataset) <= index < len(dataset):
+        raise ValueError(f"--input {spec}: the {split} split has {len(dataset)} examples")
+    x, y = dataset[index]
+    return example_from_task(run.model, task, x, y, title=f"{title} · {spec}")
+
+
+def explain_run(run_dir: str | Path, *, input_spec: str = "test:0", text: str | None = None,
+                method: str = "raw", out: str | Path | None = None,
+                png_dir: str | Path | None = None, top_k: int = 8) -> Path:
+    """Write the HTML report of one example of a run; returns its path.
+
+    ``method`` is shown first; the other per-layer views stay in the page's method menu.
+    """
+    from attnkit.explain.render_html import write_html
+    from attnkit.explain.report import build_report
+    from attnkit.train import load_run
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
+    run = load_run(run_dir)
+    example = _example(run, input_spec, text)
+    order = [method, *[m for m in METHODS if m != method]]
+    report = build_report(run.model, example, methods=order, top_k=top_k)
+    target = Path(out) if out is not None else Path(run_dir) / "explain.html"
+    path = write_html(target, **report)
+    if png_dir is not None:
+        write_pngs(run.model, example, Path(png_dir))
+    return path
+
+
+def write_pngs(model: Any, example: Any, folder: Path) -> list[Path]:
+    """Static views of one example: layer x head grid, last layer's heads, attribution."""
+    import torch
+
+    from attnkit.explain import capture, gradient_relevance
+    from attnkit.explain.render_png import (
+        plot_audio_strip,
+        plot_head_heatmaps,
+        plot_image_overlay,
+        plot_layer_grid,
+        plot_token_highlight,
+    )
+
+    with torch.no_grad(), capture(model) as cap:
+        model(*example.inputs)
+    records = cap.self_attention()
+    labels = example.labels["input"]
+    written = [
+        plot_layer_grid([r.dense_weights()[0] for r in records], folder / "layers_heads.png",
+                        layer_names=[r.name for r in records], title=example.title),
+        plot_head_heatmaps(records[-1].dense_weights()[0], folder / "last_layer_heads.png",
+                           query_labels=labels, key_labels=labels, title=records[-1].name)]
+    row = -1 if example.explained_row is None else example.explained_row
+    relevance = gradient_relevance(model, *example.inputs, position=row)
+    matrix = relevance.cross[0] if relevance.cross is not None else relevance.source[0]
+    scores = (matrix.mean(0) if example.explained_row is None else matrix[row])
+    scores = scores[example.first_input:]
+    first = example.inputs[0][0]
+    if example.image is not None and example.grid is not None:
+        written.append(plot_image_overlay(example.image, scores.reshape(example.grid),
+                                          folder / "relevance_overlay.png",
+                                          title="gradient relevance"))
+    elif first.is_floating_point() and first.dim() == 2:
+        written.append(plot_audio_strip(first, scores, folder / "relevance_frames.png"))
+    else:
+        written.append(plot_token_highlight(labels[example.first_input:] if relevance.cross
+                                            is None else labels, scores,
+                                            folder / "relevance_tokens.png",
+                                            title="gradient relevance"))
+    return written
+
+
+def write_demo_report(run_dir: str | Path) -> Path:
+    """The HTML report of the first test example of a trained run (``attnkit demo`` calls it)."""
+    return explain_run(run_dir, input_spec="test:0", method="raw",
+                       out=Path(run_dir) / "explain.html")
+
+
+def _demo_hook(result: Any, config: Any) -> None:
+    path = write_demo_report(result.run_dir)
+    print(f"attention report: {path}")
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    path = explain_run(args.run_dir, input_spec=args.input, text=args.text, method=args.method,
+                       out=args.out, png_dir=args.png, top_k=args.top_k)
+    print(path)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``explain`` to the ``attnkit`` command; hook the report into ``attnkit demo``."""
+    p = subparsers.add_parser(
+        "explain", help="interactive HTML report of a trained run's attention",
+        description="Capture the attention of one example, compute rollout, gradient "
+                    "relevance (Chefer et al. 2021), attention flow and input x gradient, and "
+                    "write one self-contained HTML file (works offline).")
+    p.add_argument("run_dir", help="a run directory written by 'attnkit train'")
+    p.add_argument("--input", default="test:0", metavar="SPLIT:INDEX",
+                   help="which example to explain (default test:0)")
+    p.add_argument("--text", help="explain this text instead (text tasks)")
+    p.add_argument("--method", default="raw", choices=METHODS,
+                   help="per-layer view shown first (all stay selectable in the page)")
+    p.add_argument("--out", help="output HTML path (default RUN_DIR/explain.html)")
+    p.add_argument("--png", metavar="DIR", help="also write static PNG views into DIR")
+    p.add_argument("--top-k", type=int, default=8, dest="top_k",
+                   help="links kept per query row for long inputs (default 8)")
+    p.set_defaults(handler=_cmd_explain)
+    try:
+        from attnkit.train.demo import DEMO_HOOKS
+    except ImportError:  # training area absent: no demo to hook into
+        return
+    if _demo_hook not in DEMO_HOOKS:
+        DEMO_HOOKS.append(_demo_hook)

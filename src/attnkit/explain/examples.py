@@ -1,0 +1,97 @@
+"""Turn one example of a task into an :class:`~attnkit.explain.report.ExplainInput`.
+
+Shape legend: C channels, H x W image, P patch side, T frames, F features, L tokens.
+
+Which positions attention sees is read from the model itself (one captured layer), so a class
+token, if any, is found without knowing the model family.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from attnkit.explain.capture import capture
+from attnkit.explain.report import ExplainInput
+
+if TYPE_CHECKING:
+    from attnkit.tasks.base import Task
+
+__all__ = ["example_from_task", "parse_input_spec"]
+
+
+def parse_input_spec(spec: str) -> tuple[str, int]:
+    """``"test:3"`` -> ("test", 3); the split is one of train / val / test."""
+    split, _, index = spec.partition(":")
+    if split not in ("train", "val", "test") or not index.lstrip("-").isdigit():
+        raise ValueError(f"--input must look like test:3 (split train/val/test and an example "
+                         f"index), got {spec!r}")
+    return split, int(index)
+
+
+def _token_label(task: Task, token: int) -> str:
+    if task.decode is not None:
+        text = task.decode([token])
+        return text if text.strip() else repr(text)
+    return str(token)
+
+
+def _attention_length(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[int, int | None]:
+    """(positions the first layer attends over, key positions of the first cross layer)."""
+    with torch.no_grad(), capture(model) as cap:
+        model(*inputs)
+    cross = cap.cross_attention()
+    return cap.records[0].key_length, cross[0].key_length if cross else None
+
+
+def example_from_task(model: nn.Module, task: Task, x: Any, y: Any = None, *,
+                      title: str = "") -> ExplainInput:
+    """One example ``(x, y)`` of ``task`` as model inputs with a label per attention position."""
+    model.eval()
+    name = title or f"{task.name}: {type(model).__name__}"
+    if task.kind == "seq2seq":
+        if y is None:
+            raise ValueError("a seq2seq example needs its target (the decoder input)")
+        source = torch.as_tensor(x)
+        source = source[source != task.pad_id][None]
+        target = torch.as_tensor(y)
+        target = target[target != task.pad_id][:-1][None]  # teacher-forced decoder input
+        inputs: tuple[Any, ...] = (source, target)
+        labels = {"input": [_token_label(task, int(t)) for t in source[0]],
+                  "target": [_token_label(task, int(t)) for t in target[0]]}
+        return ExplainInput(inputs=inputs, labels=labels, explained_row=-1, title=name,
+                            notes=["explains the decoder's prediction after the last target "
+                                   "token shown"])
+    data: Tensor = torch.as_tensor(x)
+    if not data.is_floating_point():
+        data = data[data != task.pad_id] if task.kind == "classification" else data
+    inputs = (data[None],)
+    length, _ = _attention_length(model, inputs)
+    if task.kind == "language_model":
+        labels = {"input": [_token_label(task, int(t)) for t in data]}
+        return ExplainInput(inputs=inputs, labels=labels, explained_row=-1, title=name,
+                            notes=["explains the next-token prediction after the last token"])
+    image = grid = None
+    if task.modality == "image":
+        rows, cols = data.shape[-2:]
+        patches = length - 1 if length > 1 else length
+        side = round((rows * cols / patches) ** 0.5)
+        grid = (rows // side, cols // side)
+        real = [f"patch {r},{c}" for r in range(grid[0]) for c in range(grid[1])]
+        image = data
+    elif task.modality == "audio":
+        real = [f"frame {t}" for t in range(data.shape[0])]
+    else:
+        real = [_token_label(task, int(t)) for t in data]
+    first = length - len(real)
+    if first not in (0, 1):
+        raise ValueError(f"the model attends over {length} positions for {len(real)} inputs; "
+                         f"expected the inputs plus at most one class token")
+    labels = {"input": (["[CLS]"] if first else []) + real}
+    true = f", true class {int(y)}" if y is not None and torch.as_tensor(y).numel() == 1 else ""
+    return ExplainInput(inputs=inputs, labels=labels, explained_row=0 if first else None,
+                        first_input=first, image=image, grid=grid, title=name + true,
+                        notes=[] if first else ["mean-pooled model: attributions are the "
+                                                "mean over all query rows"])

@@ -1,0 +1,150 @@
+"""The HTML viewer end to end in headless Chromium (Debian ``chromium`` driven by playwright).
+
+Never ``playwright install`` (it downloads a browser); the system browser is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from attnkit.explain.render_html import encode_attribution, encode_layer, write_html
+from attnkit.explain.report import ExplainInput, build_report
+from attnkit.explain.toy import ToyClassifier, ToySeq2Seq
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOTS = Path(os.environ.get("ATTNKIT_SCREENSHOTS", tempfile.gettempdir()))
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason="needs Chromium: apt-get install -y chromium")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="needs playwright: pip install 'attnkit[browser]'")
+    profile = tempfile.mkdtemp(prefix="attnkit-chromium-")
+    with sync_api.sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, args=FLAGS, headless=True,
+            viewport={"width": 1400, "height": 1000})
+        try:
+            yield context
+        finally:
+            context.close()
+            shutil.rmtree(profile, ignore_errors=True)
+
+
+def open_page(context: Any, path: Path) -> tuple[Any, list[str]]:
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.on("request", lambda req: None if req.url.startswith(("file:", "data:", "about:"))
+            else errors.append(f"network request to {req.url}"))
+    page.goto(path.resolve().as_uri())
+    page.wait_for_function("window.attnkit && window.attnkit.ready", timeout=20_000)
+    return page, errors
+
+
+def canvas_digest(page: Any, canvas_id: str) -> str:
+    url = page.evaluate(f"document.getElementById('{canvas_id}').toDataURL()")
+    return hashlib.sha256(url.encode()).hexdigest()
+
+
+def toy_report(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    model = ToyClassifier(depth=3, heads=4).eval()
+    tokens = torch.randint(0, 20, (1, 12))
+    example = ExplainInput(inputs=(tokens,), first_input=1, title="toy classifier",
+                           labels={"input": ["[CLS]"] + [f"w{int(t)}" for t in tokens[0]]})
+    return write_html(tmp_path / "toy.html", **build_report(model, example))
+
+
+def test_page_loads_switches_layer_and_method_without_errors(browser: Any,
+                                                             tmp_path: Path) -> None:
+    page, errors = open_page(browser, toy_report(tmp_path))
+    first = canvas_digest(page, "heatmap")
+    page.select_option("#layer", "2")
+    assert page.evaluate("window.attnkit.state.layer") == 2
+    assert canvas_digest(page, "heatmap") != first, "switching layer did not change the map"
+    links = canvas_digest(page, "links")
+    page.select_option("#head", "1")
+    assert canvas_digest(page, "links") != links, "switching head did not change the links"
+    for method in ("1", "2"):  # rollout, relevance
+        page.select_option("#method", method)
+        assert page.evaluate("window.attnkit.state.method") == int(method)
+    page.click("#heatmap", position={"x": 300, "y": 400})  # select another query row
+    page.hover("#heatmap", position={"x": 100, "y": 100})
+    assert "weight" in page.inner_text("#tooltip")
+    page.select_option("#method", "0")  # raw: 3 layers x 4 heads
+    page.click("#view-model")
+    assert page.is_visible("#grid") and not page.is_visible("#heatmap")
+    page.click("#grid", position={"x": 140 + 78 + 10, "y": 20 + 78 + 10}, timeout=5000)
+    state = "[window.attnkit.state.view, window.attnkit.state.layer, window.attnkit.state.head]"
+    assert page.evaluate(state) == ["head", 1, 1]  # the tile of layer 1, head 1 opened
+    assert page.locator("canvas.attribution").count() == 4  # rollout, relevance, flow, ixg
+    shot = SCREENSHOTS / "attnkit_explain_toy.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    assert errors == []
+
+
+def test_cross_attention_layers_render(browser: Any, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = ToySeq2Seq().eval()
+    src, tgt = torch.randint(0, 20, (1, 7)), torch.randint(0, 20, (1, 5))
+    example = ExplainInput(inputs=(src, tgt), explained_row=-1, title="toy seq2seq",
+                           labels={"input": [f"s{int(t)}" for t in src[0]],
+                                   "target": [f"t{int(t)}" for t in tgt[0]]})
+    page, errors = open_page(browser, write_html(tmp_path / "s2s.html",
+                                                 **build_report(model, example)))
+    options = page.eval_on_selector_all("#layer option", "els => els.map(e => e.textContent)")
+    assert any("(cross)" in o for o in options)
+    cross = next(i for i, o in enumerate(options) if "(cross)" in o)
+    page.select_option("#layer", str(cross))
+    size = page.evaluate("[document.getElementById('heatmap').width,"
+                         " document.getElementById('heatmap').height]")
+    assert size[0] > size[1]  # 5 target rows x 7 source columns: wider than tall
+    assert errors == []
+
+
+def test_two_thousand_tokens_render_quickly(browser: Any, tmp_path: Path) -> None:
+    length, heads, layers = 2048, 4, 3
+    g = torch.Generator().manual_seed(0)
+    labels = [f"tok{i}" for i in range(length)]
+    encoded = []
+    for layer in range(layers):
+        scores = torch.randn(heads, length, length, generator=g) * 3
+        causal = torch.ones(length, length, dtype=torch.bool).tril()
+        maps = scores.masked_fill(~causal, float("-inf")).softmax(-1)
+        encoded.append(encode_layer(name=f"layer {layer}", maps=maps, top_k=8))
+    path = write_html(tmp_path / "long.html", title="2048 tokens", labels={"input": labels},
+                      methods={"raw": encoded},
+                      attributions=[encode_attribution(method="random",
+                                                       values=torch.rand(length))])
+    start = time.perf_counter()
+    page, errors = open_page(browser, path)
+    load_seconds = time.perf_counter() - start
+    first = canvas_digest(page, "heatmap")
+    start = time.perf_counter()
+    page.select_option("#layer", "1")
+    page.evaluate("window.attnkit.lastRenderMs")
+    switch_seconds = time.perf_counter() - start
+    assert canvas_digest(page, "heatmap") != first
+    render_ms = page.evaluate("window.attnkit.lastRenderMs")
+    page.screenshot(path=str(SCREENSHOTS / "attnkit_explain_2048.png"))
+    assert load_seconds < 10, f"page took {load_seconds:.1f}s to load"
+    assert switch_seconds < 3 and render_ms < 2000, (switch_seconds, render_ms)
+    assert errors == []
