@@ -1,0 +1,211 @@
+"""CLI commands of the training area: ``train``, ``eval``, ``generate``, ``demo``.
+
+Thin: each parses its options and calls library functions (:func:`attnkit.train.train`,
+:func:`attnkit.train.load_run`, :func:`attnkit.train.evaluate`, model ``generate``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register"]
+
+_TRAIN_EPILOG = """\
+examples:
+  attnkit train --task digits --model vit --attention gated
+  attnkit train --config cfg.yaml --set train.lr=1e-3 --set model.num_layers=4
+  attnkit train --resume runs/digits-vit-20261127-180000
+
+config file (YAML), every section optional:
+  task:  {name: digits, options: {}}
+  model: {family: vit, d_model: 64, attention: mha, ...}    # ModelConfig fields
+  train: {epochs: 40, lr: 0.003, batch_size: 64, ...}       # TrainConfig fields
+  preset: vit_tiny_digits
+"""
+
+
+def _sigterm_as_interrupt() -> None:
+    """A killed run (SIGTERM) stops like Ctrl-C: the last complete checkpoint stays."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError):  # not in the main thread: leave it
+        signal.signal(signal.SIGTERM, handler)
+
+
+def _shortcut_overrides(args: argparse.Namespace) -> list[str]:
+    pairs = [("task", "task.name"), ("model", "model.family"), ("preset", "preset"),
+             ("epochs", "train.epochs"), ("batch_size", "train.batch_size"),
+             ("lr", "train.lr"), ("seed", "train.seed"), ("device", "train.device"),
+             ("out_dir", "out_dir"), ("name", "name")]
+    out = [f"{key}={getattr(args, attr)}" for attr, key in pairs
+           if getattr(args, attr) is not None]
+    if args.attention is not None:
+        kinds = [k.strip() for k in args.attention.split(",") if k.strip()]
+        out.append(f"model.attention={kinds[0] if len(kinds) == 1 else json.dumps(kinds)}")
+    if args.no_progress:
+        out.append("train.progress=false")
+    return out
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from attnkit.tasks import get_task
+    from attnkit.train.config import (
+        apply_overrides,
+        load_yaml,
+        resolve_config,
+        run_config_from_dict,
+    )
+    from attnkit.train.loop import train
+
+    _sigterm_as_interrupt()
+    overrides = _shortcut_overrides(args) + list(args.set or [])
+    if args.resume:
+        run_dir = Path(args.resume)
+        if args.config:
+            raise ValueError("--resume takes the config from the run directory; drop --config")
+        raw = apply_overrides(load_yaml(run_dir / "config.yaml"), overrides)
+        config = run_config_from_dict(raw)
+        result = train(config, run_dir=run_dir, resume=True)
+    else:
+        raw = apply_overrides(load_yaml(args.config) if args.config else {}, overrides)
+        task_section = raw.get("task") or {}
+        task = get_task(task_section.get("name", "digits"), **task_section.get("options", {}))
+        from attnkit.models import default_family
+
+        config = resolve_config(raw, family=default_family(task),
+                                preset_hints=task.extra.get("presets"))
+        result = train(config, task=task)
+    print(json.dumps({"run_dir": str(result.run_dir), "test": result.test}, indent=2))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from attnkit.train.loop import evaluate
+    from attnkit.train.run import load_run
+
+    run = load_run(args.run_dir, weights=args.weights)
+    if args.split not in ("train", "val", "test"):
+        raise ValueError(f"--split must be train, val or test, got {args.split!r}")
+    dataset = getattr(run.task, args.split)
+    metrics = evaluate(run.model, dataset, run.task, batch_size=args.batch_size)
+    print(json.dumps({"run_dir": str(run.run_dir), "split": args.split,
+                      "weights": str(run.weights), "metrics": metrics}, indent=2))
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from attnkit.models import DecoderLM, SamplingConfig, Seq2SeqTransformer
+    from attnkit.train.run import load_run
+
+    run = load_run(args.run_dir)
+    task, model = run.task, run.model
+    if task.encode is None or task.decode is None:
+        raise ValueError(f"task {task.name!r} has no text encode/decode; generate works for "
+                         f"language-model and seq2seq tasks over text")
+    ids = task.encode(args.prompt)
+    if not ids:
+        raise ValueError("the prompt encodes to no tokens; give a non-empty --prompt")
+    prompt = torch.tensor([ids], dtype=torch.long)
+    generator = torch.Generator().manual_seed(args.seed)
+    if isinstance(model, DecoderLM):
+        sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k,
+                                  top_p=args.top_p)
+        out = model.generate(prompt, max_new_tokens=args.max_new_tokens, sampling=sampling,
+                             cache=args.cache, window=args.window, sink=args.sink,
+                             eos_id=task.eos_id, generator=generator)
+        print(task.decode(out[0].tolist()))
+    elif isinstance(model, Seq2SeqTransformer):
+        if task.bos_id is None or task.eos_id is None:
+            raise ValueError(f"task {task.name!r} sets no bos_id / eos_id for decoding")
+        out = model.greedy_decode(prompt, bos_id=task.bos_id, eos_id=task.eos_id,
+                                  max_length=args.max_new_tokens)
+        tokens = [t for t in out[0, 1:].tolist() if t != task.eos_id]
+        print(task.decode(tokens))
+    else:
+        raise ValueError(f"run {str(run.run_dir)!r} holds a {type(model).__name__}; generate "
+                         f"needs a language model (decoder) or seq2seq run")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from attnkit.train.demo import run_demo
+
+    _sigterm_as_interrupt()
+    run_demo(overrides=list(args.set or []), out_dir=args.out_dir,
+             progress=not args.no_progress)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``train``, ``eval``, ``generate`` and ``demo`` to the ``attnkit`` command."""
+    p = subparsers.add_parser(
+        "train", help="train a model on a task", epilog=_TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a model (any family, any attention kind per layer) on a task. "
+                    "Writes RUN_DIR with config.yaml, checkpoints/, best/, metrics.json and "
+                    "TensorBoard logs. Under torchrun it trains data-parallel.")
+    p.add_argument("--config", metavar="FILE", help="YAML config file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value, e.g. train.lr=1e-3 (repeatable)")
+    p.add_argument("--task", help="task name (attnkit.tasks.list_tasks(); default digits)")
+    p.add_argument("--model", help="model family: vit, encoder, audio, decoder, seq2seq "
+                   "(default: from the task)")
+    p.add_argument("--preset", help="model preset fixing the numbers (e.g. vit_tiny_digits, "
+                   "classic_base, lm_small)")
+    p.add_argument("--attention", metavar="KIND[,KIND...]",
+                   help="attention kind for every layer, or one per layer (comma-separated)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, dest="batch_size")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--out-dir", dest="out_dir", help="parent of run directories (default runs)")
+    p.add_argument("--name", help="run directory name")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_cmd_train)
+
+    p = subparsers.add_parser("eval", help="evaluate a trained run",
+                              description="Evaluate a run's best weights on a split; prints "
+                                          "JSON metrics.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--split", default="test", help="train, val or test (default test)")
+    p.add_argument("--weights", default="best", choices=["best", "latest"])
+    p.add_argument("--batch-size", type=int, default=256, dest="batch_size")
+    p.set_defaults(handler=_cmd_eval)
+
+    p = subparsers.add_parser("generate", help="generate text from a trained LM / seq2seq run",
+                              description="Continue a prompt with a language-model run (greedy, "
+                                          "temperature, top-k, top-p; KV cache or streaming "
+                                          "rolling cache) or translate it with a seq2seq run "
+                                          "(greedy).")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=200, dest="max_new_tokens")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, dest="top_k")
+    p.add_argument("--top-p", type=float, dest="top_p")
+    p.add_argument("--cache", default="static", choices=["static", "rolling", "none"])
+    p.add_argument("--window", type=int, help="rolling cache: recent tokens kept")
+    p.add_argument("--sink", type=int, default=4, help="rolling cache: first tokens kept")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.set_defaults(handler=_cmd_generate)
+
+    p = subparsers.add_parser("demo", help="train the default model (digits, small ViT) and "
+                              "print its test accuracy",
+                              description="Train a small ViT on scikit-learn's digits and print "
+                                          "the test accuracy and the run directory.")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a demo config value, e.g. train.epochs=10")
+    p.add_argument("--out-dir", default="runs", dest="out_dir")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_cmd_demo)
