@@ -9,6 +9,9 @@ __all__ = ["MissingDataError", "Task", "get_task", "list_tasks", "register_task"
 # Importing a task module registers its task(s) with register_task.
 from attnkit.tasks import (  # noqa: F401
     fashion_mnist,
+    listops,
     shakespeare,
     spoken_digits,
+    synthetic,
+    translation,
 )

@@ -88,6 +88,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes the file private; a cache is readable by all
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
