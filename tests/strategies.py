@@ -144,7 +144,7 @@ def score_biases(draw: st.DrawFn, batch: int, heads: int, lq: int, lk: int,
                                          bidirectional=draw(st.booleans()))
         with torch.no_grad():  # default init is tiny; make the bias matter
             module.table.normal_(generator=_generator(draw))
-        return module
+        return module.to(dtype)
     if kind == "sum":
         return biases.alibi(heads) + draw(score_biases(batch, heads, lq, lk, dtype, False))
     b = draw(st.sampled_from([1, batch]))

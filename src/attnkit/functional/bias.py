@@ -62,7 +62,7 @@ class Bias(ABC):
         """A FlexAttention ``score_mod(score, b, h, q_idx, kv_idx)`` adding this bias."""
 
         def mod(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-            return score + self.values(b, h, q_idx, kv_idx, lq, lk)
+            return score + self.values(b, h, q_idx, kv_idx, lq, lk).to(score.dtype)
 
         return mod
 
@@ -131,8 +131,10 @@ class _Alibi(Bias):
     def values(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int,
                tensors: Sequence[Tensor] | None = None) -> Tensor:
         off = lk - lq if self.offset is None else self.offset
-        slopes = self.slopes.to(device=q.device, dtype=torch.float32)
-        distance = (q + off - k).abs().to(torch.float32)
+        # float64 so that float64 calls are exact (non-power-of-2 head counts have irrational
+        # slopes); callers cast to the score dtype.
+        slopes = self.slopes.to(device=q.device)
+        distance = (q + off - k).abs().to(torch.float64)
         return -slopes[h] * distance
 
     def __repr__(self) -> str:
