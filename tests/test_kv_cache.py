@@ -1,0 +1,159 @@
+"""KV caches: the caches' own bookkeeping, and decoding with them equals the full forward pass.
+
+Shape legend: B batch, Hkv key/value heads, L tokens, D head dim.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+
+from attnkit import masks
+from attnkit.layers import MultiHeadAttention, RollingKVCache, StaticKVCache
+
+
+def kv(length: int, b: int = 2, h: int = 2, d: int = 3) -> tuple[Tensor, Tensor]:
+    return torch.randn(b, h, length, d), torch.randn(b, h, length, d + 1)
+
+
+def test_static_cache_appends_in_place() -> None:
+    cache = StaticKVCache(6)
+    k1, v1 = kv(2)
+    k2, v2 = kv(3)
+    keys, values, extra = cache.update(k1, v1)
+    assert extra is None and cache.position == 2
+    assert torch.equal(keys, k1) and torch.equal(values, v1)
+    keys, values, _ = cache.update(k2, v2)
+    assert cache.position == 5
+    assert torch.equal(keys, torch.cat([k1, k2], 2)) and torch.equal(values, torch.cat([v1, v2], 2))
+    assert cache.keys is not None and cache.keys.shape == (2, 2, 6, 3)  # preallocated
+    cache.reset()
+    assert cache.position == 0
+    keys, _, _ = cache.update(k2, v2)
+    assert torch.equal(keys, k2)
+
+
+def test_static_cache_overflow_and_bad_size() -> None:
+    cache = StaticKVCache(4)
+    cache.update(*kv(3))
+    with pytest.raises(ValueError, match="holds 4 positions; 3 are used and 2 more were given"):
+        cache.update(*kv(2))
+    assert cache.position == 3, "a refused update leaves the cache as it was"
+    with pytest.raises(ValueError, match="max_length must be >= 1, got 0"):
+        StaticKVCache(0)
+
+
+@pytest.mark.parametrize("window, sink", [(3, 2), (1, 0), (4, 1), (2, 5)])
+def test_rolling_cache_masks_and_memory(window: int, sink: int) -> None:
+    cache = RollingKVCache(window, sink)
+    all_k, all_v = kv(15)
+    for t in range(15):
+        keys, values, extra = cache.update(all_k[:, :, t:t + 1], all_v[:, :, t:t + 1])
+        assert extra is not None
+        allowed = extra.dense(1, keys.shape[2])[0, 0, 0]
+        # the keys it may attend to are exactly the sinks and the last `window` tokens
+        visible = [p for p in range(t + 1) if p < sink or t - p < window]
+        # it returns what it kept after the previous step, plus the new token
+        kept_before = [p for p in range(t) if p < sink or p > t - 1 - window]
+        assert keys.shape[2] == len(kept_before) + 1
+        got = torch.stack([keys[:, :, i] for i in range(keys.shape[2]) if allowed[i]], 2)
+        assert torch.equal(got, all_k[:, :, visible])
+        vals = torch.stack([values[:, :, i] for i in range(values.shape[2]) if allowed[i]], 2)
+        assert torch.equal(vals, all_v[:, :, visible])
+        assert cache.keys is not None and cache.keys.shape[2] <= sink + window + 1
+    assert cache.position == 15
+    cache.reset()
+    assert cache.position == 0 and cache.keys is None
+
+
+def test_rolling_cache_equivalent_mask() -> None:
+    cache = RollingKVCache(3, sink=2)
+    allowed = cache.equivalent_mask().dense(8, 8)[0, 0]
+    i, j = torch.arange(8)[:, None], torch.arange(8)[None, :]
+    assert torch.equal(allowed, (j <= i) & ((i - j < 3) | (j < 2)))
+    with pytest.raises(ValueError, match="window=0, sink=1"):
+        RollingKVCache(0, 1)
+    with pytest.raises(ValueError, match="window=2, sink=-1"):
+        RollingKVCache(2, -1)
+
+
+DECODE_CONFIGS: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "gqa_rope": {"num_kv_heads": 2, "rope": True},
+    "mqa_qk_norm": {"num_kv_heads": 1, "qk_norm": True},
+    "alibi_softcap": {"alibi": True, "softcap": 4.0},
+}
+
+
+def _layer(options: dict[str, Any]) -> MultiHeadAttention:
+    return MultiHeadAttention(16, 4, **options).double().eval()
+
+
+@pytest.mark.parametrize("name", list(DECODE_CONFIGS))
+@pytest.mark.parametrize("prefill", [0, 1, 4])
+def test_static_cache_decoding_equals_full_causal_forward(name: str, prefill: int) -> None:
+    layer = _layer(DECODE_CONFIGS[name])
+    x = torch.randn(2, 9, 16, dtype=torch.float64)
+    full = layer(x, mask=masks.causal())
+    cache = StaticKVCache(9)
+    steps = []
+    if prefill:
+        steps.append(layer(x[:, :prefill], mask=masks.causal(), cache=cache))
+    for t in range(prefill, 9):
+        steps.append(layer(x[:, t:t + 1], cache=cache))  # one query: it may see the whole cache
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-10, rtol=1e-8)
+    assert cache.position == 9
+    with pytest.raises(ValueError, match="holds 9 positions; 9 are used and 1 more"):
+        layer(x[:, :1], cache=cache)
+
+
+def test_static_cache_decoding_in_chunks() -> None:
+    """Chunks of several tokens need the causal mask, aligned bottom-right on the cache."""
+    layer = _layer(DECODE_CONFIGS["gqa_rope"])
+    x = torch.randn(1, 10, 16, dtype=torch.float64)
+    full = layer(x, mask=masks.causal())
+    cache = StaticKVCache(16)
+    chunks = [layer(x[:, a:b], mask=masks.causal(), cache=cache)
+              for a, b in [(0, 3), (3, 4), (4, 8), (8, 10)]]
+    torch.testing.assert_close(torch.cat(chunks, 1), full, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("window, sink", [(3, 2), (4, 0), (1, 1)])
+@pytest.mark.parametrize("name", ["plain", "gqa_rope", "mqa_qk_norm"])
+@pytest.mark.parametrize("prefill", [0, 5])
+def test_rolling_cache_decoding_equals_its_equivalent_mask(window: int, sink: int, name: str,
+                                                           prefill: int) -> None:
+    layer = _layer(DECODE_CONFIGS[name])
+    x = torch.randn(2, 12, 16, dtype=torch.float64)
+    cache = RollingKVCache(window, sink)
+    full = layer(x, mask=cache.equivalent_mask())
+    steps = []
+    if prefill:
+        steps.append(layer(x[:, :prefill], mask=masks.causal(), cache=cache))
+    for t in range(prefill, 12):
+        steps.append(layer(x[:, t:t + 1], cache=cache))
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-10, rtol=1e-8)
+    assert cache.keys is not None and cache.keys.shape[2] <= window + sink + 1
+
+
+def test_rolling_cache_differs_from_full_attention() -> None:
+    """The window really drops tokens: the streaming output is not the full causal output."""
+    layer = _layer({})
+    x = torch.randn(1, 10, 16, dtype=torch.float64)
+    cache = RollingKVCache(2, sink=1)
+    streamed = torch.cat([layer(x[:, t:t + 1], cache=cache) for t in range(10)], 1)
+    full = layer(x, mask=masks.causal())
+    torch.testing.assert_close(streamed[:, :3], full[:, :3])
+    assert not torch.allclose(streamed[:, 3:], full[:, 3:])
+
+
+def test_cache_misuse_errors() -> None:
+    layer = _layer({"alibi": True})
+    x = torch.randn(1, 3, 16, dtype=torch.float64)
+    with pytest.raises(ValueError, match="ALiBi with a RollingKVCache is not supported"):
+        layer(x, cache=RollingKVCache(4))
+    with pytest.raises(ValueError, match="KV cache is for self-attention"):
+        layer(x, x, cache=StaticKVCache(8))
