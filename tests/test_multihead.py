@@ -25,7 +25,7 @@ def rms_norm(x: Tensor, weight: Tensor) -> Tensor:
 
 
 def rope_half_split(x: Tensor, start: int = 0, base: float = 10000.0) -> Tensor:
-    """Rotate pairs (i, i + Dh/2) of x (B, H, L, Dh) by position * base^(-2i/Dh) as complex numbers."""
+    """Rotate pairs (i, i + Dh/2) of x (B, H, L, Dh) by position * base^(-2i/Dh), as complex."""
     d = x.shape[-1]
     pos = torch.arange(start, start + x.shape[-2], dtype=torch.float64)[:, None]
     angle = pos * base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
