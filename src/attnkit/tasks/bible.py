@@ -32,7 +32,7 @@ ENGLISH_MODULE = "engWEB2015eb"
 SPANISH_MODULE = "spaRV1909eb"
 APT_PACKAGES = ("sword-text-web", "sword-text-sparv")
 DEFAULT_SWORD_DIR = "/usr/share/sword"
-_PARSER_VERSION = 1  # bump when clean_osis or the pairing changes, to invalidate old caches
+_PARSER_VERSION = 2  # bump when clean_osis or the pairing changes, to invalidate old caches
 
 _NOTE = re.compile(r"<note\b.*?</note>", re.DOTALL)  # footnotes: not part of the verse text
 _TAG = re.compile(r"<[^>]*>")
@@ -87,14 +87,19 @@ def _parse(sword_dir: Path) -> list[list[str]]:
                 english_books.find_book(book.osis_name)
             except ValueError:
                 continue  # a book only one of the two Bibles has
-            for chapter, verse_count in enumerate(book.chapter_lengths, start=1):
-                for verse in range(1, verse_count + 1):
-                    ref = dict(books=[book.osis_name], chapters=[chapter], verses=[verse])
-                    try:
-                        en = clean_osis(english.get(**ref, clean=False))
-                    except ValueError:
-                        continue  # the English versification has no such verse
-                    es = clean_osis(spanish.get(**ref, clean=False))
+            for chapter in range(1, len(book.chapter_lengths) + 1):
+                # One chapter per call: pysword looks the book up by name on every call.
+                ref = dict(books=[book.osis_name], chapters=[chapter])
+                try:
+                    english_verses = list(english.get_iter(**ref, clean=False))
+                except ValueError:
+                    continue  # the English versification has no such chapter
+                spanish_verses = list(spanish.get_iter(**ref, clean=False))
+                # Verse n is item n-1 of both lists (zText yields every verse, empty or not);
+                # verses past the shorter chapter have no counterpart.
+                for verse, (en_markup, es_markup) in enumerate(
+                        zip(english_verses, spanish_verses, strict=False), start=1):
+                    en, es = clean_osis(en_markup), clean_osis(es_markup)
                     if en and es:
                         rows.append([f"{book.osis_name} {chapter}:{verse}", en, es])
     return rows

@@ -9,6 +9,7 @@ Inputs x: (1, 28, 28) float32 in [0, 1]; labels y: () int64 in 0..9.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +37,21 @@ def _find(directory: Path, stem: str) -> Path:
                            f"with: {apt_install_command(*APT_PACKAGES)}")
 
 
-def _read_split(directory: Path, prefix: str) -> TensorPairDataset:
-    images = read_idx(_find(directory, f"{prefix}-images-idx3-ubyte"))  # (N, 28, 28) uint8
-    labels = read_idx(_find(directory, f"{prefix}-labels-idx1-ubyte"))  # (N,) uint8
+@functools.lru_cache(maxsize=4)
+def _read_arrays(directory: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, 28, 28) uint8, labels (N,) uint8), remembered: decompressing takes seconds."""
+    images = read_idx(_find(directory, f"{prefix}-images-idx3-ubyte"))
+    labels = read_idx(_find(directory, f"{prefix}-labels-idx1-ubyte"))
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{prefix}: {images.shape[0]} images but {labels.shape[0]} labels")
-    x = torch.from_numpy(images).to(torch.float32).div_(255.0).unsqueeze(1)  # (N, 1, 28, 28)
-    y = torch.from_numpy(labels.astype("int64"))  # (N,)
+    images.flags.writeable = labels.flags.writeable = False  # shared between calls
+    return images, labels
+
+
+def _read_split(directory: Path, prefix: str) -> TensorPairDataset:
+    images, labels = _read_arrays(directory, prefix)
+    x = torch.tensor(images, dtype=torch.float32).div_(255.0).unsqueeze(1)  # (N, 1, 28, 28)
+    y = torch.tensor(labels, dtype=torch.int64)  # (N,)
     return TensorPairDataset(x, y)
 
 
@@ -59,6 +68,7 @@ def load_fashion_mnist(*, data_dir: str | Path = DEFAULT_DIR, val_size: int = 50
             quick runs; None keeps all.
     """
     directory = require_dir(data_dir, task="fashion-mnist", apt_packages=APT_PACKAGES)
+    directory = directory.resolve()
     full_train = _read_split(directory, "train")
     test = _read_split(directory, "t10k")
     if not 0 < val_size < len(full_train):
