@@ -44,12 +44,16 @@ def _seed_torch() -> None:
     torch.manual_seed(1234)
 
 
-def tolerance(dtype: torch.dtype) -> dict[str, float]:
-    """``torch.testing.assert_close`` tolerances for comparing ``dtype`` results with float64."""
+def tolerance(dtype: torch.dtype, device: str | torch.device = "cpu") -> dict[str, float]:
+    """``torch.testing.assert_close`` tolerances for comparing ``dtype`` results with float64.
+
+    GPU kernels reorder sums more freely (and may use TF32 inside fused kernels): looser there.
+    """
+    on_gpu = torch.device(device).type != "cpu"
     if dtype == torch.float64:
         return {"atol": 1e-9, "rtol": 1e-7}
     if dtype == torch.float32:
-        return {"atol": 3e-5, "rtol": 3e-4}
+        return {"atol": 2e-3, "rtol": 2e-3} if on_gpu else {"atol": 3e-5, "rtol": 3e-4}
     return {"atol": 2e-2, "rtol": 2e-2}  # half precisions
 
 
@@ -101,7 +105,7 @@ def check_against_reference(run: Callable[[Tensor, Tensor, Tensor], Tensor], q: 
     (never all-ones) output cotangent. ``bias`` must be the object ``run`` uses. Returns the
     output of ``run``.
     """
-    tol = tol or tolerance(q.dtype)
+    tol = tol or tolerance(q.dtype, q.device)
     q, k, v = (t.detach().clone().requires_grad_(grad) for t in (q, k, v))
     bias_tensors = list(bias.tensors()) if bias is not None else []
     bias_leaves = [t for t in bias_tensors if grad and t.requires_grad]
@@ -115,7 +119,7 @@ def check_against_reference(run: Callable[[Tensor, Tensor, Tensor], Tensor], q: 
     torch.testing.assert_close(out.double(), ref_out.detach(), **tol)
     if not grad:
         return out
-    cotangent = torch.randn(out.shape, dtype=torch.float64)
+    cotangent = torch.randn(out.shape, dtype=torch.float64, device=out.device)
     got = torch.autograd.grad(out, [q, k, v, *bias_leaves], cotangent.to(out.dtype),
                               allow_unused=True)
     ref_bias_leaves = [r for r, t in zip(ref_bias, bias_tensors) if r.requires_grad]
@@ -123,7 +127,7 @@ def check_against_reference(run: Callable[[Tensor, Tensor, Tensor], Tensor], q: 
                                allow_unused=True)
     names = ["q", "k", "v", *[f"bias tensor {i}" for i in range(len(bias_leaves))]]
     # A float32 bias table gets a float32 gradient even in a float64 call.
-    tols = [tol] * 3 + [tol if t.dtype == torch.float64 else tolerance(t.dtype)
+    tols = [tol] * 3 + [tol if t.dtype == torch.float64 else tolerance(t.dtype, t.device)
                         for t in bias_leaves]
     for name, g, w, t in zip(names, got, want, tols):
         assert g is not None and w is not None, f"no gradient reached {name}"

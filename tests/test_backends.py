@@ -34,6 +34,7 @@ from conftest import (
     RetensoredBias,
     backend_names,
     check_against_reference,
+    cuda_only,
     float64_reference,
     tolerance,
 )
@@ -48,12 +49,14 @@ class Case:
     options: Callable[[], dict[str, Any]] = field(default=dict)  # mask/bias/scale/softcap
     dtype: torch.dtype = torch.float32
 
-    def build(self, grad: bool) -> tuple[Tensor, Tensor, Tensor, dict[str, Any]]:
+    def build(self, grad: bool, device: str = "cpu"
+              ) -> tuple[Tensor, Tensor, Tensor, dict[str, Any]]:
         b, hq, hkv, lq, lk, d, dv = self.shape
-        q = torch.randn(b, hq, lq, d, dtype=self.dtype, requires_grad=grad)
-        k = torch.randn(b, hkv, lk, d, dtype=self.dtype, requires_grad=grad)
-        v = torch.randn(b, hkv, lk, dv, dtype=self.dtype, requires_grad=grad)
-        options = self.options()
+        with torch.device(device):  # tensors inside masks and biases too
+            q = torch.randn(b, hq, lq, d, dtype=self.dtype, requires_grad=grad)
+            k = torch.randn(b, hkv, lk, d, dtype=self.dtype, requires_grad=grad)
+            v = torch.randn(b, hkv, lk, dv, dtype=self.dtype, requires_grad=grad)
+            options = self.options()
         if not grad and options.get("bias") is not None:
             for t in options["bias"].tensors():
                 t.requires_grad_(False)
@@ -174,24 +177,33 @@ def _check_refusal(name: str, q: Tensor, k: Tensor, v: Tensor, options: dict[str
         assert reason in str(err.value)
 
 
-@pytest.mark.parametrize("name, case", _grid())
-def test_forward_matches_reference(name: str, case: Case) -> None:
-    q, k, v, options = case.build(grad=False)
+def _check_case(name: str, case: Case, grad: bool, device: str = "cpu") -> None:
+    q, k, v, options = case.build(grad=grad, device=device)
     reasons = _reasons(name, q, k, v, options)
     if reasons:
         _check_refusal(name, q, k, v, options, reasons)
         return
-    check_against_reference(_run(name, options), q, k, v, grad=False, **options)
+    out = check_against_reference(_run(name, options), q, k, v, grad=grad, **options)
+    assert out.device == q.device
+
+
+@pytest.mark.parametrize("name, case", _grid())
+def test_forward_matches_reference(name: str, case: Case) -> None:
+    _check_case(name, case, grad=False)
 
 
 @pytest.mark.parametrize("name, case", _grid())
 def test_gradients_match_reference(name: str, case: Case) -> None:
-    q, k, v, options = case.build(grad=True)
-    reasons = _reasons(name, q, k, v, options)
-    if reasons:
-        _check_refusal(name, q, k, v, options, reasons)
-        return
-    check_against_reference(_run(name, options), q, k, v, grad=True, **options)
+    _check_case(name, case, grad=True)
+
+
+@pytest.mark.cuda
+@cuda_only
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("name, case", _grid())
+def test_grid_on_cuda(name: str, case: Case, grad: bool) -> None:
+    """The same grid with every tensor (masks' and biases' too) on the GPU."""
+    _check_case(name, case, grad=grad, device="cuda")
 
 
 def test_the_grid_is_not_vacuous() -> None:
@@ -215,13 +227,15 @@ def test_the_grid_is_not_vacuous() -> None:
 FULLY_MASKED = masks.causal(offset=-2) & masks.padding([6, 0])  # rows 0-1 of seq 0, all of seq 1
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[cuda_only,
+                                                                     pytest.mark.cuda])])
 @pytest.mark.parametrize("name", [n for n in ["auto", *backend_names, *EXTRA_BACKENDS]
                                   if n not in SLOW_BACKENDS])
-def test_fully_masked_rows_are_zero_with_finite_gradients(name: str) -> None:
-    q = torch.randn(2, 2, 6, 4, requires_grad=True)
-    k = torch.randn(2, 2, 6, 4, requires_grad=True)
-    v = torch.randn(2, 2, 6, 4, requires_grad=True)
-    table = torch.randn(2, 2, 6, 6, requires_grad=True)
+def test_fully_masked_rows_are_zero_with_finite_gradients(name: str, device: str) -> None:
+    q = torch.randn(2, 2, 6, 4, requires_grad=True, device=device)
+    k = torch.randn(2, 2, 6, 4, requires_grad=True, device=device)
+    v = torch.randn(2, 2, 6, 4, requires_grad=True, device=device)
+    table = torch.randn(2, 2, 6, 6, requires_grad=True, device=device)
     for options in ({"mask": FULLY_MASKED},
                     {"mask": FULLY_MASKED, "bias": biases.dense(table), "softcap": 3.0}):
         if _reasons(name, q, k, v, options):
