@@ -40,7 +40,10 @@ def orthogonal_gaussian_features(num_features: int, dim: int, *,
     blocks = []
     for _ in range(math.ceil(num_features / dim)):
         gaussian = torch.randn(dim, dim, generator=generator, dtype=torch.float64)
-        q, _ = torch.linalg.qr(gaussian)
+        q, r = torch.linalg.qr(gaussian)
+        # Fix the column signs so Q is Haar-distributed (raw QR output is not, and its bias
+        # shows up as an error floor of the estimator at large M).
+        q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)
         blocks.append(q.T)  # rows orthonormal
     rows = torch.cat(blocks, 0)[:num_features]
     norms = torch.randn(num_features, dim, generator=generator, dtype=torch.float64).norm(dim=1)

@@ -1,0 +1,56 @@
+"""Scalable-Softmax attention (Nakanishi, 2025) against a float64 transcription."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from attnkit.functional import masks
+from attnkit.layers import StaticKVCache, build_attention
+from kinds_reference import linear64, merge64, project64
+
+
+def reference(layer, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """SSMax(z)_j = n^(s z_j) / sum_j' n^(s z_j'), n = keys the query may attend to."""
+    q, k, v = project64(layer, x, layer.layout.num_heads, layer.layout.num_kv_heads)
+    z = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, H, L, S)
+    n = allowed.sum(-1, keepdim=True).double()  # (B|1, 1, L, 1)
+    s = layer.s.detach().double().view(1, -1, 1, 1)
+    powers = torch.where(allowed, n ** (s * z), torch.zeros_like(z))
+    weights = powers / powers.sum(-1, keepdim=True)
+    return linear64(layer.out_proj, merge64(weights @ v))
+
+
+def make():
+    layer = build_attention("ssmax", dim=24, num_heads=3).double()
+    with torch.no_grad():
+        layer.s.copy_(torch.tensor([0.2, 0.5, 1.1]))
+    return layer
+
+
+def test_ssmax_causal_counts_keys_per_query() -> None:
+    layer, x = make(), torch.randn(2, 10, 24, dtype=torch.float64)
+    allowed = torch.ones(10, 10, dtype=torch.bool).tril()[None, None]
+    torch.testing.assert_close(layer(x, mask=masks.causal()), reference(layer, x, allowed))
+
+
+def test_ssmax_padding_and_arbitrary_masks() -> None:
+    layer, x = make(), torch.randn(2, 10, 24, dtype=torch.float64)
+    lengths = torch.tensor([10, 6])
+    allowed = (torch.arange(10)[None, :] < lengths[:, None])[:, None, None, :].expand(2, 1, 10, 10)
+    torch.testing.assert_close(layer(x, mask=masks.padding(lengths)),
+                               reference(layer, x, allowed))
+    both = masks.causal() & masks.padding(lengths)
+    torch.testing.assert_close(layer(x, mask=both),
+                               reference(layer, x, allowed & torch.ones(10, 10).tril().bool()))
+    window = masks.sliding_window(2, 1)  # not causal/padding: counted from the dense mask
+    dense = window.dense(10, 10)
+    torch.testing.assert_close(layer(x, mask=window), reference(layer, x, dense))
+
+
+def test_ssmax_decoding_uses_the_growing_key_count() -> None:
+    layer, x = make(), torch.randn(1, 7, 24, dtype=torch.float64)
+    cache = StaticKVCache(7)
+    steps = [layer(x[:, i:i + 1], cache=cache) for i in range(7)]
+    torch.testing.assert_close(torch.cat(steps, 1), layer(x, mask=masks.causal()))
