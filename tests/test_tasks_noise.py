@@ -10,6 +10,7 @@ from attnkit.tasks.noise import (
     gaussian_noise,
     perturbation_for,
     robustness_curve,
+    task_robustness,
     token_replacement,
 )
 from attnkit.tasks.splits import SequencePairDataset, TensorPairDataset
@@ -116,3 +117,24 @@ def test_robustness_curve_pads_variable_length_tokens() -> None:
                          perturb=token_replacement(vocab_size=5))
     with pytest.raises(ValueError, match="levels is empty"):
         robustness_curve(predict, dataset, [])
+
+
+def test_task_robustness_on_a_token_task() -> None:
+    task = get_task("recall", num_pairs=4, num_keys=8, num_values=5, num_train=50, num_val=50,
+                    num_test=200)
+
+    def oracle(inputs: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        """Reads the answer out of the (possibly noisy) input, as a perfect model would."""
+        first_key, first_value = task.extra["first_key"], task.extra["first_value"]
+        out = []
+        for row in inputs.tolist():
+            pairs = {row[i]: row[i + 1] - first_value for i in range(0, 8, 2)}
+            out.append(pairs.get(row[-1], -1))
+        assert first_key == 2
+        return torch.tensor(out)
+
+    curve = task_robustness(oracle, task, [0.0, 0.3, 1.0], seed=0)
+    assert curve.accuracy[0] == 1.0 and curve.accuracy[0] > curve.accuracy[1] > curve.accuracy[2]
+    assert curve.as_dict()["noise"] == "token_replacement" and curve.num_examples == 200
+    with pytest.raises(ValueError, match="not classification"):
+        task_robustness(oracle, get_task("copy", num_train=5, num_val=5, num_test=5), [0.0])

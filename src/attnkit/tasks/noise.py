@@ -28,7 +28,7 @@ from attnkit.tasks.base import Task
 from attnkit.tasks.splits import pad_sequences
 
 __all__ = ["Perturbation", "RobustnessCurve", "gaussian_noise", "perturbation_for",
-           "robustness_curve", "token_replacement"]
+           "robustness_curve", "task_robustness", "token_replacement"]
 
 
 class Perturbation(Protocol):
@@ -161,3 +161,21 @@ def robustness_curve(predict_fn: Callable[[Tensor, Tensor | None], Tensor], task
         accuracy.append(correct / count)
     return RobustnessCurve(levels=[float(v) for v in levels], accuracy=accuracy,
                            num_examples=count, seed=seed)
+
+
+def task_robustness(predict_fn: Callable[[Tensor, Tensor | None], Tensor], task: Task,
+                    levels: Sequence[float], seed: int = 0, *, split: str = "test",
+                    batch_size: int = 256, max_examples: int | None = None) -> RobustnessCurve:
+    """:func:`robustness_curve` on one split of a classification ``task`` with its own noise."""
+    if task.kind != "classification":
+        raise ValueError(f"robustness curves score predicted labels; task {task.name!r} is "
+                         f"{task.kind}, not classification")
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+    curve = robustness_curve(predict_fn, getattr(task, split), levels, seed,
+                             perturb=perturbation_for(task), pad_id=task.pad_id,
+                             batch_size=batch_size, max_examples=max_examples)
+    curve.extra.update({"task": task.name, "split": split,
+                        "noise": "gaussian" if task.modality in ("image", "audio")
+                        else "token_replacement"})
+    return curve

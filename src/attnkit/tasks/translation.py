@@ -73,7 +73,8 @@ def make_bleu_evaluator(decode: Callable[[list[int]], str], *, bos_id: int, eos_
 def load_translation(*, seed: int = 0, val_size: int = 1000, test_size: int = 1000,
                      max_length: int = 64, source_vocab_size: int = 8000,
                      target_vocab_size: int = 8000, lowercase: bool = True,
-                     max_examples: int | None = None, sword_dir: str | Path = DEFAULT_SWORD_DIR,
+                     max_examples: int | None = None, bleu_examples: int = 500,
+                     sword_dir: str | Path = DEFAULT_SWORD_DIR,
                      cache_dir: str | Path | None = None) -> Task:
     """Load the verse pairs as a sequence-to-sequence task.
 
@@ -84,6 +85,7 @@ def load_translation(*, seed: int = 0, val_size: int = 1000, test_size: int = 10
         source_vocab_size, target_vocab_size: vocabulary sizes including the 4 special ids.
         lowercase: lower-case both sides before tokenizing (BLEU is then case-insensitive).
         max_examples: keep at most this many pairs per split (seeded subsample).
+        bleu_examples: ``Task.evaluate`` decodes only the first this many pairs of a split.
         sword_dir: the SWORD library holding both modules.
         cache_dir: where the parsed verses are cached (default ~/.cache/attnkit).
     """
@@ -129,7 +131,7 @@ def load_translation(*, seed: int = 0, val_size: int = 1000, test_size: int = 10
         input_shape=(0,), metric="loss", pad_id=WordVocab.pad_id, bos_id=bos, eos_id=eos,
         encode=encode, decode=target_vocab.decode,
         evaluate=make_bleu_evaluator(target_vocab.decode, bos_id=bos, eos_id=eos,
-                                     max_length=max_length + 2),
+                                     max_length=max_length + 2, max_examples=bleu_examples),
         source="World English Bible (engWEB2015eb, Debian sword-text-web) and Reina-Valera 1909 "
                "(spaRV1909eb, Debian sword-text-sparv), both public domain, read with pysword; "
                "verse-aligned",
