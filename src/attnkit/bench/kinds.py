@@ -4,8 +4,9 @@ For each registered kind and each length L it measures, on self-attention of a (
 input without a mask:
 
 - forward time (no autograd) and forward + backward time (gradients into input and weights),
-- peak memory above the resident baseline during each (CPU: the process' resident high-water
-  mark, reset before each call; CUDA: ``torch.cuda.max_memory_allocated``),
+- peak memory above what was resident before each call, measured by the shared
+  :mod:`attnkit.bench.harness` (CPU: the process' resident high-water mark; CUDA:
+  ``torch.cuda.max_memory_allocated``),
 
 then fits the log-log slope of time and memory against L over the largest lengths, finds the
 length where each kind becomes faster than exact attention (``mha``), and writes a CSV, a
@@ -16,15 +17,9 @@ quadratic growth) exceeds a budget are skipped and marked, except for ``mha``, t
 from __future__ import annotations
 
 import argparse
-import contextlib
-import csv
-import ctypes
-import ctypes.util
 import itertools
 import math
-import statistics
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +27,7 @@ from typing import Any
 
 import torch
 
+from attnkit.bench.harness import measure, write_csv
 from attnkit.layers import build_attention, list_attention_kinds
 
 __all__ = ["KindsBenchConfig", "Measurement", "register", "run_kinds_benchmark"]
@@ -62,7 +58,7 @@ class KindsBenchConfig:
     device: str = "cpu"  # "cpu" or "cuda"
     kinds: tuple[str, ...] | None = None  # None: every registered kind
     repeats: int = 3  # at most this many timed runs per point (median)
-    min_time_s: float = 0.5  # stop repeating once one run takes at least this long
+    long_call_s: float = 5.0  # calls longer than this are timed once, without warm-up
     point_budget_s: float | None = 240.0  # skip a point projected to take longer (not mha)
     fit_points: int = 3  # the slope is fitted over this many largest measured lengths
     seed: int = 0  # seed of inputs and weights
@@ -93,76 +89,16 @@ class KindSummary:
 
 
 # -- measuring ---------------------------------------------------------------------------------
-def _libc_mmap_large_allocations() -> None:
-    """Make glibc return large blocks to the OS on free, so resident memory tracks live tensors.
+def _timed(fn: Callable[[], None], config: KindsBenchConfig, expected_s: float
+           ) -> tuple[float, float]:
+    """Median time and peak memory through the shared harness.
 
-    By default glibc raises its mmap threshold after frees and keeps freed heap resident, which
-    would hide later peaks; a fixed threshold keeps large tensors mmapped.
-    """
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(name)
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        libc.mallopt(m_mmap_threshold, 1 << 16)
-        libc.mallopt(m_trim_threshold, 1 << 16)
-
-
-def _status_kib(field_name: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-class PeakMemory:
-    """Peak memory above the starting level during a ``with`` block, in MiB (NaN if unknown)."""
-
-    def __init__(self, device: str) -> None:
-        self.device = device
-        self.peak_mib = math.nan
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self._start = torch.cuda.memory_allocated()
-        else:
-            with contextlib.suppress(OSError):
-                Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark
-            self._start = _status_kib("VmRSS") or 0
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-            self.peak_mib = (torch.cuda.max_memory_allocated() - self._start) / 2**20
-        else:
-            peak = _status_kib("VmHWM")
-            if peak is not None:
-                self.peak_mib = max(0, peak - self._start) / 1024
-
-
-def _timed(fn: Callable[[], None], config: KindsBenchConfig) -> tuple[float, float]:
-    """Median time of up to ``repeats`` runs and the peak memory of the first one."""
-    times: list[float] = []
-    peak = math.nan
-    for i in range(config.repeats):
-        with PeakMemory(config.device) as mem:
-            start = time.perf_counter()
-            fn()
-            if config.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        if i == 0:
-            peak = mem.peak_mib
-        if times[-1] >= config.min_time_s:
-            break
-    return statistics.median(times), peak
+    A warm-up call is made only when the point is expected to be quick: a long call warms
+    itself up, and repeating it would double the cost of the largest points."""
+    quick = expected_s * 4 < config.long_call_s
+    result = measure(fn, repeats=config.repeats if quick else 1, warmup=1 if quick else 0,
+                     long_s=config.long_call_s, device=config.device)
+    return result.seconds, result.peak_mib
 
 
 def _build(kind: str, config: KindsBenchConfig) -> torch.nn.Module:
@@ -174,8 +110,8 @@ def _build(kind: str, config: KindsBenchConfig) -> torch.nn.Module:
     return layer.to(device=config.device, dtype=config.dtype)
 
 
-def measure_point(layer: torch.nn.Module, kind: str, length: int,
-                  config: KindsBenchConfig) -> Measurement:
+def measure_point(layer: torch.nn.Module, kind: str, length: int, config: KindsBenchConfig,
+                  expected: Measurement | None = None) -> Measurement:
     """Forward and forward+backward time and peak memory of ``layer`` at length ``length``."""
     gen = torch.Generator(device=config.device).manual_seed(config.seed + length)
     x = torch.randn(config.batch, length, config.dim, generator=gen, device=config.device,
@@ -192,8 +128,12 @@ def measure_point(layer: torch.nn.Module, kind: str, length: int,
         layer(inp).backward(grad)
 
     result = Measurement(kind, length)
-    result.forward_s, result.forward_peak_mib = _timed(forward, config)
-    result.forward_backward_s, result.forward_backward_peak_mib = _timed(forward_backward, config)
+    growth = 1.0 if expected is None else (length / expected.length) ** 2
+    fwd_guess = 0.0 if expected is None else expected.forward_s * growth
+    both_guess = 0.0 if expected is None else expected.forward_backward_s * growth
+    result.forward_s, result.forward_peak_mib = _timed(forward, config, fwd_guess)
+    result.forward_backward_s, result.forward_backward_peak_mib = _timed(
+        forward_backward, config, both_guess)
     layer.zero_grad(set_to_none=True)
     return result
 
@@ -213,7 +153,7 @@ def _measure_kind(kind: str, config: KindsBenchConfig,
                 log(f"{kind:>14} L={length:>6}  {point.status}")
                 yield point
                 continue
-        point = measure_point(layer, kind, length, config)
+        point = measure_point(layer, kind, length, config, previous)
         log(f"{kind:>14} L={length:>6}  fwd {point.forward_s:8.3f}s  fwd+bwd "
             f"{point.forward_backward_s:8.3f}s  peak fwd {point.forward_peak_mib:8.1f} MiB  "
             f"fwd+bwd {point.forward_backward_peak_mib:8.1f} MiB")
@@ -306,13 +246,10 @@ def format_summary(summaries: Sequence[KindSummary], config: KindsBenchConfig) -
 
 
 # -- output ------------------------------------------------------------------------------------
-def write_csv(points: Sequence[Measurement], path: Path) -> None:
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["kind", "length", *METRICS, "status"])
-        for p in points:
-            writer.writerow([p.kind, p.length, *(f"{getattr(p, m):.6g}" for m in METRICS),
-                             p.status])
+def write_points_csv(points: Sequence[Measurement], path: Path) -> None:
+    write_csv(path, [{"kind": p.kind, "length": p.length,
+                      **{m: round(getattr(p, m), 6) for m in METRICS}, "status": p.status}
+                     for p in points])
 
 
 def write_plot(points: Sequence[Measurement], path: Path, title: str) -> None:
@@ -346,6 +283,34 @@ def write_plot(points: Sequence[Measurement], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def read_points_csv(path: Path) -> list[Measurement]:
+    """Points written by an earlier (possibly interrupted) run."""
+    import csv
+
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    points = []
+    for row in rows:
+        point = Measurement(row["kind"], int(row["length"]), status=row["status"])
+        for metric in METRICS:
+            setattr(point, metric, float(row[metric]) if row[metric] else math.nan)
+        points.append(point)
+    return points
+
+
+def report(points: Sequence[Measurement], config: KindsBenchConfig, header: str,
+           log: Callable[[str], None] = print) -> list[KindSummary]:
+    """Slopes, crossovers and targets; writes summary.txt and kinds.png under ``out_dir``."""
+    summaries = summarize(points, config)
+    text = format_summary(summaries, config)
+    log(text)
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    (config.out_dir / "summary.txt").write_text(header + "\n" + text + "\n")
+    write_plot(points, config.out_dir / "kinds.png", header)
+    log(f"wrote {config.out_dir / 'summary.txt'}, {config.out_dir / 'kinds.png'}")
+    return summaries
+
+
 def run_kinds_benchmark(config: KindsBenchConfig, *, log: Callable[[str], None] = print
                         ) -> tuple[list[Measurement], list[KindSummary]]:
     """Measure every kind at every length; write CSV, PNG and summary under ``out_dir``."""
@@ -361,8 +326,6 @@ def run_kinds_benchmark(config: KindsBenchConfig, *, log: Callable[[str], None] 
     if REFERENCE_KIND in kinds:  # measure the reference first so crossovers can be logged early
         kinds.remove(REFERENCE_KIND)
         kinds.insert(0, REFERENCE_KIND)
-    if not config.device.startswith("cuda"):
-        _libc_mmap_large_allocations()
     config.out_dir.mkdir(parents=True, exist_ok=True)
     header = (f"attnkit bench kinds: dim={config.dim} heads={config.num_heads} "
               f"batch={config.batch} {str(config.dtype).removeprefix('torch.')} "
@@ -373,15 +336,9 @@ def run_kinds_benchmark(config: KindsBenchConfig, *, log: Callable[[str], None] 
     for kind in kinds:
         for point in _measure_kind(kind, config, log):
             points.append(point)
-            write_csv(points, config.out_dir / "kinds.csv")  # partial results survive a stop
-    summaries = summarize(points, config)
-    text = format_summary(summaries, config)
-    log(text)
-    (config.out_dir / "summary.txt").write_text(header + "\n" + text + "\n")
-    write_plot(points, config.out_dir / "kinds.png", header)
-    log(f"wrote {config.out_dir / 'kinds.csv'}, {config.out_dir / 'kinds.png'}, "
-        f"{config.out_dir / 'summary.txt'}")
-    return points, summaries
+            write_points_csv(points, config.out_dir / "kinds.csv")  # partial results survive a stop
+    log(f"wrote {config.out_dir / 'kinds.csv'}")
+    return points, report(points, config, header, log)
 
 
 # -- command line ------------------------------------------------------------------------------
@@ -414,10 +371,12 @@ def register(bench_subparsers: Any) -> None:
     p.add_argument("--heads", type=int, default=8, help="attention heads (default 8)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="timed calls per quick point (median)")
     p.add_argument("--point-budget", type=float, default=240.0,
                    help="skip points projected to take longer, in seconds (0: never skip)")
     p.add_argument("--out", type=Path, default=Path("bench_results/kinds"))
+    p.add_argument("--from-csv", type=Path, default=None,
+                   help="no measuring: summarize and plot the kinds.csv of an earlier run")
     p.set_defaults(handler=_run_from_args)
 
 
@@ -428,6 +387,12 @@ def _run_from_args(args: argparse.Namespace) -> int:
         lengths=tuple(lengths), dim=dim, num_heads=args.heads, batch=args.batch,
         device=args.device, kinds=tuple(args.kinds.split(",")) if args.kinds else None,
         repeats=args.repeats, point_budget_s=args.point_budget or None, out_dir=args.out)
+    if args.from_csv is not None:
+        points = read_points_csv(args.from_csv)
+        config = KindsBenchConfig(lengths=tuple(sorted({p.length for p in points})),
+                                  out_dir=args.out)
+        report(points, config, f"attnkit bench kinds (from {args.from_csv})")
+        return 0
     run_kinds_benchmark(config, log=lambda line: print(line, flush=True))
     return 0
 
