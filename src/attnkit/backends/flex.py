@@ -41,6 +41,14 @@ def _compiled_flex() -> Any:
 
 
 class FlexBackend(Backend):
+    """torch's FlexAttention, compiled; opt-in because compiling takes seconds per shape.
+
+    Limits (torch 2.13): no backward on CPU (FlexAttention raises for CPU inputs that require
+    grad), no float64 in the compiled kernels, no dropout, no gradients into biases. The
+    ``BlockMask`` is rebuilt on every call (it depends on the lengths); callers that repeat one
+    shape can build it once with ``torch.nn.attention.flex_attention.create_block_mask``.
+    """
+
     name = "flex"
     capabilities = Capabilities(
         dtypes=frozenset({torch.float16, torch.bfloat16, torch.float32}), dropout=False,
@@ -53,6 +61,10 @@ class FlexBackend(Backend):
         if spec.needs_grad and spec.q.device.type == "cpu":
             # torch raises "FlexAttention does not support backward on CPU" at the first call.
             reasons.append("backward not supported on CPU (FlexAttention is forward-only there)")
+        head_dim = min(spec.q.shape[-1], spec.v.shape[-1])
+        if spec.q.device.type == "cuda" and head_dim < 16:
+            # The Triton kernels raise "embedding dimension ... must be at least 16".
+            reasons.append(f"head dim {head_dim} < 16 not supported on CUDA")
         return reasons
 
     def forward(self, spec: AttentionSpec) -> Tensor:
@@ -64,7 +76,11 @@ class FlexBackend(Backend):
                 spec.mask.mask_mod(spec.lq, spec.lk), B=spec.mask.batch_size,
                 H=spec.mask.num_heads, Q_LEN=spec.lq, KV_LEN=spec.lk, device=spec.q.device)
         score_mod = _score_mod(spec)
-        out = _compiled_flex()(spec.q, spec.k, spec.v, score_mod=score_mod,
+        q, k, v = spec.q, spec.k, spec.v
+        if not spec.needs_grad:
+            # FlexAttention refuses CPU tensors that require grad even under no_grad.
+            q, k, v = q.detach(), k.detach(), v.detach()
+        out = _compiled_flex()(q, k, v, score_mod=score_mod,
                                block_mask=block_mask, scale=spec.scale,
                                enable_gqa=spec.heads != spec.kv_heads)
         if spec.mask is not None:

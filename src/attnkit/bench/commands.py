@@ -1,0 +1,80 @@
+"""``attnkit bench ...``: each suite adds its own subcommand to the ``bench`` group.
+
+A suite module (``attnkit.bench.attention``'s CLI lives here; ``attnkit.bench.kinds`` and others
+bring their own) exposes ``register(bench_subparsers)``; :data:`SUITE_MODULES` lists them, and a
+module that is not there yet is simply left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+SUITE_MODULES = ("attnkit.bench.kinds",)  # suites outside this file, each with register()
+
+
+def register(subparsers: Any) -> None:
+    """Add ``attnkit bench`` and its suites to the top-level parser's subparsers."""
+    bench = subparsers.add_parser("bench", help="speed, memory and accuracy benchmarks",
+                                  description="Benchmarks; results are printed and written as "
+                                              "CSV.")
+    suites = bench.add_subparsers(dest="suite", metavar="SUITE", required=True)
+    _register_attention(suites)
+    for name in SUITE_MODULES:
+        if importlib.util.find_spec(name) is not None:
+            module = importlib.import_module(name)
+            if hasattr(module, "register"):
+                module.register(suites)
+
+
+def _register_attention(suites: Any) -> None:
+    from attnkit.bench.attention import PATTERNS
+
+    p = suites.add_parser(
+        "attention", help="attnkit backends vs torch SDPA, plain math and FlexAttention",
+        description="Forward and forward+backward time, peak memory and useful-work rate of "
+                    "full, causal, sliding-window and packed-document attention.")
+    p.add_argument("--lengths", type=int, nargs="+", default=None,
+                   help="sequence lengths (default 1024 4096 16384; --small: 256 1024)")
+    p.add_argument("--patterns", nargs="+", choices=PATTERNS, default=list(PATTERNS))
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed calls per case, median reported (default 3; --small: 1)")
+    p.add_argument("--window", type=int, default=512, help="sliding window size")
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--out", type=Path, default=Path("bench_results"),
+                   help="folder for attention.csv")
+    p.add_argument("--memory-budget-gib", type=float, default=6.0,
+                   help="skip paths whose estimated peak memory exceeds this")
+    p.add_argument("--max-call-s", type=float, default=60.0,
+                   help="skip paths whose estimated single call exceeds this many seconds")
+    p.add_argument("--no-flex", action="store_true",
+                   help="leave out FlexAttention (its compilation takes a while)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's choice); on a shared, "
+                        "overloaded machine 1 thread gives steadier numbers")
+    p.add_argument("--small", action="store_true",
+                   help="a quick run: L=256 1024, one repeat (make demo, tests)")
+    p.set_defaults(handler=_run_attention)
+
+
+def _run_attention(args: argparse.Namespace) -> int:
+    from attnkit.bench.attention import AttentionBenchConfig, run_attention_bench
+
+    lengths = args.lengths or ([256, 1024] if args.small else [1024, 4096, 16384])
+    repeats = args.repeats if args.repeats is not None else (1 if args.small else 3)
+    if repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {repeats}")
+    if min(lengths) < 1:
+        raise ValueError(f"--lengths must be >= 1, got {lengths}")
+    cfg = AttentionBenchConfig(
+        lengths=tuple(lengths), patterns=tuple(args.patterns), heads=args.heads,
+        head_dim=args.head_dim, window=args.window, repeats=repeats, out_dir=args.out,
+        memory_budget_gib=args.memory_budget_gib, max_call_s=args.max_call_s,
+        flex=not args.no_flex, matmul_size=1024 if args.small else 2048,
+        threads=args.threads)
+    run_attention_bench(cfg)
+    return 0

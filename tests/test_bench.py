@@ -1,0 +1,65 @@
+"""The benchmark harness and a tiny run of ``attnkit bench attention``."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnkit.bench.harness import PeakMemory, format_table, matmul_gflops, measure, write_csv
+from attnkit.cli import main
+
+
+def test_measure_takes_the_median_of_timed_calls() -> None:
+    calls: list[int] = []
+    m = measure(lambda: calls.append(1), repeats=3, warmup=1)
+    assert len(calls) == 4 and m.repeats == 3 and len(m.samples) == 3
+    assert m.seconds == sorted(m.samples)[1]
+
+
+@pytest.mark.skipif(not PeakMemory.cpu_supported(), reason="needs Linux /proc/self/clear_refs")
+def test_peak_memory_sees_torch_allocations() -> None:
+    def allocate() -> torch.Tensor:
+        big = torch.ones(16 * 1024 * 1024)  # 64 MiB, touched
+        return big.sum()
+
+    m = measure(allocate, repeats=1)
+    assert 48 <= m.peak_mib <= 160, m.peak_mib
+    small = measure(lambda: torch.ones(1024).sum(), repeats=1)
+    assert small.peak_mib < 32
+
+
+def test_matmul_rate_is_positive() -> None:
+    assert matmul_gflops(128, repeats=1) > 0
+
+
+def test_table_and_csv(tmp_path: Path) -> None:
+    rows = [{"name": "a", "ms": 1.23456, "note": ""}, {"name": "bb", "ms": math.nan, "x": 2}]
+    text = format_table(rows, ["name", "ms"])
+    assert "1.23" in text and "-" in text.splitlines()[-1]
+    write_csv(tmp_path / "sub" / "r.csv", rows)
+    read = list(csv.DictReader((tmp_path / "sub" / "r.csv").open()))
+    assert [r["name"] for r in read] == ["a", "bb"] and read[1]["x"] == "2"
+
+
+def test_bench_attention_cli_small(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["bench", "attention", "--small", "--no-flex", "--lengths", "96",
+                 "--patterns", "causal", "sliding_window", "--window", "16", "--heads", "2",
+                 "--head-dim", "8", "--out", str(tmp_path)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "float32 matmul" in printed and "targets" in printed
+    rows = list(csv.DictReader((tmp_path / "attention.csv").open()))
+    by_key = {(r["pattern"], r["path"], r["mode"]): r for r in rows}
+    blocked = by_key[("sliding_window", "attnkit blocked", "fwd+bwd")]
+    assert float(blocked["ms"]) > 0 and float(blocked["useful_GFLOPs"]) > 0
+    assert by_key[("sliding_window", "torch sdpa (flags)", "fwd")]["note"].startswith("skipped")
+    assert by_key[("causal", "torch flex (compiled)", "fwd")]["note"].startswith("skipped")
+    assert float(by_key[("causal", "attnkit auto", "fwd")]["ms"]) > 0
+
+
+def test_bench_rejects_bad_arguments() -> None:
+    assert main(["bench", "attention", "--repeats", "0", "--no-flex", "--lengths", "8"]) == 2

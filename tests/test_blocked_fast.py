@@ -1,0 +1,201 @@
+"""The fast (fused CPU kernel) path of the ``blocked`` backend against the float64 reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attnkit import bias, masks
+from attnkit.backends import blocked_fused
+from attnkit.backends.blocked import BlockedBackend, TileSizes, blocked_attention
+from attnkit.functional.math import reference_attention, validate
+
+pytestmark = pytest.mark.skipif(not blocked_fused.fused_kernel_available(),
+                                reason="this torch has no fused CPU flash kernel")
+
+
+def _inputs(b: int, hq: int, hkv: int, lq: int, lk: int, d: int, dtype: torch.dtype,
+            seed: int, device: str = "cpu") -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, hq, lq, d, generator=gen, dtype=dtype)
+    k = torch.randn(b, hkv, lk, d, generator=gen, dtype=dtype)
+    v = torch.randn(b, hkv, lk, d, generator=gen, dtype=dtype)
+    return tuple(t.to(device).requires_grad_() for t in (q, k, v))
+
+
+def _compare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask=None, score_bias=None,
+             softcap=None, tiles: TileSizes | None = None, fused: bool | None = True,
+             atol: float = 1e-10) -> None:
+    """Forward and gradients of blocked vs the float64 plain-math reference."""
+    spec = validate(q, k, v, mask=mask, bias=score_bias, scale=None, softcap=softcap,
+                    dropout_p=0.0)
+    out = blocked_attention(spec, tiles, fused=fused)
+    leaves = [q, k, v, *(score_bias.tensors() if score_bias is not None else ())]
+    leaves = [t for t in leaves if t.requires_grad]
+    ref_spec = validate(*(t.detach().double().requires_grad_() for t in (q, k, v)), mask=mask,
+                        bias=score_bias, scale=None, softcap=softcap, dropout_p=0.0)
+    ref, _ = reference_attention(ref_spec)
+    assert out.dtype == q.dtype
+    torch.testing.assert_close(out.double(), ref, atol=atol, rtol=0)
+    grad = torch.randn_like(ref)
+    got = torch.autograd.grad(out, leaves, grad.to(out.dtype))
+    ref_leaves = [ref_spec.q, ref_spec.k, ref_spec.v]
+    want = torch.autograd.grad(ref, ref_leaves, grad)
+    for g, w in zip(got[:3], want):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g.double(), w, atol=atol * 10, rtol=0)
+
+
+@st.composite
+def _mask_case(draw: st.DrawFn) -> tuple[object, int, int, int]:
+    b = draw(st.integers(1, 2))
+    lq = draw(st.integers(1, 40))
+    lk = draw(st.one_of(st.just(lq), st.integers(1, 40)))
+    kind = draw(st.sampled_from(["none", "causal", "window", "window_right", "padding",
+                                 "document", "doc_causal", "sink_window", "dense", "not_window"]))
+    if kind == "none":
+        mask = None
+    elif kind == "causal":
+        mask = masks.causal()
+    elif kind == "window":
+        mask = masks.sliding_window(draw(st.integers(0, 12)))
+    elif kind == "window_right":
+        mask = masks.sliding_window(draw(st.integers(0, 8)), draw(st.integers(1, 8)))
+    elif kind == "padding":
+        mask = masks.padding(draw(st.lists(st.integers(0, lk), min_size=b, max_size=b)))
+    elif kind in ("document", "doc_causal"):
+        ids = torch.sort(torch.randint(0, 4, (b, lk),
+                                       generator=torch.Generator().manual_seed(lk)))[0]
+        q_ids = ids[:, -lq:] if lq <= lk else torch.zeros(b, lq, dtype=torch.long)
+        mask = masks.document(q_ids, ids)
+        if kind == "doc_causal":
+            mask = mask & masks.causal()
+    elif kind == "sink_window":
+        mask = masks.causal() & (masks.sliding_window(draw(st.integers(0, 6)))
+                                 | masks.sink(draw(st.integers(0, 4))))
+    elif kind == "dense":
+        gen = torch.Generator().manual_seed(lq * 100 + lk)
+        mask = masks.dense(torch.rand(b, 1, lq, lk, generator=gen) > 0.6)
+    else:
+        mask = ~masks.sliding_window(draw(st.integers(0, 6)))
+    return mask, b, lq, lk
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=_mask_case(), heads=st.sampled_from([(1, 1), (2, 2), (4, 2), (3, 1)]),
+       d=st.sampled_from([3, 8, 16]), bq=st.integers(1, 9), bk=st.integers(1, 9),
+       seed=st.integers(0, 2**16))
+def test_fused_matches_reference_float64(case, heads, d, bq, bk, seed) -> None:
+    """Random masks (partial tiles, empty rows, GQA, Lq != Lk) forward and backward."""
+    mask, b, lq, lk = case
+    q, k, v = _inputs(b, heads[0], heads[1], lq, lk, d, torch.float64, seed)
+    _compare(q, k, v, mask=mask, tiles=TileSizes(bq, bk))
+
+
+@pytest.mark.parametrize("mask", [None, masks.causal(), masks.sliding_window(48),
+                                  masks.document(torch.tensor([[0] * 70 + [1] * 90 + [2] * 40]))
+                                  & masks.causal()])
+def test_fused_float32_default_tiles(mask) -> None:
+    """float32 at the default tile size, several query blocks batched per kernel call."""
+    q, k, v = _inputs(1, 4, 2, 200, 200, 16, torch.float32, 0)
+    _compare(q, k, v, mask=mask, tiles=TileSizes(16, 16), atol=2e-5)
+    _compare(q, k, v, mask=mask, atol=2e-5)
+
+
+def test_fully_masked_rows_give_zeros_and_finite_grads() -> None:
+    q, k, v = _inputs(2, 2, 2, 12, 12, 8, torch.float64, 1)
+    allowed = torch.rand(2, 1, 12, 12, generator=torch.Generator().manual_seed(0)) > 0.5
+    allowed[:, :, 3] = False
+    allowed[1, :, 7:] = False
+    mask = masks.dense(allowed) & masks.padding([12, 9])
+    _compare(q, k, v, mask=mask, tiles=TileSizes(4, 4))
+    spec = validate(q, k, v, mask=masks.padding([0, 0]), bias=None, scale=None, softcap=None,
+                    dropout_p=0.0)
+    out = blocked_attention(spec, fused=True)
+    assert torch.equal(out, torch.zeros_like(out))
+    out.sum().backward()
+    assert all(torch.equal(t.grad, torch.zeros_like(t)) for t in (q, k, v))
+
+
+def test_fused_path_is_used_and_batches_band_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sliding window runs as a few kernel calls over strided windows with one shared mask."""
+    calls: list[tuple[tuple[int, ...], tuple[int, ...] | None]] = []
+    real = blocked_fused._fwd_op()
+
+    def counting(q, k, v, *args, attn_mask=None, **kwargs):
+        calls.append((tuple(q.shape), None if attn_mask is None else tuple(attn_mask.shape)))
+        return real(q, k, v, *args, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(blocked_fused, "_fwd_op", lambda: counting)
+    q, k, v = (t.detach() for t in _inputs(1, 2, 2, 2048, 2048, 8, torch.float32, 2))
+    spec = validate(q, k, v, mask=masks.sliding_window(256), bias=None, scale=None,
+                    softcap=None, dropout_p=0.0)
+    blocked_attention(spec, TileSizes(128, 128))
+    assert len(calls) <= 4, calls  # 2 short leading blocks + one batched call for the rest
+    batched = max(calls, key=lambda c: c[0][0])
+    assert batched[0][0] >= 10 and batched[1] is not None and batched[1][0] == 1
+
+
+def test_bias_and_softcap_fall_back_to_pure_tiles_with_bias_gradients() -> None:
+    q, k, v = _inputs(1, 4, 2, 13, 17, 8, torch.float64, 3)
+    table = torch.randn(1, 4, 13, 17, dtype=torch.float64, requires_grad=True)
+    dense_bias = bias.dense(table)
+    spec = validate(q, k, v, mask=masks.causal(), bias=dense_bias, scale=None, softcap=None,
+                    dropout_p=0.0)
+    assert not blocked_fused.fused_supports(spec)
+    with pytest.raises(ValueError, match="fused CPU path"):
+        blocked_attention(spec, fused=True)
+    _compare(q, k, v, mask=masks.causal(), score_bias=dense_bias, fused=None,
+             tiles=TileSizes(4, 5))
+    # bias gradient through the pure path
+    out = blocked_attention(spec, TileSizes(4, 5))
+    ref, _ = reference_attention(spec)
+    g_table, = torch.autograd.grad(out.sum(), [table])
+    w_table, = torch.autograd.grad(ref.sum(), [table])
+    torch.testing.assert_close(g_table, w_table)
+    _compare(q, k, v, mask=masks.sliding_window(4), score_bias=bias.alibi(4), softcap=5.0,
+             fused=None, tiles=TileSizes(4, 5))
+
+
+def test_value_head_dim_differs_falls_back() -> None:
+    gen = torch.Generator().manual_seed(4)
+    q = torch.randn(1, 2, 9, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, 2, 9, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, 2, 9, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    spec = validate(q, k, v, mask=masks.causal(), bias=None, scale=None, softcap=None,
+                    dropout_p=0.0)
+    assert not blocked_fused.fused_supports(spec)
+    out = BlockedBackend().forward(spec)
+    torch.testing.assert_close(out, reference_attention(spec)[0])
+
+
+def test_float32_matches_pure_path_and_non_contiguous_inputs() -> None:
+    q, k, v = (t.detach() for t in _inputs(2, 4, 4, 64, 64, 16, torch.float32, 5))
+    q = q.transpose(1, 2).contiguous().transpose(1, 2)  # (B, L, H, D) memory, as layers give
+    mask = masks.causal() & masks.padding([64, 40])
+    spec = validate(q, k, v, mask=mask, bias=None, scale=0.3, softcap=None, dropout_p=0.0)
+    fast = blocked_attention(spec, TileSizes(16, 16), fused=True)
+    slow = blocked_attention(spec, TileSizes(16, 16), fused=False)
+    torch.testing.assert_close(fast, slow, atol=2e-5, rtol=0)
+
+
+def test_tile_sizes_validate() -> None:
+    with pytest.raises(ValueError, match="block_q"):
+        TileSizes(block_q=0)
+    assert TileSizes().resolved(fused=True) == blocked_fused_default()
+    assert TileSizes(7, 9).resolved(fused=False) == (7, 9)
+
+
+def blocked_fused_default() -> tuple[int, int]:
+    from attnkit.backends.blocked import FUSED_DEFAULT
+
+    return FUSED_DEFAULT
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_pure_tiles_on_cuda_match_reference() -> None:
+    q, k, v = _inputs(2, 4, 2, 70, 70, 16, torch.float32, 6, device="cuda")
+    for mask in (masks.causal(), masks.sliding_window(9), masks.padding([70, 33])):
+        _compare(q, k, v, mask=mask, fused=None, atol=2e-5)
