@@ -1,1 +1,1 @@
-"""Benchmarks: a shared harness (:mod:`attnkit.bench.harness`) and the suites of ``attnkit bench``."""
+"""Benchmarks: the shared harness (:mod:`attnkit.bench.harness`) and the suites."""
