@@ -163,9 +163,25 @@ def test_auxiliary_losses_are_collected_from_a_model() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("kind", KINDS)
 def test_kind_on_cuda_matches_cpu(kind: str) -> None:
+    """Forward, input gradient and (where supported) decoding on CUDA equal the CPU results."""
     layer = make(kind, torch.float32)
-    x = torch.randn(2, 11, DIM)
+    x = torch.randn(2, 11, DIM, requires_grad=True)
     pad = masks.padding(torch.tensor([11, 6]))
     expected = layer(x, mask=pad)
-    got = layer.cuda()(x.cuda(), mask=masks.padding(torch.tensor([11, 6], device="cuda")))
+    (expected_grad,) = torch.autograd.grad(expected.square().sum(), x)
+    gpu = make(kind, torch.float32)
+    gpu.load_state_dict(layer.state_dict())
+    gpu = gpu.cuda()
+    x_gpu = x.detach().cuda().requires_grad_(True)
+    got = gpu(x_gpu, mask=masks.padding(torch.tensor([11, 6], device="cuda")))
+    (got_grad,) = torch.autograd.grad(got.square().sum(), x_gpu)
     torch.testing.assert_close(got.cpu(), expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got_grad.cpu(), expected_grad, atol=1e-3, rtol=1e-3)
+    if gpu.supports_cache:
+        cache: Any = RecurrentState() if isinstance(gpu, KernelizedAttention) \
+            else StaticKVCache(11)
+        with torch.no_grad():
+            xs = x.detach().cuda()
+            steps = [gpu(xs[:, i:i + 1], cache=cache) for i in range(11)]
+            torch.testing.assert_close(torch.cat(steps, 1), gpu(xs, mask=masks.causal()),
+                                       atol=1e-4, rtol=1e-4)
