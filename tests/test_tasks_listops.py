@@ -59,6 +59,7 @@ def test_values_match_independent_evaluator(listops: Task) -> None:
             assert 10 <= len(tokens) <= 90 and depth <= 4
             depths.add(depth)
     assert depths >= {2, 3, 4}
+    assert listops.extra["max_input_length"] == 90
 
 
 def test_labels_cover_all_values_and_splits_disjoint(listops: Task) -> None:

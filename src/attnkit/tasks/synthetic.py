@@ -91,11 +91,13 @@ def _seq2seq_symbols(name: str, transform: Callable[[list[int]], list[int]], *, 
     encode, decode = _symbol_codec(num_symbols)
     vocab = FIRST_SYMBOL + num_symbols
     return Task(name=name, kind="seq2seq", modality="tokens", train=train, val=val, test=test,
-                vocab_size=vocab, target_vocab_size=vocab, input_shape=(0,), metric="accuracy",
-                pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID, encode=encode, decode=decode,
+                vocab_size=vocab, target_vocab_size=vocab, input_shape=(0,),
+                metric="token_accuracy", pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+                encode=encode, decode=decode,
                 source=f"generated (synthetic {name}, seed {seed})",
                 extra={"num_symbols": num_symbols, "min_length": min_length,
-                       "max_length": max_length})
+                       "max_length": max_length, "max_input_length": max_length,
+                       "max_target_length": max_length + 2})
 
 
 @register_task("copy", "synthetic: copy a random symbol string (seq2seq)")
@@ -189,9 +191,12 @@ def load_addition(*, num_train: int = 10000, num_val: int = 1000, num_test: int 
     vocab = PLUS_ID + 1
     return Task(name="addition", kind="seq2seq", modality="tokens", train=train, val=val,
                 test=test, vocab_size=vocab, target_vocab_size=vocab, input_shape=(0,),
-                pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID, encode=encode, decode=decode,
+                metric="token_accuracy", pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+                encode=encode, decode=decode,
                 source=f"generated (synthetic addition, seed {seed})",
-                extra={"min_digits": min_digits, "max_digits": max_digits, "plus_id": PLUS_ID})
+                extra={"min_digits": min_digits, "max_digits": max_digits, "plus_id": PLUS_ID,
+                       "max_input_length": 2 * max_digits + 1,
+                       "max_target_length": max_digits + 3})
 
 
 def recall_layout(num_keys: int) -> tuple[int, int]:
@@ -259,6 +264,7 @@ def load_recall(*, num_train: int = 10000, num_val: int = 1000, num_test: int = 
                 input_shape=(2 * num_pairs + 2,), pad_id=PAD_ID, encode=encode, decode=decode,
                 source=f"generated (synthetic associative recall, seed {seed})",
                 extra={"num_pairs": num_pairs, "num_keys": num_keys, "num_values": num_values,
+                       "max_input_length": 2 * num_pairs + 2,
                        "first_key": first_key, "first_value": first_value,
                        "separator_id": SEP_RECALL,
                        # noise.perturbation_for leaves the separator in place

@@ -138,5 +138,6 @@ def load_translation(*, seed: int = 0, val_size: int = 1000, test_size: int = 10
         extra={"source_vocab": source_vocab, "target_vocab": target_vocab,
                "source_decode": source_vocab.decode,
                "references": {"train": train_refs, "val": val_refs, "test": test_refs},
-               "pairs_kept": len(pairs), "verses": len(verses)},
+               "pairs_kept": len(pairs), "verses": len(verses),
+               "max_input_length": max_length, "max_target_length": max_length + 2},
     )
