@@ -34,9 +34,9 @@ __all__ = ["TopKAttention", "topk_attention"]
 MAX_WEIGHTS_ELEMENTS = 4096 * 4096
 
 
-def _topk_chunk(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, top: int,
-                scale: float) -> Tensor:
-    """Weights of one query chunk: q (B, H, C, D), k / v (B, H, S, D|Dv) -> (B, H, C, S)."""
+def _topk_weights(q: Tensor, k: Tensor, allowed: Tensor | None, top: int,
+                  scale: float) -> Tensor:
+    """Weights of one query chunk: q (B, H, C, D), k (B, H, S, D) -> (B, H, C, S)."""
     scores = (q @ k.transpose(-1, -2)) * scale  # (B, H, C, S)
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
@@ -49,7 +49,7 @@ def _topk_chunk(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, top: in
 
 def _chunk_output(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, top: int,
                   scale: float) -> Tensor:
-    return _topk_chunk(q, k, v, allowed, top, scale) @ v
+    return _topk_weights(q, k, allowed, top, scale) @ v
 
 
 def topk_attention(q: Tensor, k: Tensor, v: Tensor, *, top: int, mask: Mask | None = None,
@@ -76,7 +76,7 @@ def topk_attention(q: Tensor, k: Tensor, v: Tensor, *, top: int, mask: Mask | No
             allowed = mask.allowed(bi, hi, qi, ki, lq, lk)  # (B|1, H|1, C, S)
         q_chunk = q[:, :, start:stop]
         if return_weights:
-            pieces.append(_topk_chunk(q_chunk, k, v, allowed, top, scale))
+            pieces.append(_topk_weights(q_chunk, k, allowed, top, scale))
         elif torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
             pieces.append(checkpoint(_chunk_output, q_chunk, k, v, allowed, top, scale,
                                      use_reentrant=False))
