@@ -175,3 +175,16 @@ def test_bad_bias_arguments(make, message: str) -> None:  # type: ignore[no-unty
     with pytest.raises(ValueError) as err:
         make()
     assert message in str(err.value)
+
+
+def test_on_device_moves_fixed_tensors_only() -> None:
+    meta = torch.device("meta")
+    table = torch.randn(4, 5, requires_grad=True)
+    total = biases.alibi(2) + biases.dense(table)
+    assert total.on_device(torch.device("cpu")) is total
+    moved = total.on_device(meta)
+    assert moved.tensors()[0].device == meta and moved.tensors()[0].requires_grad
+    assert moved.left.slopes.device == meta  # type: ignore[attr-defined]
+    assert total.tensors()[0].device.type == "cpu", "the original is left as it was"
+    learned = biases.relative_buckets(2)
+    assert learned.on_device(meta) is learned  # modules move with module.to()

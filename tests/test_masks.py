@@ -207,3 +207,30 @@ def test_lengths_of_data_masks_are_checked() -> None:
         masks.padding(torch.ones(1, 5, dtype=torch.bool)).dense(2, 4)
     with pytest.raises(ValueError, match="cover 3 queries and 3 keys"):
         masks.document(torch.zeros(1, 3, dtype=torch.long)).dense(4, 4)
+
+
+def test_on_device_moves_tensors_and_keeps_meaning() -> None:
+    """``validate`` moves masks next to q; tensor-free masks and same-device calls are no-ops."""
+    cpu, meta = torch.device("cpu"), torch.device("meta")
+    band = masks.causal() & masks.sliding_window(2)
+    assert band.on_device(meta) is band
+    lengths = masks.padding([3, 1])
+    assert lengths.on_device(cpu) is lengths
+    combined = band | ~(lengths & masks.document(torch.zeros(2, 4, dtype=torch.long))
+                        & masks.dense(torch.ones(4, 4, dtype=torch.bool))
+                        & masks.padding(torch.ones(2, 4, dtype=torch.bool)))
+    moved = combined.on_device(meta)
+    assert moved is not combined and type(moved) is type(combined)
+    assert moved.batch_size == 2
+    tensors: list[torch.Tensor] = []
+
+    def collect(m: Mask) -> None:
+        for name in ("left", "right", "inner"):
+            if hasattr(m, name):
+                collect(getattr(m, name))
+        for name in ("lengths", "key_valid", "q_ids", "kv_ids", "tensor"):
+            if isinstance(getattr(m, name, None), torch.Tensor):
+                tensors.append(getattr(m, name))
+
+    collect(moved)
+    assert len(tensors) == 5 and all(t.device == meta for t in tensors)

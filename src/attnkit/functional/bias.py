@@ -66,6 +66,11 @@ class Bias(ABC):
 
         return mod
 
+    def on_device(self, device: torch.device) -> Bias:
+        """This bias with its fixed tensors on ``device`` (see ``Mask.on_device``); learned
+        modules stay where their parameters are (move them with ``module.to``)."""
+        return self
+
     def check_shape(self, batch: int, heads: int, lq: int, lk: int) -> None:
         if self.batch_size not in (None, 1, batch):
             raise ValueError(f"bias {self!r} is for batch size {self.batch_size}, q has {batch}")
@@ -90,6 +95,10 @@ class _SumBias(Bias):
     def check_shape(self, batch: int, heads: int, lq: int, lk: int) -> None:
         self.left.check_shape(batch, heads, lq, lk)
         self.right.check_shape(batch, heads, lq, lk)
+
+    def on_device(self, device: torch.device) -> Bias:
+        left, right = self.left.on_device(device), self.right.on_device(device)
+        return self if left is self.left and right is self.right else _SumBias(left, right)
 
     def values(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int,
                tensors: Sequence[Tensor] | None = None) -> Tensor:
@@ -128,6 +137,13 @@ class _Alibi(Bias):
         self.offset = offset
         self.slopes = alibi_slopes(num_heads)
 
+    def on_device(self, device: torch.device) -> Bias:
+        if self.slopes.device == device:
+            return self
+        moved = _Alibi(self.num_heads, self.offset)
+        moved.slopes = self.slopes.to(device)
+        return moved
+
     def values(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int,
                tensors: Sequence[Tensor] | None = None) -> Tensor:
         off = lk - lq if self.offset is None else self.offset
@@ -164,6 +180,10 @@ class _DenseBias(Bias):
 
     def tensors(self) -> tuple[Tensor, ...]:
         return (self.tensor,)
+
+    def on_device(self, device: torch.device) -> Bias:
+        # .to() is differentiable: gradients still reach the caller's tensor.
+        return self if self.tensor.device == device else _DenseBias(self.tensor.to(device))
 
     def check_shape(self, batch: int, heads: int, lq: int, lk: int) -> None:
         super().check_shape(batch, heads, lq, lk)

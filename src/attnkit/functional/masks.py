@@ -132,6 +132,14 @@ class Mask(ABC):
         rows = ["".join(glyph[int(s)] for s in row) for row in states]
         return "\n".join("|" + r + "|" for r in rows)
 
+    def on_device(self, device: torch.device) -> Mask:
+        """This mask with its tensors (lengths, ids, dense tables) on ``device``.
+
+        ``validate`` moves masks next to ``q`` once, so backends (FlexAttention's compiled
+        ``mask_mod`` especially) never copy tensors between devices inside a kernel.
+        """
+        return self
+
     def check_shape(self, batch: int, heads: int, lq: int, lk: int) -> None:
         """Raise ValueError if the mask cannot apply to attention of this shape."""
         if self.batch_size is not None and self.batch_size not in (1, batch):
@@ -171,6 +179,12 @@ class _Binary(Mask):
     def check_shape(self, batch: int, heads: int, lq: int, lk: int) -> None:
         self.left.check_shape(batch, heads, lq, lk)
         self.right.check_shape(batch, heads, lq, lk)
+
+    def on_device(self, device: torch.device) -> Mask:
+        left, right = self.left.on_device(device), self.right.on_device(device)
+        if left is self.left and right is self.right:
+            return self
+        return type(self)(left, right)
 
     def __repr__(self) -> str:
         return f"({self.left!r} {self.symbol} {self.right!r})"
@@ -217,6 +231,10 @@ class _Not(Mask):
 
     def check_shape(self, batch: int, heads: int, lq: int, lk: int) -> None:
         self.inner.check_shape(batch, heads, lq, lk)
+
+    def on_device(self, device: torch.device) -> Mask:
+        inner = self.inner.on_device(device)
+        return self if inner is self.inner else _Not(inner)
 
     def __repr__(self) -> str:
         return f"~{self.inner!r}"
@@ -312,6 +330,13 @@ class _Padding(Mask):
             raise ValueError(f"padding mask covers {valid.shape[1]} keys but there are {lk} keys")
         return valid[b, k] & (q >= 0)
 
+    def on_device(self, device: torch.device) -> Mask:
+        source = self.lengths if self.lengths is not None else self.key_valid
+        if source is None or source.device == device:
+            return self
+        return _Padding(None if self.lengths is None else self.lengths.to(device),
+                        None if self.key_valid is None else self.key_valid.to(device))
+
     def check_shape(self, batch: int, heads: int, lq: int, lk: int) -> None:
         super().check_shape(batch, heads, lq, lk)
         if self.key_valid is not None and self.key_valid.shape[1] != lk:
@@ -344,6 +369,11 @@ class _Document(Mask):
     def __init__(self, q_ids: Tensor, kv_ids: Tensor) -> None:
         self.q_ids, self.kv_ids = q_ids, kv_ids
         self.batch_size = int(q_ids.shape[0])
+
+    def on_device(self, device: torch.device) -> Mask:
+        if self.q_ids.device == device and self.kv_ids.device == device:
+            return self
+        return _Document(self.q_ids.to(device), self.kv_ids.to(device))
 
     def check_shape(self, batch: int, heads: int, lq: int, lk: int) -> None:
         super().check_shape(batch, heads, lq, lk)
@@ -392,6 +422,9 @@ class _Dense(Mask):
         if tuple(self.tensor.shape[-2:]) != (lq, lk):
             raise ValueError(f"dense mask is {tuple(self.tensor.shape[-2:])} but attention is "
                              f"({lq}, {lk}) (Lq, Lk)")
+
+    def on_device(self, device: torch.device) -> Mask:
+        return self if self.tensor.device == device else _Dense(self.tensor.to(device))
 
     def _checked(self, lq: int, lk: int, device: torch.device | None) -> Tensor:
         self.check_shape(self.batch_size or 1, self.num_heads or 1, lq, lk)

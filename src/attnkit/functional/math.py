@@ -115,11 +115,13 @@ def validate(q: Tensor, k: Tensor, v: Tensor, *, mask: Mask | None, bias: Bias |
             raise TypeError(f"mask must be an attnkit.masks.Mask (e.g. masks.dense(bool_tensor)), "
                             f"got {type(mask).__name__}")
         mask.check_shape(bq, hq, q.shape[2], lk)
+        mask = mask.on_device(q.device)
     if bias is not None:
         if not isinstance(bias, Bias):
             raise TypeError(f"bias must be an attnkit.bias.Bias (e.g. bias.dense(tensor)), got "
                             f"{type(bias).__name__}")
         bias.check_shape(bq, hq, q.shape[2], lk)
+        bias = bias.on_device(q.device)
     return AttentionSpec(q, k, v, mask, bias, scale, softcap, float(dropout_p))
 
 
