@@ -14,6 +14,7 @@ Plain PyTorch equivalent of ``attention(q, k, v, bias=b)``::
 
 from __future__ import annotations
 
+import copy
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -140,7 +141,7 @@ class _Alibi(Bias):
     def on_device(self, device: torch.device) -> Bias:
         if self.slopes.device == device:
             return self
-        moved = _Alibi(self.num_heads, self.offset)
+        moved = copy.copy(self)
         moved.slopes = self.slopes.to(device)
         return moved
 
