@@ -206,3 +206,20 @@ def test_float64_reference_helper_returns_weights() -> None:
     assert out.dtype == weights.dtype == torch.float64
     assert weights.shape == (1, 1, 3, 4)
     assert torch.equal(weights[0, 0, 0, 2:], torch.zeros(2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("lq, lk", [(3, 0), (0, 3), (0, 0)])
+def test_empty_lengths(lq: int, lk: int) -> None:
+    """No keys: every row is zero (nothing to attend to); no queries: an empty output."""
+    q = torch.randn(1, 2, lq, 4, requires_grad=True)
+    k = torch.randn(1, 2, lk, 4, requires_grad=True)
+    v = torch.randn(1, 2, lk, 3, requires_grad=True)
+    runs = [(b, o) for b in FAST_BACKENDS for o in ({}, {"mask": masks.causal()})
+            if _supported(get_backend(b), q, k, v, o, grad=True)]
+    assert len(runs) >= len(FAST_BACKENDS)
+    for backend, options in [("auto", {"mask": masks.causal()}), *runs]:
+        out, weights = attention(q, k, v, backend=backend, return_weights=True, **options)
+        assert out.shape == (1, 2, lq, 3) and weights.shape == (1, 2, lq, lk)
+        assert torch.equal(out, torch.zeros_like(out))
+        grads = torch.autograd.grad(out, [q, k, v], torch.randn_like(out), allow_unused=True)
+        assert all(g is None or torch.isfinite(g).all() for g in grads)

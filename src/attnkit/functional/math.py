@@ -138,6 +138,8 @@ def safe_softmax(scores: Tensor, allowed: Tensor | None) -> Tensor:
     """
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
+    if scores.shape[-1] == 0:  # no keys at all: empty weights, so the output rows are zero
+        return scores
     row_max = scores.amax(dim=-1, keepdim=True)
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
     exp = torch.exp(scores - row_max)
