@@ -9,12 +9,13 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from attnkit.explain.report import METHODS
 
-__all__ = ["explain_run", "register", "write_demo_report"]
+__all__ = ["explain_run", "faithfulness_report", "register", "write_demo_report"]
 
 
 def _example(run: Any, spec: str, text: str | None) -> Any:
@@ -29,10 +30,10 @@ def _example(run: Any, spec: str, text: str | None) -> Any:
 
         return example_from_task(run.model, task, torch.tensor(task.encode(text)), title=title)
     split, index = parse_input_spec(spec)
-    dataset = getattr(task, split)
+    dataset = cast(Sized, getattr(task, split))
     if not -len(dataset) <= index < len(dataset):
         raise ValueError(f"--input {spec}: the {split} split has {len(dataset)} examples")
-    x, y = dataset[index]
+    x, y = getattr(task, split)[index]
     return example_from_task(run.model, task, x, y, title=f"{title} · {spec}")
 
 
@@ -108,6 +109,55 @@ def write_demo_report(run_dir: str | Path) -> Path:
                        out=Path(run_dir) / "explain.html")
 
 
+def faithfulness_report(run_dir: str | Path, *, examples: int = 300, steps: int = 16,
+                        random_repeats: int = 5, sanity_examples: int = 32) -> str:
+    """Markdown: perturbation AUCs of each method vs random, and the randomization check."""
+    import torch
+
+    from attnkit.explain.examples import example_from_task
+    from attnkit.explain.faithfulness import evaluate_faithfulness, format_table, sanity_table
+    from attnkit.train import load_run
+
+    run = load_run(run_dir)
+    task = run.task
+    if task.modality != "image":
+        raise ValueError(f"the faithfulness table is for image (ViT) runs; {task.name!r} is "
+                         f"{task.modality}")
+    count = min(examples, len(cast(Sized, task.test)))
+    pairs = [task.test[i] for i in range(count)]
+    images = torch.stack([torch.as_tensor(x) for x, _ in pairs])
+    labels = torch.tensor([int(y) for _, y in pairs])
+    example = example_from_task(run.model, task, images[0])
+    if example.grid is None or example.first_input != 1:
+        raise ValueError("the faithfulness table needs a ViT with a class token")
+    background = float(images.amin())
+    rows = evaluate_faithfulness(run.model, images, labels, grid=example.grid, steps=steps,
+                                 random_repeats=random_repeats, background=background)
+    sanity = sanity_table(run.model, images[:sanity_examples], grid=example.grid)
+    with torch.no_grad():
+        accuracy = float((run.model(images).argmax(-1) == labels).float().mean())
+    blocks = [step.block for step in next(iter(sanity.values()))]
+    lines = [f"run: {run.run_dir} ({task.name}, test accuracy on these {count} images "
+             f"{accuracy:.3f}); {example.grid[0]}x{example.grid[1]} patches blanked to "
+             f"{background:g} in {steps} steps", "", format_table(rows), "",
+             f"cascading randomization: Spearman correlation with the original map after "
+             f"randomizing every block from the output down to the named one "
+             f"({min(sanity_examples, count)} images):", "",
+             "| method | " + " | ".join(f"down to {b}" for b in blocks) + " |",
+             "|---|" + "---:|" * len(blocks)]
+    lines += [f"| {name} | " + " | ".join(f"{s.spearman:.2f}" for s in steps) + " |"
+              for name, steps in sanity.items()]
+    return "\n".join(lines)
+
+
+def _cmd_faithfulness(args: argparse.Namespace) -> int:
+    table = faithfulness_report(args.run_dir, examples=args.examples, steps=args.steps)
+    print(table)
+    if args.out:
+        Path(args.out).write_text(table + "\n")
+    return 0
+
+
 def _demo_hook(result: Any, config: Any) -> None:
     path = write_demo_report(result.run_dir)
     print(f"attention report: {path}")
@@ -138,6 +188,16 @@ def register(subparsers: Any) -> None:
     p.add_argument("--top-k", type=int, default=8, dest="top_k",
                    help="links kept per query row for long inputs (default 8)")
     p.set_defaults(handler=_cmd_explain)
+    f = subparsers.add_parser(
+        "faithfulness", help="perturbation AUCs of each explanation method of a ViT run",
+        description="Blank image patches in the order each method ranks them and track "
+                    "accuracy / class probability (positive, negative, deletion, insertion "
+                    "AUC) against a random order; plus the cascading randomization check.")
+    f.add_argument("run_dir", help="a ViT run directory written by 'attnkit train'")
+    f.add_argument("--examples", type=int, default=300, help="test images used (default 300)")
+    f.add_argument("--steps", type=int, default=16, help="perturbation steps (default 16)")
+    f.add_argument("--out", help="also write the markdown table here")
+    f.set_defaults(handler=_cmd_faithfulness)
     try:
         from attnkit.train.demo import DEMO_HOOKS
     except ImportError:  # training area absent: no demo to hook into

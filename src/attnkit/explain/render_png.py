@@ -91,7 +91,7 @@ def plot_layer_grid(layers: Sequence[Tensor], path: str | Path, *,
 
 
 def plot_image_overlay(image: Tensor, patch_scores: Tensor, path: str | Path, *,
-                       title: str = "", alpha: float = 0.55) -> Path:
+                       title: str = "", alpha: float = 0.8) -> Path:
     """Image (C, H, W) beside itself overlaid with patch relevance (gh, gw) upsampled to H x W."""
     if image.dim() != 3 or patch_scores.dim() != 2:
         raise ValueError(f"need image (C, H, W) and patch scores (gh, gw), got "
@@ -107,7 +107,11 @@ def plot_image_overlay(image: Tensor, patch_scores: Tensor, path: str | Path, *,
     for ax in axes:
         ax.imshow(shown.numpy(), cmap="gray" if img.shape[0] == 1 else None)
         ax.axis("off")
-    axes[1].imshow(heat.numpy(), cmap="jet", alpha=alpha)
+    low, high = float(heat.min()), float(heat.max())
+    strength = ((heat - low) / max(high - low, 1e-12)).numpy()  # 0..1
+    rgba = matplotlib.colormaps["autumn_r"](strength)
+    rgba[..., 3] = alpha * strength  # irrelevant patches stay see-through
+    axes[1].imshow(rgba)
     axes[0].set_title("input", fontsize=9)
     axes[1].set_title(title or "relevance", fontsize=9)
     return _save(fig, path)
