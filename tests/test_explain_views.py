@@ -114,8 +114,8 @@ def test_report_for_a_causal_lm_and_a_mean_pooled_model() -> None:
     tokens = torch.randint(0, 12, (1, 7))
     report = build_report(lm, ExplainInput(inputs=(tokens,), explained_row=-1,
                                            labels={"input": [str(int(t)) for t in tokens[0]]}))
-    assert [m for m in report["methods"]] == ["raw", "rollout", "relevance"]
-    rollout_values = [a for a in report["attributions"] if "rollout" in a["method"]][0]
+    assert list(report["methods"]) == ["raw", "rollout", "relevance"]
+    rollout_values = next(a for a in report["attributions"] if "rollout" in a["method"])
     assert len(rollout_values["values"]) == 7
     with torch.no_grad(), capture(lm) as cap:
         lm(tokens)
