@@ -66,12 +66,14 @@ def _supported(backend: Backend, q: Tensor, k: Tensor, v: Tensor, options: dict[
 
 @given(call=calls(), grad=st.booleans(), seed=st.integers(0, 2**31 - 1),
        tiles=st.tuples(st.integers(1, 10), st.integers(1, 10)),
-       fused=st.sampled_from([None, False]))
+       fused=st.sampled_from([None, False]), contiguous=st.booleans())
 def test_every_backend_matches_float64_math(call: tuple[Shape, torch.dtype, dict[str, Any]],
                                             grad: bool, seed: int, tiles: tuple[int, int],
-                                            fused: bool | None) -> None:
+                                            fused: bool | None, contiguous: bool) -> None:
     shape, dtype, options = call
     q, k, v = shape.tensors(dtype, seed)
+    if not contiguous:  # the (B, L, H, D) memory layout that splitting heads produces
+        q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
     candidates = {name: get_backend(name) for name in FAST_BACKENDS}
     candidates["blocked(random tiles)"] = BlockedBackend(TileSizes(*tiles), fused=fused)
     ran = []

@@ -112,6 +112,10 @@ CASES = [
         "bias": biases.dense(torch.randn(2, 4, 9, 9, dtype=torch.float64, requires_grad=True))
         + biases.alibi(4),
         "softcap": 3.0}, dtype=torch.float64),
+    Case("bf16_window_alibi", (1, 4, 2, 9, 9, 8, 8), lambda: {
+        "mask": masks.sliding_window(3), "bias": biases.alibi(4)}, dtype=torch.bfloat16),
+    Case("f16_causal", (2, 2, 2, 7, 7, 8, 8), lambda: {"mask": masks.causal()},
+         dtype=torch.float16),
     Case("flex_small", (2, 2, 1, 8, 8, 16, 16), lambda: {  # FlexAttention on CUDA needs D >= 16
         "mask": masks.causal() & masks.sliding_window(3) & masks.padding([8, 0]),
         "bias": biases.alibi(2), "softcap": 5.0}),
