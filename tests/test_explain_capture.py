@@ -13,7 +13,8 @@ from torch import Tensor
 from attnkit import masks
 from attnkit.explain import capture
 from attnkit.explain.toy import ToyClassifier, ToySeq2Seq
-from attnkit.layers import MultiHeadAttention
+from attnkit.functional.math import expand_kv
+from attnkit.layers import MultiHeadAttention, build_attention, list_attention_kinds
 
 FORCED_BACKENDS = ["sdpa", "blocked", "reference"]
 
@@ -145,3 +146,32 @@ def test_hooks_removed_and_model_output_unchanged() -> None:
     model(tokens)
     assert len(cap) == 2  # the call after the block was not recorded
     torch.testing.assert_close(before, during)
+
+
+# Options a kind needs beyond dim and heads (a kind missing here is built without any).
+KIND_OPTIONS = {"linformer": {"max_length": 16}}
+
+
+@pytest.mark.parametrize("kind", sorted(list_attention_kinds()))
+def test_every_kind_captures_the_weights_that_produced_its_output(kind: str) -> None:
+    """For every registered kind, captured weights W satisfy out_heads == W @ V."""
+    layer = build_attention(kind, dim=16, num_heads=2, **KIND_OPTIONS.get(kind, {})).eval()
+    seen: list[tuple[Tensor, Tensor]] = []
+    layer.probe.register_forward_hook(lambda m, args, out: seen.append((args[0], args[1])))
+    x = torch.randn(2, 12, 16)
+    with capture(layer, gradients=True) as cap:
+        (layer(x) * torch.randn(2, 12, 16)).sum().backward()
+    (out, values), record = seen[0], cap[0]
+    weights = record.dense_weights()
+    assert weights.shape == (2, 2, 12, 12) and torch.isfinite(weights).all()
+    torch.testing.assert_close(weights @ expand_kv(values.detach(), 2), out.detach(),
+                               atol=1e-5, rtol=1e-4)
+    assert record.grad is not None and torch.isfinite(record.dense_grad()).all()
+
+
+def test_implied_weights_above_the_size_limit_raise_naming_the_layer() -> None:
+    model = torch.nn.Sequential()
+    model.add_module("linear_attn", build_attention("linear", dim=8, num_heads=1))
+    with pytest.raises(ValueError, match=r"capturing layer 'linear_attn'.*limit"), \
+            capture(model):
+        model(torch.randn(1, 4100, 8))
