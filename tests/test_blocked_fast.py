@@ -199,3 +199,32 @@ def test_pure_tiles_on_cuda_match_reference() -> None:
     q, k, v = _inputs(2, 4, 2, 70, 70, 16, torch.float32, 6, device="cuda")
     for mask in (masks.causal(), masks.sliding_window(9), masks.padding([70, 33])):
         _compare(q, k, v, mask=mask, fused=None, atol=2e-5)
+
+
+def test_auto_keeps_blocked_on_cpu_for_masks() -> None:
+    from attnkit.backends.dispatch import prefers_dense_on_gpu, report
+
+    q, k, v = (t.detach() for t in _inputs(1, 2, 2, 64, 64, 8, torch.float32, 7))
+    spec = validate(q, k, v, mask=masks.sliding_window(8), bias=None, scale=None, softcap=None,
+                    dropout_p=0.0)
+    assert not prefers_dense_on_gpu(spec)
+    assert report(spec).chosen == "blocked"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_auto_prefers_dense_mask_on_cuda_until_it_is_large() -> None:
+    from attnkit.backends import dispatch
+
+    q, k, v = (t.detach() for t in _inputs(1, 2, 2, 64, 64, 8, torch.float32, 8, "cuda"))
+    spec = validate(q, k, v, mask=masks.sliding_window(8), bias=None, scale=None, softcap=None,
+                    dropout_p=0.0)
+    assert dispatch.report(spec).chosen == "sdpa_dense"
+    capped = validate(q, k, v, mask=masks.sliding_window(8), bias=None, scale=None, softcap=2.0,
+                      dropout_p=0.0)
+    assert dispatch.report(capped).chosen == "blocked"  # sdpa_dense has no softcap
+    old = dispatch.GPU_DENSE_MASK_MAX_ELEMENTS
+    try:
+        dispatch.GPU_DENSE_MASK_MAX_ELEMENTS = 64 * 64 - 1
+        assert dispatch.report(spec).chosen == "blocked"
+    finally:
+        dispatch.GPU_DENSE_MASK_MAX_ELEMENTS = old
