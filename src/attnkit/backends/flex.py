@@ -37,6 +37,11 @@ def flex_available() -> bool:
 def _compiled_flex() -> Any:
     from torch.nn.attention.flex_attention import flex_attention
 
+    # Every shape and mask compiles anew; past dynamo's default of 8 recompilations
+    # flex_attention silently falls back to an unfused path that materializes all scores.
+    dynamo_config = torch._dynamo.config
+    if hasattr(dynamo_config, "recompile_limit"):
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 256)
     return torch.compile(flex_attention, dynamic=False)
 
 

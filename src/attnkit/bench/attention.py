@@ -7,12 +7,17 @@ forward+backward: the two forward matmuls and the four backward ones, recomputat
 divided by the time. This machine's float32 matmul rate is measured in the same run, so the
 rates can be read as a fraction of what the hardware does on a plain matmul.
 
+All paths of one (pattern, length, mode) are timed in rounds, one call of each path per round,
+and each reports its median: on a shared machine a burst of load then hits every path alike, so
+the ratios between rows of one case are steadier than the absolute times.
+
 Shape legend: B batch (1), H heads, L length (queries = keys), D head dim.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,8 +48,8 @@ class AttentionBenchConfig:
     head_dim: int = 64  # D
     batch: int = 1  # B
     window: int = 512  # sliding_window(window): each query sees itself and `window` before it
-    repeats: int = 3  # timed calls per case (median); 1 for calls slower than long_call_s
-    long_call_s: float = 5.0  # a warm-up slower than this gets a single timed call
+    repeats: int = 3  # timed rounds (all paths of a case in turn; median per path)
+    long_call_s: float = 5.0  # a path whose warm-up took longer gets a single timed call
     memory_budget_gib: float = 6.0  # skip a path whose estimated peak exceeds this
     max_call_s: float = 60.0  # skip a path whose estimated single call exceeds this
     duplicate_max_length: int = 4096  # attnkit reference / sdpa_dense (same kernels as the
@@ -279,13 +284,8 @@ def _estimated_seconds(path: _Path, case: _Case, train: bool, matmul: float) -> 
     return flops / (0.5 * matmul * 1e9)  # fused kernels reach ~0.5-0.8 of the matmul rate
 
 
-def _run_case(path: _Path, case: _Case, train: bool, matmul: float,
-              log: Callable[[str], None]) -> dict[str, Any]:
+def _skip_reason(path: _Path, case: _Case, train: bool, matmul: float) -> str | None:
     cfg = case.cfg
-    row: dict[str, Any] = {"pattern": case.pattern, "L": case.length, "path": path.name,
-                           "mode": "fwd+bwd" if train else "fwd", "ms": math.nan,
-                           "peak_MiB": math.nan, "useful_GFLOPs": math.nan,
-                           "pct_matmul": math.nan, "repeats": 0, "note": ""}
     reason = path.why_not(case, train)
     if reason is None and path.peak_bytes(case, train) > cfg.memory_budget_gib * 2**30:
         reason = (f"needs ~{path.peak_bytes(case, train) / 2**30:.1f} GiB > budget "
@@ -293,37 +293,80 @@ def _run_case(path: _Path, case: _Case, train: bool, matmul: float,
     if reason is None and _estimated_seconds(path, case, train, matmul) > cfg.max_call_s:
         reason = (f"one call estimated ~{_estimated_seconds(path, case, train, matmul):.0f} s > "
                   f"{cfg.max_call_s} s")
-    if reason is not None:
-        row["note"] = "skipped: " + reason
-        log(f"  skip {path.name:<24} {row['mode']:<8} {reason}")
-        return row
+    return reason
+
+
+def _run_modes(paths: Sequence[_Path], case: _Case, train: bool, matmul: float,
+               log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Every path of one case and mode, timed round-robin so that load changes hit all alike."""
+    cfg = case.cfg
+    mode = "fwd+bwd" if train else "fwd"
+    rows: dict[str, dict[str, Any]] = {}
+    calls: dict[str, Callable[[], None]] = {}
     gen = torch.Generator().manual_seed(cfg.seed)
     shape = (cfg.batch, cfg.heads, case.length, cfg.head_dim)
     q, k, v = (torch.randn(shape, generator=gen).requires_grad_(train) for _ in range(3))
     grad = torch.randn(shape, generator=gen)
-    try:
-        runner = path.build(case)
-        if train:
-            def call() -> None:
-                for t in (q, k, v):
-                    t.grad = None
-                runner(q, k, v).backward(grad)
-        else:
-            def call() -> None:
-                with torch.no_grad():
-                    runner(q, k, v)
-        m = measure(call, repeats=cfg.repeats, long_s=cfg.long_call_s)
-    except (RuntimeError, NotImplementedError, ValueError) as err:
-        row["note"] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:160]}"
-        log(f"  FAIL {path.name:<24} {row['mode']:<8} {row['note']}")
-        return row
+    for path in paths:
+        rows[path.name] = {"pattern": case.pattern, "L": case.length, "path": path.name,
+                           "mode": mode, "ms": math.nan, "peak_MiB": math.nan,
+                           "useful_GFLOPs": math.nan, "pct_matmul": math.nan, "repeats": 0,
+                           "note": ""}
+        reason = _skip_reason(path, case, train, matmul)
+        if reason is None:
+            try:
+                calls[path.name] = _make_call(path, case, train, q, k, v, grad)
+            except (RuntimeError, NotImplementedError, ValueError) as err:
+                reason = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:160]}"
+        if reason is not None:
+            rows[path.name]["note"] = reason if reason.startswith("failed") else (
+                "skipped: " + reason)
+            log(f"  skip {path.name:<24} {mode:<8} {reason}")
+    # Warm-up (compilation, first-touch page faults), then the timed rounds.
+    first: dict[str, float] = {}
+    for name, call in list(calls.items()):
+        try:
+            start = time.perf_counter()
+            call()
+            first[name] = time.perf_counter() - start
+        except (RuntimeError, NotImplementedError, ValueError) as err:
+            rows[name]["note"] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:160]}"
+            log(f"  FAIL {name:<24} {mode:<8} {rows[name]['note']}")
+            del calls[name]
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    peaks: dict[str, list[float]] = {name: [] for name in calls}
+    for round_index in range(cfg.repeats):
+        for name, call in calls.items():
+            if round_index > 0 and first[name] > cfg.long_call_s:
+                continue  # slow paths get a single timed call
+            m = measure(call, repeats=1, warmup=0)
+            samples[name].append(m.seconds)
+            peaks[name].append(m.peak_mib)
     flops = (12 if train else 4) * cfg.head_dim * cfg.heads * cfg.batch * case.allowed_pairs
-    rate = flops / m.seconds / 1e9
-    row.update(ms=m.seconds * 1e3, peak_MiB=m.peak_mib, useful_GFLOPs=rate,
-               pct_matmul=100 * rate / matmul, repeats=m.repeats)
-    log(f"  {path.name:<24} {row['mode']:<8} {row['ms']:10.1f} ms  {m.peak_mib:8.1f} MiB  "
-        f"{rate:6.1f} GFLOP/s useful")
-    return row
+    for name in calls:
+        seconds = statistics.median(samples[name])
+        peak = max(peaks[name])
+        rate = flops / seconds / 1e9
+        rows[name].update(ms=seconds * 1e3, peak_MiB=peak, useful_GFLOPs=rate,
+                          pct_matmul=100 * rate / matmul, repeats=len(samples[name]))
+        log(f"  {name:<24} {mode:<8} {seconds * 1e3:10.1f} ms  {peak:8.1f} MiB  "
+            f"{rate:6.1f} GFLOP/s useful")
+    return list(rows.values())
+
+
+def _make_call(path: _Path, case: _Case, train: bool, q: Tensor, k: Tensor, v: Tensor,
+               grad: Tensor) -> Callable[[], None]:
+    runner = path.build(case)
+    if train:
+        def call() -> None:
+            for t in (q, k, v):
+                t.grad = None
+            runner(q, k, v).backward(grad)
+    else:
+        def call() -> None:
+            with torch.no_grad():
+                runner(q, k, v)
+    return call
 
 
 COLUMNS = ("pattern", "L", "path", "mode", "ms", "peak_MiB", "useful_GFLOPs", "pct_matmul",
@@ -354,9 +397,8 @@ def run_attention_bench(cfg: AttentionBenchConfig,
         for pattern in cfg.patterns:
             case = _make_case(pattern, length, cfg)
             log(f"{pattern} L={length}: {case.allowed_pairs / length**2:.1%} of pairs allowed")
-            for path in paths:
-                for train in (False, True):
-                    rows.append(_run_case(path, case, train, matmul_start, log))
+            for train in (False, True):
+                rows.extend(_run_modes(paths, case, train, matmul_start, log))
     matmul_end = matmul_gflops(cfg.matmul_size)
     matmul = max(matmul_start, matmul_end)
     log(f"float32 matmul at the end: {matmul_end:.1f} GFLOP/s; rates below use the larger, "
