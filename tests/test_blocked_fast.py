@@ -228,3 +228,28 @@ def test_auto_prefers_dense_mask_on_cuda_until_it_is_large() -> None:
         assert dispatch.report(spec).chosen == "blocked"
     finally:
         dispatch.GPU_DENSE_MASK_MAX_ELEMENTS = old
+
+
+@settings(max_examples=15, deadline=None)
+@given(case=_mask_case(), heads=st.sampled_from([(2, 2), (4, 2)]), bq=st.integers(1, 9),
+       bk=st.integers(1, 9), seed=st.integers(0, 2**16))
+def test_pure_tiles_match_reference_float64(case, heads, bq, bk, seed) -> None:
+    """The pure PyTorch tile loop (the fallback and the CUDA path) on the same random masks."""
+    mask, b, lq, lk = case
+    q, k, v = _inputs(b, heads[0], heads[1], lq, lk, 8, torch.float64, seed)
+    _compare(q, k, v, mask=mask, tiles=TileSizes(bq, bk), fused=False)
+
+
+def test_training_memory_stays_linear_in_length() -> None:
+    """Forward+backward of a sliding window at L=4096 touches far less than one score matrix."""
+    from attnkit.bench.harness import PeakMemory
+
+    if not PeakMemory.cpu_supported():
+        pytest.skip("peak memory needs Linux /proc/self/clear_refs")
+    q, k, v = _inputs(1, 2, 2, 4096, 4096, 16, torch.float32, 9)
+    spec = validate(q, k, v, mask=masks.sliding_window(128), bias=None, scale=None,
+                    softcap=None, dropout_p=0.0)
+    scores_mib = 2 * 4096 * 4096 * 4 / 2**20  # one (H, L, L) float32 matrix: 128 MiB
+    with PeakMemory() as mem:
+        blocked_attention(spec).sum().backward()
+    assert mem.mib < scores_mib / 8, mem.mib
