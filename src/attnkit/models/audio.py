@@ -40,6 +40,7 @@ def build_audio_transformer(config: ModelConfig, *, features: int, num_classes: 
         embed=FrameEmbedding(features=features, dim=config.d_model, norm=config.norm),
         positions=build_positions(config.positional, max_length=config.max_length + extra,
                                   dim=config.d_model),
-        stack=build_stack(config, num_layers=config.num_layers),
+        stack=build_stack(config, num_layers=config.num_layers,
+                          max_length=config.max_length + extra),
         num_classes=num_classes, dim=config.d_model, pooling=config.pooling,
         dropout=config.dropout)

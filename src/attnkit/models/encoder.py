@@ -45,6 +45,7 @@ def build_encoder_classifier(config: ModelConfig, *, vocab_size: int, num_classe
         embed=TokenInput(vocab_size=vocab_size, dim=config.d_model, pad_id=pad_id),
         positions=build_positions(config.positional, max_length=config.max_length + extra,
                                   dim=config.d_model),
-        stack=stack or build_stack(config, num_layers=config.num_layers),
+        stack=stack or build_stack(config, num_layers=config.num_layers,
+                                   max_length=config.max_length + extra),
         num_classes=num_classes, dim=config.d_model, pooling=config.pooling,
         dropout=config.dropout)

@@ -53,6 +53,7 @@ def build_vit(config: ModelConfig, *, image_shape: tuple[int, ...], num_classes:
         embed=PatchEmbedding(channels=channels, patch_size=p, dim=config.d_model),
         positions=build_positions(config.positional, max_length=num_patches + extra,
                                   dim=config.d_model),
-        stack=build_stack(config, num_layers=config.num_layers),
+        stack=build_stack(config, num_layers=config.num_layers,
+                          max_length=num_patches + extra),
         num_classes=num_classes, dim=config.d_model, pooling=config.pooling,
         dropout=config.dropout)
