@@ -13,6 +13,7 @@ from torch import Tensor
 
 from attnkit import masks
 from attnkit.layers import MultiHeadAttention, RollingKVCache, StaticKVCache
+from conftest import cuda_only
 
 
 def kv(length: int, b: int = 2, h: int = 2, d: int = 3) -> tuple[Tensor, Tensor]:
@@ -44,6 +45,9 @@ def test_static_cache_overflow_and_bad_size() -> None:
     assert cache.position == 3, "a refused update leaves the cache as it was"
     with pytest.raises(ValueError, match="max_length must be >= 1, got 0"):
         StaticKVCache(0)
+    with pytest.raises(ValueError, match=r"new keys have shape \(1, 2, 1, 3\) but the cache "
+                                         r"holds \(2, 2, 4, 3\)"):
+        cache.update(*kv(1, b=1))
 
 
 @pytest.mark.parametrize("window, sink", [(3, 2), (1, 0), (4, 1), (2, 5)])
@@ -157,3 +161,15 @@ def test_cache_misuse_errors() -> None:
         layer(x, cache=RollingKVCache(4))
     with pytest.raises(ValueError, match="KV cache is for self-attention"):
         layer(x, x, cache=StaticKVCache(8))
+
+
+@pytest.mark.cuda
+@cuda_only
+def test_rolling_cache_decoding_on_cuda() -> None:
+    layer = MultiHeadAttention(32, 4, num_kv_heads=2, rope=True).double().eval().cuda()
+    x = torch.randn(2, 12, 32, dtype=torch.float64, device="cuda")
+    cache = RollingKVCache(3, sink=2)
+    full = layer(x, mask=cache.equivalent_mask())
+    steps = [layer(x[:, :4], mask=masks.causal(), cache=cache)]
+    steps += [layer(x[:, t:t + 1], cache=cache) for t in range(4, 12)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-10, rtol=1e-8)

@@ -56,6 +56,12 @@ class StaticKVCache(KVCache):
             b, h, _, d = k.shape
             self.keys = k.new_zeros(b, h, self.max_length, d)
             self.values = v.new_zeros(b, h, self.max_length, v.shape[-1])
+        for name, given, held in (("keys", k, self.keys), ("values", v, self.values)):
+            # Assignment would silently broadcast a batch of 1 over the cached batch.
+            if given.shape[:2] + given.shape[3:] != held.shape[:2] + held.shape[3:]:
+                raise ValueError(f"new {name} have shape {tuple(given.shape)} but the cache holds "
+                                 f"{tuple(held.shape)} (B, H, max_length, D); reset() the cache "
+                                 f"to start another batch")
         end = self.position + new
         self.keys[:, :, self.position:end] = k
         self.values[:, :, self.position:end] = v
