@@ -131,7 +131,7 @@ def test_two_thousand_tokens_render_quickly(browser: Any, tmp_path: Path) -> Non
         maps = scores.masked_fill(~causal, float("-inf")).softmax(-1)
         encoded.append(encode_layer(name=f"layer {layer}", maps=maps, top_k=8))
     path = write_html(tmp_path / "long.html", title="2048 tokens", labels={"input": labels},
-                      methods={"raw": encoded},
+                      methods={"raw": encoded}, query=-1,
                       attributions=[encode_attribution(method="random",
                                                        values=torch.rand(length))])
     start = time.perf_counter()
@@ -144,6 +144,10 @@ def test_two_thousand_tokens_render_quickly(browser: Any, tmp_path: Path) -> Non
     switch_seconds = time.perf_counter() - start
     assert canvas_digest(page, "heatmap") != first
     render_ms = page.evaluate("window.attnkit.lastRenderMs")
+    assert page.evaluate("window.attnkit.state.query") == length - 1  # query=-1: last row
+    before = canvas_digest(page, "heatmap")
+    page.check("#rowscale")  # colours relative to each row's maximum
+    assert canvas_digest(page, "heatmap") != before
     page.screenshot(path=str(SCREENSHOTS / "attnkit_explain_2048.png"))
     assert load_seconds < 10, f"page took {load_seconds:.1f}s to load"
     assert switch_seconds < 3 and render_ms < 2000, (switch_seconds, render_ms)

@@ -31,10 +31,14 @@ def parse_input_spec(spec: str) -> tuple[str, int]:
     return split, int(index)
 
 
-def _token_label(task: Task, token: int) -> str:
-    if task.decode is not None:
-        text = task.decode([token])
-        return text if text.strip() else repr(text)
+def _token_label(task: Task, token: int, *, source: bool = False) -> str:
+    # seq2seq tasks with two vocabularies decode the source with extra["source_decode"]
+    decode = task.extra.get("source_decode", task.decode) if source else task.decode
+    if decode is not None:
+        text = decode([token])
+        # whitespace tokens get visible stand-ins (a blank box says nothing)
+        return text if text.strip() else (text.replace(" ", "␣").replace("\n", "⏎")
+                                          .replace("\t", "⇥") or "∅")
     return str(token)
 
 
@@ -59,7 +63,7 @@ def example_from_task(model: nn.Module, task: Task, x: Any, y: Any = None, *,
         target = torch.as_tensor(y)
         target = target[target != task.pad_id][:-1][None]  # teacher-forced decoder input
         inputs: tuple[Any, ...] = (source, target)
-        labels = {"input": [_token_label(task, int(t)) for t in source[0]],
+        labels = {"input": [_token_label(task, int(t), source=True) for t in source[0]],
                   "target": [_token_label(task, int(t)) for t in target[0]]}
         return ExplainInput(inputs=inputs, labels=labels, explained_row=-1, title=name,
                             notes=["explains the decoder's prediction after the last target "

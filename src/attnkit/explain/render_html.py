@@ -117,8 +117,12 @@ def _asset(name: str) -> str:
 def html_report(*, title: str, labels: Mapping[str, Sequence[str]],
                 methods: Mapping[str, Sequence[dict[str, Any]]],
                 attributions: Sequence[dict[str, Any]] = (), image: dict[str, Any] | None = None,
-                notes: str = "") -> str:
-    """The page as a string (see :func:`write_html`)."""
+                notes: str = "", query: int = 0) -> str:
+    """The page as a string (see :func:`write_html`).
+
+    ``query`` is the query row selected when the page opens (negative counts from the end,
+    e.g. -1 for a language model's last position).
+    """
     if not methods or any(not layers for layers in methods.values()):
         raise ValueError("html_report needs at least one method with at least one layer")
     for method, layers in methods.items():
@@ -134,7 +138,7 @@ def html_report(*, title: str, labels: Mapping[str, Sequence[str]],
                                      f"{head['lk']} but its labels have lengths {lengths}")
     data = {"title": title, "notes": notes, "labels": {k: list(v) for k, v in labels.items()},
             "methods": [{"name": k, "layers": list(v)} for k, v in methods.items()],
-            "attributions": list(attributions), "image": image}
+            "attributions": list(attributions), "image": image, "query": int(query)}
     # "</" inside a <script> would end it; "<\/" is the same JSON string.
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
     parts = {"__TITLE__": html.escape(title), "/*__CSS__*/": _asset("viewer.css"),

@@ -195,4 +195,4 @@ def build_report(model: nn.Module, example: ExplainInput, *,
             "attributions": attributions,
             "image": encode_image(example.image, example.grid) if image_grid and
             example.image is not None and example.grid is not None else None,
-            "notes": "\n".join(notes)}
+            "notes": "\n".join(notes), "query": 0 if row is None else row}

@@ -6,7 +6,7 @@
   const MAX_MAP_PX = 560;     // heatmap side in CSS pixels
   const LINK_ROWS_LABELLED = 9; // px per row needed before token labels are drawn
   const LINKS_PER_ROW = 8;    // strongest links drawn per query row
-  const state = { method: 0, layer: 0, head: 0, query: 0, view: "head", sqrt: false };
+  const state = { method: 0, layer: 0, head: 0, query: 0, view: "head", sqrt: false, rowScale: false };
   const cache = new Map();
   const $ = (id) => document.getElementById(id);
 
@@ -53,6 +53,10 @@
         full(i) { const out = new Array(lk).fill(0); for (let t = 0; t < k; t++) out[idx[i * k + t]] = values[i * k + t]; return out; },
       };
     }
+    // per-row maxima, for the "scale each row" option (rollout of causal models: row 0 is 1)
+    map.rowMax = new Float32Array(lq);
+    map.forEach((i, j, v) => { if (v > map.rowMax[i]) map.rowMax[i] = v; });
+    map.norm = (i) => (state.rowScale ? map.rowMax[i] : map.vmax);
     cache.set(head, map);
     return map;
   }
@@ -91,14 +95,15 @@
     const pooled = new Float32Array(w * h);
     map.forEach((i, j, v) => {
       const p = Math.floor(i * h / map.lq) * w + Math.floor(j * w / map.lk);
-      if (v > pooled[p]) pooled[p] = v;
+      const t = scale(v, map.norm(i));
+      if (t > pooled[p]) pooled[p] = t;
     });
     const off = document.createElement("canvas");
     off.width = w; off.height = h;
     const octx = off.getContext("2d");
     const img = octx.createImageData(w, h);
     for (let p = 0; p < pooled.length; p++) {
-      const c = colour(scale(pooled[p], map.vmax));
+      const c = colour(pooled[p]);
       img.data[4 * p] = c[0]; img.data[4 * p + 1] = c[1]; img.data[4 * p + 2] = c[2]; img.data[4 * p + 3] = 255;
     }
     octx.putImageData(img, 0, 0);
@@ -129,7 +134,7 @@
     for (let i = 0; i < map.lq; i++) {
       if (i === state.query) continue;
       for (const [j, v] of map.row(i)) {
-        const t = scale(v, map.vmax);
+        const t = scale(v, map.norm(i));
         if (t > 0.02) buckets[Math.min(9, Math.floor(t * 10))].push(i, j);
       }
     }
@@ -144,7 +149,7 @@
     });
     ctx.lineWidth = 2;
     for (const [j, v] of map.row(state.query)) {
-      ctx.strokeStyle = `rgba(220,60,40,${0.15 + 0.85 * scale(v, map.vmax)})`;
+      ctx.strokeStyle = `rgba(220,60,40,${0.15 + 0.85 * scale(v, map.norm(state.query))})`;
       ctx.beginPath(); ctx.moveTo(left, yq(state.query)); ctx.lineTo(right, yk(j)); ctx.stroke();
     }
     ctx.font = "11px sans-serif";
@@ -201,7 +206,7 @@
     const map = decode(headData());
     const row = map.full(state.query);
     const sameSide = layer().q === layer().k;
-    drawTokenStrip($("tokens"), kLabels(), row, map.vmax, sameSide ? state.query : -1);
+    drawTokenStrip($("tokens"), kLabels(), row, map.norm(state.query), sameSide ? state.query : -1);
     $("tokens-caption").textContent = `keys coloured by the weights of query #${state.query} ` +
       `"${short(qLabels()[state.query], 24)}" (${method().name}, ${layer().name}, ${headData().name})`;
   }
@@ -338,6 +343,7 @@
     $("layer").addEventListener("change", (e) => { state.layer = +e.target.value; render(); });
     $("head").addEventListener("change", (e) => { state.head = +e.target.value; render(); });
     $("sqrt").addEventListener("change", (e) => { state.sqrt = e.target.checked; render(); drawAttributions(); });
+    $("rowscale").addEventListener("change", (e) => { state.rowScale = e.target.checked; render(); });
     $("view-head").addEventListener("click", () => { state.view = "head"; render(); });
     $("view-model").addEventListener("click", () => { state.view = "model"; render(); });
     const heat = $("heatmap");
@@ -389,6 +395,8 @@
   const api = { state, render, renders: 0, lastRenderMs: 0, ready: false };
   window.attnkit = api;
   $("notes").textContent = DATA.notes || "";
+  const rows = DATA.methods[0].layers[0].heads[0].lq;  // initial query (negative: from the end)
+  state.query = Math.max(0, Math.min(rows - 1, (DATA.query || 0) < 0 ? rows + DATA.query : DATA.query || 0));
   bind();
   render();
   drawAttributions();
