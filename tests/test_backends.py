@@ -164,7 +164,7 @@ def _reasons(name: str, q: Tensor, k: Tensor, v: Tensor, options: dict[str, Any]
                                                 "softcap": None, **options})
     backend = _backend(name)
     if backend is None:
-        chosen = dispatch_report(q, k, v, **options).chosen  # type: ignore[attr-defined]
+        chosen = dispatch_report(q, k, v, **options).chosen
         return [] if chosen else ["auto found no backend"]
     return backend.not_supported_reasons(spec)
 
@@ -348,33 +348,33 @@ def _qkv(lq: int = 6, lk: int = 6) -> tuple[Tensor, Tensor, Tensor]:
 ])
 def test_auto_picks_the_expected_backend(options: dict[str, Any], chosen: str) -> None:
     report = dispatch_report(*_qkv(), **options)
-    assert report.chosen == chosen, str(report)  # type: ignore[attr-defined]
+    assert report.chosen == chosen, str(report)
     text = str(report)
     assert text.startswith(f"chosen: {chosen}")
     for name in backend_names:
         assert name in text
     if chosen != "sdpa":
-        assert report.reasons["sdpa"], "sdpa was passed over, so it must say why"  # type: ignore[attr-defined]
+        assert report.reasons["sdpa"], "sdpa was passed over, so it must say why"
 
 
 def test_causal_with_unequal_lengths_is_not_sent_to_native_sdpa() -> None:
     """SDPA's is_causal is top-left aligned; attnkit's default causal is bottom-right."""
     report = dispatch_report(*_qkv(3, 7), mask=masks.causal())
-    assert report.chosen == "blocked"  # type: ignore[attr-defined]
-    assert any("no native SDPA flag" in r for r in report.reasons["sdpa"])  # type: ignore[attr-defined]
-    assert dispatch_report(*_qkv(3, 7), mask=masks.causal(offset=0)).chosen == "sdpa"  # type: ignore[attr-defined]
+    assert report.chosen == "blocked"
+    assert any("no native SDPA flag" in r for r in report.reasons["sdpa"])
+    assert dispatch_report(*_qkv(3, 7), mask=masks.causal(offset=0)).chosen == "sdpa"
 
 
 def test_report_lists_reasons() -> None:
     q, k, v = (t.double() for t in _qkv())
     report = dispatch_report(q, k, v, mask=masks.sliding_window(1), softcap=2.0)
-    reasons = report.reasons  # type: ignore[attr-defined]
+    reasons = report.reasons
     assert "softcap not supported" in reasons["sdpa"]
     assert any("no native SDPA flag" in r for r in reasons["sdpa"])
     if "flex" in reasons:
         assert any("allow_in_auto" in r for r in reasons["flex"])
         assert any("dtype float64" in r for r in reasons["flex"])
-    assert reasons["blocked"] == [] and report.chosen == "blocked"  # type: ignore[attr-defined]
+    assert reasons["blocked"] == [] and report.chosen == "blocked"
     assert "softcap not supported" in str(report)
 
 
@@ -392,7 +392,7 @@ def test_forcing_an_unsupported_backend_lists_reasons(backend: str, options: dic
     assert reason in str(err.value)
     assert "backend='auto'" in str(err.value)
     report = dispatch_report(*_qkv(), backend=backend, **options)
-    assert report.chosen is None and reason in str(report)  # type: ignore[attr-defined]
+    assert report.chosen is None and reason in str(report)
 
 
 def test_flex_declines_what_it_cannot_do_without_compiling() -> None:
@@ -432,7 +432,7 @@ def test_a_newly_registered_backend_is_dispatchable() -> None:
                                 q, k, v)
         with pytest.raises(NoBackendError, match=r"mask causal\(\) not supported"):
             attention(q, k, v, mask=masks.causal(), backend="test_plain_only")
-        assert "test_plain_only" in dispatch_report(q, k, v).reasons  # type: ignore[attr-defined]
+        assert "test_plain_only" in dispatch_report(q, k, v).reasons
     finally:
         _REGISTRY.pop("test_plain_only")
 

@@ -5,13 +5,16 @@ Shape legend: B batch, Hq / Hkv query / key-value heads, Lq / Lk lengths, D / Dv
 
 from __future__ import annotations
 
-from typing import Literal, overload
+from typing import TYPE_CHECKING, Literal, overload
 
 from torch import Tensor
 
 from attnkit.functional.bias import Bias
 from attnkit.functional.masks import Mask
 from attnkit.functional.math import attention_weights, validate
+
+if TYPE_CHECKING:  # backends import functional: import them lazily at run time
+    from attnkit.backends.dispatch import DispatchReport
 
 __all__ = ["attention", "dispatch_report"]
 
@@ -70,7 +73,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, mask: Mask | None = None,
 def dispatch_report(q: Tensor, k: Tensor, v: Tensor, *, mask: Mask | None = None,
                     bias: Bias | None = None, scale: float | None = None,
                     softcap: float | None = None, dropout_p: float = 0.0,
-                    backend: str = "auto") -> object:
+                    backend: str = "auto") -> DispatchReport:
     """Which backend would run this call and every other backend's reasons (printable)."""
     from attnkit.backends.dispatch import report
 
