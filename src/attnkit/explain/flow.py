@@ -16,12 +16,15 @@ cost of one max-flow per (output, input) pair, so it is for small inputs only.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import networkx as nx
 import torch
 from torch import Tensor
 
 from attnkit.explain.rollout import fuse_heads, residual_normalize
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 __all__ = ["MAX_FLOW_TOKENS", "attention_flow", "flow_graph"]
 
@@ -30,6 +33,8 @@ MAX_FLOW_TOKENS = 64  # above this many positions the L^2 max-flow problems get 
 
 def flow_graph(layer_maps: Sequence[Tensor]) -> nx.DiGraph:
     """The capacity graph of one example: ``layer_maps`` are (L, L) residual-normalized maps."""
+    import networkx as nx  # imported on use: slow to import, needed only for flow
+
     graph = nx.DiGraph()
     for layer, a in enumerate(layer_maps):
         rows, cols = torch.nonzero(a > 0, as_tuple=True)
@@ -72,6 +77,8 @@ def attention_flow(weights: Sequence[Tensor], *, head_fusion: str = "mean",
     top = len(maps)
     batch = int(maps[0].shape[0])
     flows = torch.zeros(batch, len(positions), length)
+    import networkx as nx  # imported on use (slow to import; only flow needs it)
+
     for b in range(batch):
         graph = flow_graph([m[b] for m in maps])
         for row, i in enumerate(positions):

@@ -23,7 +23,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from scipy.stats import spearmanr
 from torch import Tensor, nn
 
 __all__ = ["Curve", "SanityStep", "auc", "cascading_randomization", "parameter_blocks",
@@ -93,6 +92,8 @@ def perturbation_curve(predict: Predict, inputs: Tensor, scores: Tensor, remove:
 
 def spearman(a: Tensor, b: Tensor) -> float:
     """Spearman rank correlation of two maps (flattened; ties get average ranks)."""
+    from scipy.stats import spearmanr  # imported here: scipy is slow to import for the CLI
+
     x = a.detach().float().flatten().cpu().numpy()
     y = b.detach().float().flatten().cpu().numpy()
     if x.shape != y.shape or x.size < 2:
