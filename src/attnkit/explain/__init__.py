@@ -3,10 +3,14 @@
     from attnkit.explain import capture, attention_rollout
     with capture(model) as cap:
         model(x)
-    rollout = attention_rollout([r.weights for r in cap.self_attention()])   # (B, L, L)
+    rollout = attention_rollout([r.dense_weights() for r in cap.self_attention()])  # (B, L, L)
+
+    write_html("report.html", **build_report(model, example_from_task(model, task, x, y)))
 """
 
 from attnkit.explain.capture import AttentionCapture, AttentionRecord, capture
+from attnkit.explain.commands import explain_run, write_demo_report
+from attnkit.explain.examples import example_from_task
 from attnkit.explain.flow import attention_flow
 from attnkit.explain.gradients import input_x_gradient, target_scores
 from attnkit.explain.metrics import (
@@ -16,9 +20,12 @@ from attnkit.explain.metrics import (
     spearman,
 )
 from attnkit.explain.relevance import Relevance, gradient_relevance, relevance_from_steps
+from attnkit.explain.render_html import write_html
+from attnkit.explain.report import ExplainInput, build_report
 from attnkit.explain.rollout import attention_rollout
 
-__all__ = ["AttentionCapture", "AttentionRecord", "Relevance", "attention_flow",
-           "attention_rollout", "auc", "capture", "cascading_randomization",
-           "gradient_relevance", "input_x_gradient", "perturbation_curve",
-           "relevance_from_steps", "spearman", "target_scores"]
+__all__ = ["AttentionCapture", "AttentionRecord", "ExplainInput", "Relevance", "attention_flow",
+           "attention_rollout", "auc", "build_report", "capture", "cascading_randomization",
+           "example_from_task", "explain_run", "gradient_relevance", "input_x_gradient",
+           "perturbation_curve", "relevance_from_steps", "spearman", "target_scores",
+           "write_demo_report", "write_html"]
