@@ -79,8 +79,11 @@ def epoch_batches(num_examples: int, *, batch_size: int, seed: int, epoch: int, 
 def make_loader(dataset: Dataset[Any], batches: list[list[int]], *, pad_id: int = 0
                 ) -> DataLoader[Any]:
     """A DataLoader over the given index batches (no worker processes: order stays exact)."""
+    # Its own generator: creating a DataLoader iterator draws a seed, which must not move the
+    # global RNG (dropout, augmentation) or a resumed run would drift from the original.
     return DataLoader(dataset, batch_sampler=batches,  # type: ignore[arg-type]
-                      collate_fn=lambda ex: collate(ex, pad_id=pad_id))
+                      collate_fn=lambda ex: collate(ex, pad_id=pad_id),
+                      generator=torch.Generator())
 
 
 def iterate(dataset: Dataset[Any], *, batch_size: int, pad_id: int = 0) -> Iterator[Batch]:
