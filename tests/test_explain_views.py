@@ -162,6 +162,8 @@ def test_cli_explain_and_faithfulness(tmp_path: Path, capsys: pytest.CaptureFixt
         "last_layer_heads.png", "layers_heads.png", "relevance_overlay.png"]
     assert main(["explain", str(run), "--input", "nope"]) == 2
     assert "test:3" in capsys.readouterr().err
+    assert main(["explain", str(run), "--text", "seven"]) == 2
+    assert "no text encoder" in capsys.readouterr().err
     code = main(["faithfulness", str(run), "--examples", "6", "--steps", "4"])
     table = capsys.readouterr().out
     assert code == 0 and "| attention rollout |" in table and "random order" in table

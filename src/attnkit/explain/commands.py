@@ -28,7 +28,16 @@ def _example(run: Any, spec: str, text: str | None) -> Any:
             raise ValueError(f"task {task.name!r} has no text encoder; use --input split:index")
         import torch
 
-        return example_from_task(run.model, task, torch.tensor(task.encode(text)), title=title)
+        source = torch.tensor(task.encode(text))
+        target = None
+        if task.kind == "seq2seq":  # explain the model's own translation of the text
+            decode = getattr(run.model, "greedy_decode", None)
+            if decode is None or task.bos_id is None or task.eos_id is None:
+                raise ValueError("--text on a seq2seq run needs a model with greedy_decode and "
+                                 "a task with bos/eos ids; use --input split:index")
+            target = decode(source[None], bos_id=task.bos_id, eos_id=task.eos_id,
+                            max_length=2 * len(source) + 10)[0]
+        return example_from_task(run.model, task, source, target, title=f"{title} · {text!r}")
     split, index = parse_input_spec(spec)
     dataset = cast(Sized, getattr(task, split))
     if not -len(dataset) <= index < len(dataset):
