@@ -175,3 +175,27 @@ def test_implied_weights_above_the_size_limit_raise_naming_the_layer() -> None:
     with pytest.raises(ValueError, match=r"capturing layer 'linear_attn'.*limit"), \
             capture(model):
         model(torch.randn(1, 4100, 8))
+
+
+def test_capture_never_changes_the_backend_that_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same backends are chosen with and without capture (no slow path is forced)."""
+    from attnkit.backends import dispatch
+
+    chosen: list[str] = []
+    original = dispatch.select_backend
+
+    def spy(spec, backend="auto"):  # type: ignore[no-untyped-def]
+        picked = original(spec, backend)
+        chosen.append(picked.name)
+        return picked
+
+    monkeypatch.setattr(dispatch, "select_backend", spy)
+    model = ToyClassifier(depth=2).eval()
+    tokens = torch.randint(0, 20, (2, 6))
+    model(tokens)
+    plain = list(chosen)
+    chosen.clear()
+    with capture(model, gradients=True) as cap:
+        model(tokens).sum().backward()
+    assert len(cap) == 2 and plain and chosen == plain
+    assert "reference" not in plain  # a fused backend really ran
