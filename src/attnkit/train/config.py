@@ -14,6 +14,7 @@ overrides. The fully resolved config is written to ``RUN_DIR/config.yaml``; resu
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import typing
@@ -165,6 +166,9 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             raise ValueError(f"{where} must be true or false, got {value!r}")
         return value
     if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{where} must be a number, got {value!r}")
         return float(value)
