@@ -13,7 +13,8 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-SUITE_MODULES = ("attnkit.bench.kinds",)  # suites outside this file, each with register()
+# suites outside this file, each with register()
+SUITE_MODULES = ("attnkit.bench.kinds", "attnkit.bench.lm_throughput")
 
 
 def register(subparsers: Any) -> None:

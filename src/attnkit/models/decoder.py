@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from attnkit.functional import masks
 from attnkit.functional.masks import Mask
 from attnkit.layers.kv_cache import KVCache, RollingKVCache, StaticKVCache
-from attnkit.models.blocks import TransformerStack
+from attnkit.models.blocks import TransformerBlock, TransformerStack
 from attnkit.models.builders import build_stack
 from attnkit.models.config import ModelConfig
 from attnkit.models.embeddings import TokenEmbedding, build_positions
@@ -31,8 +31,9 @@ def new_caches(stack: TransformerStack, *, cache: str, max_length: int, window: 
     """One KV cache per block: ``static`` (exact, ``max_length`` slots) or ``rolling``
     (StreamingLLM: ``sink`` first tokens + the ``window`` latest)."""
     for i, block in enumerate(stack.blocks):
-        if not block.attention.supports_cache:
-            raise ValueError(f"layer {i} attention {type(block.attention).__name__} has no KV "
+        attention = block.attention if isinstance(block, TransformerBlock) else None
+        if attention is None or not getattr(attention, "supports_cache", False):
+            raise ValueError(f"layer {i} attention {type(attention).__name__} has no KV "
                              f"cache; generate with cache='none'")
     if cache == "static":
         return [StaticKVCache(max_length) for _ in stack.blocks]

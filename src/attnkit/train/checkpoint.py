@@ -98,7 +98,8 @@ def unflatten_state(skeleton: Any, tensors: dict[str, Tensor]) -> Any:
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model  # DDP
+    inner = getattr(model, "module", model)  # DDP wraps the model in .module
+    return inner if isinstance(inner, nn.Module) else model
 
 
 def save_weights(model: nn.Module, path: str | Path) -> None:

@@ -75,7 +75,8 @@ def _improved(value: float, best: float | None, metric: str) -> bool:
 
 def build_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.AdamW:
     """AdamW; weight decay only on matrices, not on biases, norms, embeddings or class tokens."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
