@@ -28,6 +28,7 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnkit.functional.attention import attention
@@ -99,15 +100,20 @@ class DifferentialAttention(MultiHeadAttention):
         # Query half 2h + j uses key head (2h + j) // G2 and, like the paper's repeat_kv, value
         # head h // G = key head // 2; so each value head is repeated once per key-head pair.
         v_pairs = values.repeat_interleave(2, dim=1)  # (B, 2Hkv, S, 2d)
+        # Fused kernels (torch's CPU flash kernel among them) need equal q/k and v widths;
+        # zero-padding q and k to 2d leaves q . k unchanged and keeps memory linear in L.
+        d = q.shape[-1]
+        scale = d ** -0.5
+        q, k = F.pad(q, (0, d)), F.pad(k, (0, d))  # (B, 2H|2Hkv, L|S, 2d)
         dropout_p = self.dropout if self.training else 0.0
-        both = attention(q, k, v_pairs, mask=mask, softcap=self.softcap, dropout_p=dropout_p,
-                         backend=self.backend)  # (B, 2H, L, 2d)
+        both = attention(q, k, v_pairs, mask=mask, scale=scale, softcap=self.softcap,
+                         dropout_p=dropout_p, backend=self.backend)  # (B, 2H, L, 2d)
         both = both.unflatten(1, (self.diff_heads, 2))  # (B, H, 2, L, 2d)
         lam = self.lambda_value().to(both.dtype)
         out = both[:, :, 0] - lam * both[:, :, 1]  # (B, H, L, 2d)
 
         def weights() -> Tensor:
-            spec = validate(q, k, v_pairs, mask=mask, bias=None, scale=None,
+            spec = validate(q, k, v_pairs, mask=mask, bias=None, scale=scale,
                             softcap=self.softcap, dropout_p=0.0)
             maps = attention_weights(spec).unflatten(1, (self.diff_heads, 2))
             return maps[:, :, 0] - lam * maps[:, :, 1]  # (B, H, L, S)
