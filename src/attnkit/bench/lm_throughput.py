@@ -63,7 +63,8 @@ def _hf_model(cfg: LMBenchConfig) -> nn.Module:
                         n_layer=cfg.num_layers, n_head=cfg.num_heads,
                         n_inner=4 * cfg.d_model, activation_function="gelu",
                         resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
-                        attn_pdrop=cfg.dropout, tie_word_embeddings=True)
+                        attn_pdrop=cfg.dropout, tie_word_embeddings=True,
+                        bos_token_id=None, eos_token_id=None)
     return GPT2LMHeadModel(config)
 
 
