@@ -23,7 +23,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check src tests
 	$(PY) -m mypy
-	$(PY) -m pytest -n 2 -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 -q
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests
