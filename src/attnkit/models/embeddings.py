@@ -22,6 +22,9 @@ class TokenEmbedding(nn.Module):
     def __init__(self, *, vocab_size: int, dim: int, scale: bool = False) -> None:
         super().__init__()
         self.table = nn.Embedding(vocab_size, dim)
+        # Small init (GPT-2): the table doubles as the output projection when tied, and
+        # N(0, 1) rows would start the logits far from uniform.
+        nn.init.normal_(self.table.weight, std=0.02)
         self.multiplier = math.sqrt(dim) if scale else 1.0
 
     def forward(self, tokens: Tensor) -> Tensor:

@@ -7,6 +7,7 @@ numbers from the config. Which family a task gets by default follows its kind an
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from torch import nn
@@ -22,6 +23,14 @@ if TYPE_CHECKING:
     from attnkit.tasks.base import Task
 
 __all__ = ["FAMILIES", "build_model", "default_family"]
+
+
+def _fit_length(config: ModelConfig, task: Task) -> ModelConfig:
+    """Make the position table cover the task's sequences: a fixed input length
+    (``input_shape[0]``) or the hint ``task.extra["max_length"]``, if longer than the config's."""
+    longest = max(task.input_shape[0] if task.input_shape and task.modality != "image" else 0,
+                  int(task.extra.get("max_length", 0)))
+    return replace(config, max_length=longest) if longest > config.max_length else config
 
 
 def _need(value: int | None, what: str, task: Task) -> int:
@@ -96,4 +105,4 @@ def build_model(config: ModelConfig, task: Task) -> nn.Module:
     family = config.family or default_family(task)
     if family not in FAMILIES:
         raise ValueError(f"unknown model family {family!r}; choose one of {sorted(FAMILIES)}")
-    return FAMILIES[family][1](config, task)
+    return FAMILIES[family][1](_fit_length(config, task), task)
