@@ -63,3 +63,11 @@ def test_bench_attention_cli_small(tmp_path: Path, capsys: pytest.CaptureFixture
 
 def test_bench_rejects_bad_arguments() -> None:
     assert main(["bench", "attention", "--repeats", "0", "--no-flex", "--lengths", "8"]) == 2
+
+
+def test_bench_tiles_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "tiles", "--length", "64", "--sizes", "16", "32", "--repeats", "1",
+                 "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "b=16 ms" in printed and "sliding_window" in printed
+    assert main(["bench", "tiles", "--sizes", "0"]) == 2

@@ -490,3 +490,38 @@ def target_report(rows: Sequence[dict[str, Any]], cfg: AttentionBenchConfig) -> 
                        f"{r['pct_matmul']:.0f}% of matmul (target >= 60): "
                        f"{verdict(r['pct_matmul'] >= 60)}")
     return out
+
+
+def tile_sweep(length: int, sizes: Sequence[int], *, patterns: Sequence[str] = (
+        "causal", "sliding_window", "document"), repeats: int = 3,
+        cfg: AttentionBenchConfig | None = None,
+        log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Forward time of ``blocked`` per square tile size, round-robin over sizes (median)."""
+    from attnkit.backends.blocked import TileSizes, blocked_attention
+    from attnkit.functional.math import validate
+
+    cfg = cfg or AttentionBenchConfig(lengths=(length,), out_dir=None)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    shape = (cfg.batch, cfg.heads, length, cfg.head_dim)
+    q, k, v = (torch.randn(shape, generator=gen) for _ in range(3))
+    rows = []
+    for pattern in patterns:
+        case = _make_case(pattern, length, cfg)
+        spec = validate(q, k, v, mask=case.mask, bias=None, scale=None, softcap=None,
+                        dropout_p=0.0)
+        samples: dict[int, list[float]] = {b: [] for b in sizes}
+        with torch.no_grad():
+            for b in sizes:  # warm-up
+                blocked_attention(spec, TileSizes(b, b))
+            for _ in range(repeats):
+                for b in sizes:
+                    start = time.perf_counter()
+                    blocked_attention(spec, TileSizes(b, b))
+                    samples[b].append(time.perf_counter() - start)
+        row: dict[str, Any] = {"pattern": pattern, "L": length}
+        row.update({f"b={b} ms": statistics.median(samples[b]) * 1e3 for b in sizes})
+        rows.append(row)
+    log(format_table(rows, list(rows[0])))
+    return rows

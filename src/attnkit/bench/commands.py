@@ -24,6 +24,7 @@ def register(subparsers: Any) -> None:
                                               "CSV.")
     suites = bench.add_subparsers(dest="suite", metavar="SUITE", required=True)
     _register_attention(suites)
+    _register_tiles(suites)
     for name in SUITE_MODULES:
         if importlib.util.find_spec(name) is not None:
             module = importlib.import_module(name)
@@ -78,4 +79,26 @@ def _run_attention(args: argparse.Namespace) -> int:
         flex=not args.no_flex, matmul_size=1024 if args.small else 2048,
         threads=args.threads)
     run_attention_bench(cfg)
+    return 0
+
+
+def _register_tiles(suites: Any) -> None:
+    p = suites.add_parser("tiles", help="forward time of 'blocked' per tile size",
+                          description="How the tile size of the blocked backend's fused CPU "
+                                      "path changes its forward time (square tiles).")
+    p.add_argument("--length", type=int, default=4096)
+    p.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256, 512])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(handler=_run_tiles)
+
+
+def _run_tiles(args: argparse.Namespace) -> int:
+    from attnkit.bench.attention import AttentionBenchConfig, tile_sweep
+
+    if args.length < 1 or min(args.sizes) < 1 or args.repeats < 1:
+        raise ValueError(f"--length, --sizes and --repeats must be >= 1, got {args.length}, "
+                         f"{args.sizes}, {args.repeats}")
+    cfg = AttentionBenchConfig(lengths=(args.length,), out_dir=None, threads=args.threads)
+    tile_sweep(args.length, args.sizes, repeats=args.repeats, cfg=cfg)
     return 0
