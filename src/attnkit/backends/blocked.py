@@ -6,6 +6,10 @@ exists (FlashAttention's online softmax). Tiles the mask marks EMPTY are never c
 marked FULL skip the mask. Backward is a custom autograd function that recomputes each tile
 from q, k, v and the saved per-row log-sum-exp, so training memory is linear in L as well.
 
+On CPU (float32 / float64, no bias, no softcap) the same plan of tiles is run by torch's fused
+flash kernel, one call per run of non-empty tiles, merged by log-sum-exp: see
+:mod:`attnkit.backends.blocked_fused`. The loop below is the readable version and the fallback.
+
 Shape legend: B batch, Hq / Hkv query / kv heads, G = Hq / Hkv, Lq / Lk lengths,
 bq / bk tile sizes, D / Dv head dims.
 
