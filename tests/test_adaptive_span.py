@@ -32,12 +32,17 @@ def reference(layer, x: torch.Tensor, causal: bool) -> torch.Tensor:
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_adaptive_span_matches_paper(causal: bool) -> None:
-    layer = build_attention("adaptive_span", dim=24, num_heads=3, max_span=16, ramp=4).double()
+    layer = build_attention("adaptive_span", dim=24, num_heads=3, max_span=16, ramp=4,
+                            block=3).double()
     with torch.no_grad():
         layer.span_fraction.copy_(torch.tensor([0.1, 0.45, 0.8]))  # spans 1.6, 7.2, 12.8
     x = torch.randn(2, 20, 24, dtype=torch.float64)
-    got = layer(x, mask=masks.causal() if causal else None)
-    torch.testing.assert_close(got, reference(layer, x, causal))
+    expected = reference(layer, x, causal)
+    got = layer(x, mask=masks.causal() if causal else None)  # checkpointed training path
+    torch.testing.assert_close(got, expected)
+    with torch.no_grad():  # inference path: ramp biases shared between interior blocks
+        torch.testing.assert_close(layer(x, mask=masks.causal() if causal else None), expected)
+        torch.testing.assert_close(layer(x), reference(layer, x, False))
     assert layer.current_window() == 15  # ceil(12.8 + 4) - 1 = 16 -> capped at max_span - 1
 
 
@@ -52,18 +57,18 @@ def test_full_span_is_exact_attention() -> None:
 
 
 def _forward_flops(layer, x: torch.Tensor) -> int:
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    # With gradients on, the learned ramp makes torch run SDPA's math kernel, whose matmuls
+    # the counter sees (it does not count the fused CPU kernel).
+    with FlopCounterMode(display=False) as counter:
         layer(x)
     return counter.get_total_flops()
 
 
 def test_compute_is_restricted_to_the_span_and_grows_with_it() -> None:
-    """Matmul FLOPs actually executed (not wall time) grow with the span; span 1 = full L x L.
-
-    The engine computes whole tiles (256 x 512 in the pure loop), so the band is rounded up to
-    tiles: at L = 2048 a 31-key window visits ~1.5 of 4 key tiles per query tile."""
+    """Matmul FLOPs actually executed (not wall time) grow with the span; span 1 = full L x L."""
     length = 2048
-    layer = build_attention("adaptive_span", dim=16, num_heads=1, max_span=length, ramp=32)
+    layer = build_attention("adaptive_span", dim=16, num_heads=1, max_span=length, ramp=32,
+                            block=128)
     x = torch.randn(1, length, 16)
     flops = []
     for fraction in (0.0, 0.3, 1.0):  # windows 31, 645, 2047 (everything)
@@ -73,8 +78,10 @@ def test_compute_is_restricted_to_the_span_and_grows_with_it() -> None:
     assert flops[0] < flops[1] < flops[2]
     projections = 4 * 2 * length * 16 * 16  # the four dim x dim matmuls
     attention_flops = [f - projections for f in flops]
-    assert attention_flops[0] < 0.5 * attention_flops[2]
-    assert attention_flops[1] < 0.9 * attention_flops[2]
+    full = 2 * 2 * length * length * 16  # q k^T and p v over every pair
+    assert attention_flops[2] == full
+    assert attention_flops[0] < 0.1 * full  # band of 2 * 31 + 1 keys, in 128-row blocks
+    assert attention_flops[1] < 0.75 * full
 
 
 def test_span_gradient_and_penalty() -> None:
