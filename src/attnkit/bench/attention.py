@@ -59,6 +59,8 @@ class AttentionBenchConfig:
     flex: bool = True  # include compiled FlexAttention (compiles per shape: slow first call)
     matmul_size: int = 2048  # n of the n x n x n float32 matmul that sets the reference rate
     threads: int | None = None  # torch intra-op threads; None leaves torch's default
+    paths: Sequence[str] | None = None  # only paths whose name contains one of these
+    modes: Sequence[str] = ("fwd", "fwd+bwd")  # forward only, and/or forward+backward
 
 
 @dataclass
@@ -392,13 +394,18 @@ def run_attention_bench(cfg: AttentionBenchConfig,
     matmul_start = matmul_gflops(cfg.matmul_size)
     log(f"float32 matmul ({cfg.matmul_size}^3): {matmul_start:.1f} GFLOP/s")
     rows: list[dict[str, Any]] = []
-    paths = _paths()
+    paths = [p for p in _paths()
+             if cfg.paths is None or any(word in p.name for word in cfg.paths)]
+    if not paths:
+        raise ValueError(f"no path matches {list(cfg.paths or [])}; paths are "
+                         f"{[p.name for p in _paths()]}")
     for length in cfg.lengths:
         for pattern in cfg.patterns:
             case = _make_case(pattern, length, cfg)
             log(f"{pattern} L={length}: {case.allowed_pairs / length**2:.1%} of pairs allowed")
             for train in (False, True):
-                rows.extend(_run_modes(paths, case, train, matmul_start, log))
+                if ("fwd+bwd" if train else "fwd") in cfg.modes:
+                    rows.extend(_run_modes(paths, case, train, matmul_start, log))
     matmul_end = matmul_gflops(cfg.matmul_size)
     matmul = max(matmul_start, matmul_end)
     log(f"float32 matmul at the end: {matmul_end:.1f} GFLOP/s; rates below use the larger, "

@@ -53,6 +53,12 @@ def _register_attention(suites: Any) -> None:
                    help="skip paths whose estimated peak memory exceeds this")
     p.add_argument("--max-call-s", type=float, default=60.0,
                    help="skip paths whose estimated single call exceeds this many seconds")
+    p.add_argument("--paths", nargs="+", default=None,
+                   help="only paths whose name contains one of these words, e.g. auto 'torch "
+                        "sdpa (flags)'")
+    p.add_argument("--modes", nargs="+", choices=["fwd", "fwd+bwd"], default=["fwd", "fwd+bwd"])
+    p.add_argument("--long-call-s", type=float, default=5.0,
+                   help="a path whose warm-up took longer gets a single timed call")
     p.add_argument("--no-flex", action="store_true",
                    help="leave out FlexAttention (its compilation takes a while)")
     p.add_argument("--threads", type=int, default=None,
@@ -77,7 +83,8 @@ def _run_attention(args: argparse.Namespace) -> int:
         head_dim=args.head_dim, window=args.window, repeats=repeats, out_dir=args.out,
         memory_budget_gib=args.memory_budget_gib, max_call_s=args.max_call_s,
         flex=not args.no_flex, matmul_size=1024 if args.small else 2048,
-        threads=args.threads)
+        threads=args.threads, paths=args.paths, long_call_s=args.long_call_s,
+        modes=tuple(args.modes))
     run_attention_bench(cfg)
     return 0
 
