@@ -26,8 +26,10 @@ from attnkit.train.schedule import warmup_cosine
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tiny_config(tmp_path: Path, model: dict[str, Any] | None = None, **train_options: Any):
-    raw = {"task": {"name": "digits"}, "preset": "tiny", "out_dir": str(tmp_path),
+def tiny_config(tmp_path: Path, model: dict[str, Any] | None = None,
+                task_options: dict[str, Any] | None = None, **train_options: Any):
+    raw = {"task": {"name": "digits", "options": task_options or {}}, "preset": "tiny",
+           "out_dir": str(tmp_path),
            "model": {"family": "vit", **(model or {})},
            "train": {"epochs": 3, "batch_size": 128, "progress": False, "tensorboard": False,
                      "num_threads": 1, "eval_batch_size": 512, **train_options}}
@@ -83,7 +85,8 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path: Path,
     the last checkpoint is mid-epoch (checkpoint_every=7)."""
     options = {"checkpoint_every": 7}
     model = {"dropout": 0.1}
-    full = train(tiny_config(tmp_path, model, **options), run_dir=tmp_path / "full")
+    shifts = {"augment_shift": 1}  # random shifts draw from the RNG too
+    full = train(tiny_config(tmp_path, model, shifts, **options), run_dir=tmp_path / "full")
 
     calls = {"n": 0}
     original = train_loop.collect_auxiliary_losses
@@ -96,12 +99,12 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path: Path,
 
     monkeypatch.setattr(train_loop, "collect_auxiliary_losses", interrupt_at_step_18)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(tmp_path, model, **options), run_dir=tmp_path / "cut")
+        train(tiny_config(tmp_path, model, shifts, **options), run_dir=tmp_path / "cut")
     monkeypatch.setattr(train_loop, "collect_auxiliary_losses", original)
     last = latest_checkpoint(tmp_path / "cut" / "checkpoints")
     assert last is not None and last.name == "step-00000014"
 
-    resumed = train(tiny_config(tmp_path, model, **options), run_dir=tmp_path / "cut",
+    resumed = train(tiny_config(tmp_path, model, shifts, **options), run_dir=tmp_path / "cut",
                     resume=True)
     assert resumed.steps == full.steps == 30
     assert resumed.step_losses == full.step_losses[14:]  # bit for bit
