@@ -80,8 +80,12 @@ def example_from_task(model: nn.Module, task: Task, x: Any, y: Any = None, *,
     image = grid = None
     if task.modality == "image":
         rows, cols = data.shape[-2:]
-        patches = length - 1 if length > 1 else length
-        side = round((rows * cols / patches) ** 0.5)
+        patch = getattr(getattr(model, "embed", None), "patch_size", None)
+        if isinstance(patch, int):  # attnkit's ViT says its patch size (mean or class pooling)
+            side = patch
+        else:
+            patches = length - 1 if length > 1 else length
+            side = round((rows * cols / patches) ** 0.5)
         grid = (rows // side, cols // side)
         real = [f"patch {r},{c}" for r in range(grid[0]) for c in range(grid[1])]
         image = data
