@@ -263,14 +263,15 @@ def write_plot(points: Sequence[Measurement], path: Path, title: str) -> None:
               ("forward_backward_peak_mib", "peak memory, forward+backward (MiB)")]
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5))
     kinds = list(dict.fromkeys(p.kind for p in points))
+    palette = plt.get_cmap("tab20")  # 20 distinct colours: kinds never share one
     for ax, (metric, label) in zip(axes, panels):
-        for kind in kinds:
+        for index, kind in enumerate(kinds):
             rows = sorted((p.length, getattr(p, metric)) for p in points if p.kind == kind)
             rows = [(n, v) for n, v in rows if math.isfinite(v) and v > 0]
             if rows:
                 style = "-" if kind in LINEAR_COST_KINDS else "--"
                 ax.plot([r[0] for r in rows], [r[1] for r in rows], style, marker="o", ms=3,
-                        label=kind)
+                        label=kind, color=palette(index % 20))
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("sequence length L")
