@@ -4,8 +4,9 @@ For each mask pattern (full, causal, sliding window, packed documents) and lengt
 timed forward and forward+backward, with its peak memory and its *useful-work rate*: the FLOPs of
 the allowed (query, key) pairs only (``4 * D * pairs`` per head forward, ``12 * D * pairs`` for
 forward+backward: the two forward matmuls and the four backward ones, recomputation not counted)
-divided by the time. This machine's float32 matmul rate is measured in the same run, so the
-rates can be read as a fraction of what the hardware does on a plain matmul.
+divided by the time. This machine's float32 matmul rate is measured in the same rounds as the
+paths (one n x n x n product per round, median), so each rate can be read as a fraction of what
+the hardware did on a plain matmul under the same load.
 
 All paths of one (pattern, length, mode) are timed in rounds, one call of each path per round,
 and each reports its median: on a shared machine a burst of load then hits every path alike, so
@@ -312,8 +313,8 @@ def _run_modes(paths: Sequence[_Path], case: _Case, train: bool, matmul: float,
     for path in paths:
         rows[path.name] = {"pattern": case.pattern, "L": case.length, "path": path.name,
                            "mode": mode, "ms": math.nan, "peak_MiB": math.nan,
-                           "useful_GFLOPs": math.nan, "pct_matmul": math.nan, "repeats": 0,
-                           "note": ""}
+                           "useful_GFLOPs": math.nan, "pct_matmul": math.nan,
+                           "matmul_GFLOPs": math.nan, "repeats": 0, "note": ""}
         reason = _skip_reason(path, case, train, matmul)
         if reason is None:
             try:
@@ -337,7 +338,13 @@ def _run_modes(paths: Sequence[_Path], case: _Case, train: bool, matmul: float,
             del calls[name]
     samples: dict[str, list[float]] = {name: [] for name in calls}
     peaks: dict[str, list[float]] = {name: [] for name in calls}
+    a = torch.randn(cfg.matmul_size, cfg.matmul_size, generator=gen)
+    b = torch.randn(cfg.matmul_size, cfg.matmul_size, generator=gen)
+    matmul_samples = []
     for round_index in range(cfg.repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        matmul_samples.append(time.perf_counter() - start)
         for name, call in calls.items():
             if round_index > 0 and first[name] > cfg.long_call_s:
                 continue  # slow paths get a single timed call
@@ -345,12 +352,16 @@ def _run_modes(paths: Sequence[_Path], case: _Case, train: bool, matmul: float,
             samples[name].append(m.seconds)
             peaks[name].append(m.peak_mib)
     flops = (12 if train else 4) * cfg.head_dim * cfg.heads * cfg.batch * case.allowed_pairs
+    if calls:  # the matmul rate under this case's load (its own rounds)
+        matmul = 2 * cfg.matmul_size**3 / statistics.median(matmul_samples) / 1e9
+        log(f"  {'float32 matmul':<24} {mode:<8} {matmul:.1f} GFLOP/s in the same rounds")
     for name in calls:
         seconds = statistics.median(samples[name])
         peak = max(peaks[name])
         rate = flops / seconds / 1e9
         rows[name].update(ms=seconds * 1e3, peak_MiB=peak, useful_GFLOPs=rate,
-                          pct_matmul=100 * rate / matmul, repeats=len(samples[name]))
+                          pct_matmul=100 * rate / matmul, repeats=len(samples[name]),
+                          matmul_GFLOPs=matmul)
         log(f"  {name:<24} {mode:<8} {seconds * 1e3:10.1f} ms  {peak:8.1f} MiB  "
             f"{rate:6.1f} GFLOP/s useful")
     return list(rows.values())
@@ -372,7 +383,7 @@ def _make_call(path: _Path, case: _Case, train: bool, q: Tensor, k: Tensor, v: T
 
 
 COLUMNS = ("pattern", "L", "path", "mode", "ms", "peak_MiB", "useful_GFLOPs", "pct_matmul",
-           "repeats", "note")
+           "matmul_GFLOPs", "repeats", "note")
 
 
 def run_attention_bench(cfg: AttentionBenchConfig,
@@ -406,14 +417,8 @@ def run_attention_bench(cfg: AttentionBenchConfig,
             for train in (False, True):
                 if ("fwd+bwd" if train else "fwd") in cfg.modes:
                     rows.extend(_run_modes(paths, case, train, matmul_start, log))
-    matmul_end = matmul_gflops(cfg.matmul_size)
-    matmul = max(matmul_start, matmul_end)
-    log(f"float32 matmul at the end: {matmul_end:.1f} GFLOP/s; rates below use the larger, "
-        f"{matmul:.1f}")
-    for row in rows:
-        if not math.isnan(row["useful_GFLOPs"]):
-            row["pct_matmul"] = 100 * row["useful_GFLOPs"] / matmul
-        row["matmul_GFLOPs"] = matmul
+    log(f"float32 matmul at the end: {matmul_gflops(cfg.matmul_size):.1f} GFLOP/s "
+        f"(pct_matmul uses the rate measured in each case's own rounds)")
     log("")
     log(format_table(rows, COLUMNS))
     log("")
