@@ -61,6 +61,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps (budgets, tests)
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: epoch ends)
     keep_checkpoints: int = 2  # how many recent checkpoints to keep (the best is kept apart)
+    ddp_find_unused_parameters: bool = False  # DDP: allow parameters without gradient in a step
     num_threads: int | None = None  # torch CPU threads (None: torch's default)
     progress: bool = True  # tqdm progress bars
     tensorboard: bool = True  # TensorBoard scalars in RUN_DIR/tensorboard

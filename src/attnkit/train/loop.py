@@ -254,8 +254,9 @@ def _train(config: RunConfig, task: Task, run_dir: Path, info: distributed.DistI
         raise ValueError(f"task {task.name!r} names no metric")
     wrapped: nn.Module = model
     if info.enabled:
-        wrapped = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
-                                          else None)
+        wrapped = DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None,
+            find_unused_parameters=t.ddp_find_unused_parameters)
     logger.print(f"run directory: {run_dir}")
     if logger.writer is not None:
         logger.print(f"TensorBoard: {logger.tensorboard_command()}")
