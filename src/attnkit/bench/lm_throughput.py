@@ -3,7 +3,8 @@
 Both models get the same configuration (width, depth, heads, context, vocabulary, exact GELU,
 pre-norm LayerNorm, tied embeddings, 4x MLP, biases, same dropout) and the same batches; one
 training step is forward + backward + AdamW step. The two are measured in alternating rounds in
-one process so machine load hits both alike; the median round is reported.
+one process (alternating who goes first) so machine load hits both alike; the median round is
+reported.
 
     attnkit bench lm-throughput                  # or: python -m attnkit.bench.lm_throughput
 
@@ -112,9 +113,11 @@ def compare_lm_throughput(cfg: LMBenchConfig | None = None) -> dict[str, Any]:
         step()
     per_round: dict[str, list[float]] = {name: [] for name in models}
     tokens_per_round = cfg.steps * cfg.batch_size * cfg.seq_len
-    for _ in range(cfg.rounds):
-        for name, step in steps.items():
-            per_round[name].append(tokens_per_round / _time(step, cfg.steps, device))
+    order = list(steps)
+    for round_index in range(cfg.rounds):
+        # Alternate who goes first (ABBA), so a load change inside a round favours neither.
+        for name in order if round_index % 2 == 0 else order[::-1]:
+            per_round[name].append(tokens_per_round / _time(steps[name], cfg.steps, device))
     result = {name: statistics.median(v) for name, v in per_round.items()}
     return {"config": asdict(cfg), "parameters": params, "tokens_per_s": result,
             "rounds": per_round, "ratio_attnkit_over_hf": result["attnkit"] / result["hf_gpt2"],
