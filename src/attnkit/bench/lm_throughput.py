@@ -141,6 +141,8 @@ def _format(report: dict[str, Any]) -> str:
 def _run(args: argparse.Namespace) -> int:
     import json
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = LMBenchConfig(d_model=args.d_model, num_layers=args.layers, num_heads=args.heads,
                         seq_len=args.seq_len, batch_size=args.batch_size,
                         vocab_size=args.vocab_size, dropout=args.dropout, steps=args.steps,
@@ -165,6 +167,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=d.steps, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=d.rounds)
     p.add_argument("--device", default=d.device)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     p.set_defaults(handler=_run)
 
