@@ -97,13 +97,17 @@ class PerformerAttention(KernelizedAttention):
         d = q.shape[-1]
         w = self.projection.to(q.dtype)  # (M, d)
         q, k = q * d ** -0.25, k * d ** -0.25
-        q_log = q @ w.T - (q * q).sum(-1, keepdim=True) / 2  # (B, H, L, M) log-features
-        k_log = k @ w.T - (k * k).sum(-1, keepdim=True) / 2  # (B, Hkv, S, M)
-        q_log = q_log - q_log.amax(-1, keepdim=True).detach()
+        # log-features, updated in place (the (B, H, L, M) maps dominate time and memory);
+        # the 1 / sqrt(M) factor enters as -log(M) / 2 before the exponential.
+        half_log_m = 0.5 * math.log(self.num_features)
+        q_log = q @ w.T  # (B, H, L, M)
+        q_log.sub_((q * q).sum(-1, keepdim=True) / 2 + half_log_m)
+        q_log.sub_(q_log.amax(-1, keepdim=True).detach())
+        k_log = k @ w.T  # (B, Hkv, S, M)
+        k_log.sub_((k * k).sum(-1, keepdim=True) / 2 + half_log_m)
         if not causal:
-            k_log = k_log - k_log.amax(dim=(-1, -2), keepdim=True).detach()
-        scale = self.num_features ** -0.5
-        return torch.exp(q_log) * scale, torch.exp(k_log) * scale
+            k_log.sub_(k_log.amax(dim=(-1, -2), keepdim=True).detach())
+        return q_log.exp_(), k_log.exp_()
 
     def _feature_id(self) -> int:
         return hash((id(self), self.draws))
