@@ -51,6 +51,7 @@ def _attnkit_model(cfg: LMBenchConfig) -> nn.Module:
     return build_decoder_lm(ModelConfig(
         d_model=cfg.d_model, num_heads=cfg.num_heads, num_layers=cfg.num_layers,
         d_ff=4 * cfg.d_model, dropout=cfg.dropout, attention_dropout=cfg.dropout,
+        mlp_dropout=0.0,  # GPT-2 drops the MLP output (the residual dropout), not its hidden layer
         max_length=cfg.seq_len, positional="learned", norm="layernorm", mlp="gelu"),
         vocab_size=cfg.vocab_size)
 

@@ -62,7 +62,8 @@ def build_block(config: ModelConfig, *, kind: str, cross: bool = False,
     d = config.d_model
     return TransformerBlock(
         attention=_attention(kind, config, self_attention=True, max_length=max_length),
-        mlp=build_mlp(config.mlp, dim=d, hidden=config.d_ff, dropout=config.dropout,
+        mlp=build_mlp(config.mlp, dim=d, hidden=config.d_ff,
+                      dropout=config.dropout if config.mlp_dropout is None else config.mlp_dropout,
                       bias=config.bias),
         attention_norm=build_norm(config.norm, d, bias=config.bias),
         mlp_norm=build_norm(config.norm, d, bias=config.bias),

@@ -19,6 +19,7 @@ class ModelConfig:
     num_decoder_layers: int | None = None  # seq2seq decoder layers (None: same as num_layers)
     d_ff: int = 512  # hidden width of the feed-forward MLP
     dropout: float = 0.1  # dropout on embeddings, residual branches and inside the MLP
+    mlp_dropout: float | None = None  # dropout on the MLP hidden layer (None: same as dropout)
     attention_dropout: float = 0.0  # dropout on attention weights (passed to the layer if > 0)
     norm: str = "layernorm"  # "layernorm" or "rmsnorm"
     mlp: str = "gelu"  # "gelu" (Linear-GELU-Linear) or "swiglu" (Shazeer, 2020)
