@@ -22,7 +22,7 @@ from attnkit.functional.masks import Mask
 from attnkit.functional.math import attention_weights, validate
 from attnkit.functional.positional import RotaryEmbedding
 from attnkit.layers.base import AttentionLayer, check_input, merge_heads, split_heads
-from attnkit.layers.kv_cache import KVCache
+from attnkit.layers.kv_cache import KVCache, RollingKVCache
 
 __all__ = ["HeadLayout", "MultiHeadAttention"]
 
@@ -168,7 +168,7 @@ class MultiHeadAttention(AttentionLayer):
         if cache is not None and context is not None:
             raise ValueError("a KV cache is for self-attention; cross-attention keys come from "
                              "the fixed context, so call without cache")
-        if cache is not None and self.use_alibi and cache.__class__.__name__ == "RollingKVCache":
+        if cache is not None and self.use_alibi and isinstance(cache, RollingKVCache):
             raise ValueError("ALiBi with a RollingKVCache is not supported: ALiBi distances need "
                              "contiguous key positions; use RoPE or a StaticKVCache")
         q, k, v, extra = self.project(x, context, cache)
