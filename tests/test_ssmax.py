@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from attnkit.functional import masks
@@ -54,3 +55,13 @@ def test_ssmax_decoding_uses_the_growing_key_count() -> None:
     cache = StaticKVCache(7)
     steps = [layer(x[:, i:i + 1], cache=cache) for i in range(7)]
     torch.testing.assert_close(torch.cat(steps, 1), layer(x, mask=masks.causal()))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (autocast runs log in fp32)")
+def test_ssmax_under_cuda_bf16_autocast_keeps_one_dtype() -> None:
+    layer = build_attention("ssmax", dim=32, num_heads=2).cuda()
+    x = torch.randn(2, 7, 32, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = layer(x, mask=masks.padding(torch.tensor([7, 4], device="cuda")))
+    out.float().sum().backward()
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 # suites outside this file, each with register()
-SUITE_MODULES = ("attnkit.bench.kinds", "attnkit.bench.lm_throughput")
+SUITE_MODULES = ("attnkit.bench.kinds", "attnkit.bench.lm_throughput", "attnkit.bench.task_kinds")
 
 
 def register(subparsers: Any) -> None:

@@ -44,8 +44,10 @@ class ScalableSoftmaxAttention(MultiHeadAttention):
         """``s_h log n_i``: (B|1, H, Lq, 1) factor on each query's logits."""
         b, h, lq, _ = q.shape
         counts = allowed_key_counts(mask, batch=b, heads=h, lq=lq, lk=k.shape[2], device=q.device)
-        log_n = torch.log(counts.to(q.dtype).clamp(min=1.0))  # a row with <= 1 key: factor 0
-        return self.s.to(q.dtype).view(1, -1, 1, 1) * log_n
+        work = torch.promote_types(q.dtype, torch.float32)  # bf16/fp16 -> fp32, fp64 stays
+        log_n = torch.log(counts.to(work).clamp(min=1.0))  # a row with <= 1 key: factor 0
+        # CUDA autocast runs log in float32 whatever its input; cast back so q keeps its dtype.
+        return (self.s.to(work).view(1, -1, 1, 1) * log_n).to(q.dtype)
 
     def scale_queries(self, q: Tensor, k: Tensor, mask: Mask | None) -> Tensor:
         return q * self.logit_factor(q, k, mask)

@@ -55,11 +55,10 @@ def _shortcut_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from attnkit.tasks import get_task
     from attnkit.train.config import (
         apply_overrides,
         load_yaml,
-        resolve_config,
+        resolve_for_task,
         run_config_from_dict,
     )
     from attnkit.train.loop import train
@@ -75,12 +74,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         result = train(config, run_dir=run_dir, resume=True)
     else:
         raw = apply_overrides(load_yaml(args.config) if args.config else {}, overrides)
-        task_section = raw.get("task") or {}
-        task = get_task(task_section.get("name", "digits"), **task_section.get("options", {}))
-        from attnkit.models import default_family
-
-        config = resolve_config(raw, family=default_family(task),
-                                preset_hints=task.extra.get("presets"))
+        config, task = resolve_for_task(raw)
         result = train(config, task=task)
     print(json.dumps({"run_dir": str(result.run_dir), "test": result.test}, indent=2))
     return 0

@@ -28,7 +28,7 @@ from attnkit.models.config import ModelConfig
 from attnkit.models.presets import DEFAULT_PRESET, get_preset
 
 __all__ = ["RunConfig", "TaskConfig", "TrainConfig", "apply_overrides", "load_yaml",
-           "parse_override", "resolve_config", "run_config_from_dict"]
+           "parse_override", "resolve_config", "resolve_for_task", "run_config_from_dict"]
 
 
 @dataclass
@@ -239,3 +239,21 @@ def resolve_config(raw: dict[str, Any], *, family: str | None = None,
                      model=model,
                      train=_fill(TrainConfig, TrainConfig(), _section(raw, "train"), "train"),
                      preset=preset, out_dir=raw.get("out_dir", "runs"), name=raw.get("name"))
+
+
+def resolve_for_task(raw: dict[str, Any]) -> tuple[RunConfig, Any]:
+    """Load the task ``raw`` names, then resolve ``raw`` with the task's family and presets.
+
+    Returns ``(config, task)``; the family defaults from the task's modality and the preset from
+    the task's suggestions (``task.extra["presets"]``), as ``attnkit train`` does.
+    """
+    from attnkit.models import default_family
+    from attnkit.tasks import get_task
+
+    task_section = raw.get("task") or {}
+    if not isinstance(task_section, dict):
+        raise ValueError(f"config section 'task' must be a mapping, got {task_section!r}")
+    task = get_task(task_section.get("name", "digits"), **task_section.get("options", {}))
+    config = resolve_config(raw, family=default_family(task),
+                            preset_hints=task.extra.get("presets"))
+    return config, task
