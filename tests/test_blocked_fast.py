@@ -104,6 +104,62 @@ def test_fused_float32_default_tiles(mask) -> None:
     _compare(q, k, v, mask=mask, atol=2e-5)
 
 
+@st.composite
+def _structured_case(draw: st.DrawFn) -> tuple[object, int, int]:
+    """Masks the default plan runs by structure (causal bands, packed documents) and their
+    near misses, which fall back to tiles."""
+    lq = draw(st.integers(1, 300))
+    lk = draw(st.one_of(st.just(lq), st.integers(1, 300)))
+    offset = draw(st.one_of(st.none(), st.integers(-80, 80)))
+    kind = draw(st.sampled_from(["causal", "wide_window", "window", "document", "doc_causal",
+                                 "doc_repeats"]))
+    if kind == "causal":
+        return masks.causal(offset), lq, lk
+    if kind == "wide_window":  # reaches past the first key: planned as causal
+        return masks.sliding_window(draw(st.integers(300, 400)), offset=offset), lq, lk
+    if kind == "window":
+        return masks.sliding_window(draw(st.integers(1, 200)), offset=offset), lq, lk
+    lengths = draw(st.lists(st.integers(1, 90), min_size=1, max_size=6))
+    ids = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])
+    if kind == "doc_repeats":  # an id that comes back later is not block diagonal
+        ids = ids % 2
+    ids = torch.stack([ids, ids.flip(0)])  # two batch elements with different runs
+    mask = masks.document(ids)
+    return (mask & masks.causal() if kind == "doc_causal" else mask), len(ids[0]), len(ids[0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=_structured_case(), heads=st.sampled_from([(1, 1), (4, 2)]),
+       seed=st.integers(0, 2**16))
+def test_structured_plan_matches_reference_float64(case, heads, seed) -> None:
+    """Default tiles: causal masks and packed documents run as whole causal / square calls."""
+    mask, lq, lk = case
+    q, k, v = _inputs(2, heads[0], heads[1], lq, lk, 8, torch.float64, seed)
+    _compare(q, k, v, mask=mask)
+
+
+def test_structured_plan_makes_one_call_per_causal_square(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """Causal: one is_causal call over the whole sequence; packed causal documents: one
+    is_causal call per document length (equal lengths batched); no additive masks."""
+    calls: list[tuple[int, int, bool, bool]] = []  # (items, rows, is_causal, has a mask)
+    real = blocked_fused._fwd_op()
+
+    def counting(q, k, v, dropout, is_causal, *, attn_mask=None, scale=None):
+        calls.append((q.shape[0], q.shape[2], is_causal, attn_mask is not None))
+        return real(q, k, v, dropout, is_causal, attn_mask=attn_mask, scale=scale)
+
+    monkeypatch.setattr(blocked_fused, "_fwd_op", lambda: counting)
+    q, k, v = _inputs(1, 2, 2, 1024, 1024, 8, torch.float32, 2)
+    _compare(q, k, v, mask=masks.causal(), atol=2e-5)
+    assert calls == [(1, 1024, True, False)]
+    calls.clear()
+    ids = torch.tensor([[0] * 300 + [1] * 200 + [2] * 200 + [3] * 324])
+    _compare(q, k, v, mask=masks.document(ids) & masks.causal(), atol=2e-5)
+    assert sorted(calls) == [(1, 300, True, False), (1, 324, True, False),
+                             (2, 200, True, False)], calls
+
+
 def test_fully_masked_rows_give_zeros_and_finite_grads() -> None:
     q, k, v = _inputs(2, 2, 2, 12, 12, 8, torch.float64, 1)
     allowed = torch.rand(2, 1, 12, 12, generator=torch.Generator().manual_seed(0)) > 0.5

@@ -234,3 +234,41 @@ def test_on_device_moves_tensors_and_keeps_meaning() -> None:
 
     collect(moved)
     assert len(tensors) == 5 and all(t.device == meta for t in tensors)
+
+
+def test_band_geometry_of_positional_masks() -> None:
+    """``band`` gives the (lo, hi) of k - q that a mask allows, checked against its dense form."""
+    cases = [(masks.causal(), (None, 3)), (masks.sliding_window(4), (-1, 3)),
+             (masks.sliding_window(2, 5, offset=0), (-2, 5)),
+             (masks.causal() & masks.sliding_window(6, 2), (-3, 3)), (masks.full(), (None, None))]
+    for mask, want in cases:
+        assert mask.band(9, 12) == want, mask
+        lo, hi = want
+        rel = torch.arange(12)[None, :] - torch.arange(9)[:, None]
+        expected = torch.ones(9, 12, dtype=torch.bool)
+        if lo is not None:
+            expected &= rel >= lo
+        if hi is not None:
+            expected &= rel <= hi
+        assert torch.equal(mask.dense(9, 12)[0, 0], expected), mask
+    for not_a_band in (masks.padding([3]), masks.causal() | masks.sink(2), ~masks.causal(),
+                       masks.causal() & masks.padding([5])):
+        assert not_a_band.band(9, 12) is None
+
+
+def test_block_diagonal_runs_of_packed_documents() -> None:
+    ids = torch.tensor([[0, 0, 1, 1, 1, 2], [4, 4, 4, 4, 9, 9]])
+    runs = [[(0, 2), (2, 5), (5, 6)], [(0, 4), (4, 6)]]
+    assert masks.document(ids).block_diagonal(6, 6) == (runs, False)
+    assert (masks.document(ids) & masks.causal()).block_diagonal(6, 6) == (runs, True)
+    assert (masks.full() & masks.document(ids)).block_diagonal(6, 6) == (runs, False)
+    for not_diagonal in (masks.document(torch.tensor([[0, 0, 1, 1, 0, 0]])),  # id 0 comes back
+                         masks.document(ids) & masks.padding([6, 5]),
+                         masks.document(ids) & masks.sliding_window(2)):
+        assert not_diagonal.block_diagonal(6, 6) is None
+    assert masks.document(ids[:, 2:], ids).block_diagonal(4, 6) is None  # queries != keys
+    # The runs describe the dense mask exactly.
+    dense = torch.zeros(6, 6, dtype=torch.bool)
+    for a, b in runs[1]:
+        dense[a:b, a:b] = True
+    assert torch.equal(masks.document(ids).dense(6, 6)[1, 0], dense)

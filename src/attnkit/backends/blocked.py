@@ -49,7 +49,9 @@ class TileSizes:
     The fused CPU path calls torch's kernel once per run of non-empty tiles, so its tiles only set
     how finely masked work is skipped (default 128 x 128); the pure PyTorch loop pays Python
     overhead per tile (default 256 x 512). Larger tiles mean fewer steps, smaller ones skip masked
-    work better.
+    work better. With no size given, the fused path plans some masks by their structure
+    instead: a causal mask as one causal kernel call, packed documents as one call per document;
+    giving a size asks for the tile plan for every mask.
     """
 
     block_q: int | None = None  # query rows per tile
@@ -60,6 +62,11 @@ class TileSizes:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"TileSizes.{name} must be >= 1 or None, got {value}")
+
+    @property
+    def is_default(self) -> bool:
+        """No size given: the fused path may plan causal and document masks by structure."""
+        return self.block_q is None and self.block_k is None
 
     def resolved(self, fused: bool) -> tuple[int, int]:
         """(block_q, block_k) for the fused path or the pure loop."""
@@ -248,7 +255,7 @@ class _FusedBlockedFunction(torch.autograd.Function):
     def forward(ctx: Any, spec: AttentionSpec, tiles: TileSizes, q: Tensor, k: Tensor,
                 v: Tensor) -> Tensor:
         spec = AttentionSpec(q, k, v, spec.mask, None, spec.scale, None, 0.0)
-        plan = make_plan(spec, *tiles.resolved(fused=True))
+        plan = make_plan(spec, *tiles.resolved(fused=True), by_structure=tiles.is_default)
         out, lse = fused_forward(spec, plan)
         ctx.spec, ctx.plan = spec, plan
         ctx.save_for_backward(q, k, v, out, lse)
@@ -280,7 +287,8 @@ def blocked_attention(spec: AttentionSpec, tiles: TileSizes | None = None, *,
     if can_fuse and fused is not False:
         if not spec.needs_grad:
             with torch.no_grad():
-                return fused_forward(spec, make_plan(spec, *tiles.resolved(fused=True)))[0]
+                return fused_forward(spec, make_plan(spec, *tiles.resolved(fused=True),
+                                                     by_structure=tiles.is_default))[0]
         out: Tensor = _FusedBlockedFunction.apply(spec, tiles, spec.q, spec.k, spec.v)
         return out
     bias_tensors = spec.bias.tensors() if spec.bias is not None else ()

@@ -84,6 +84,7 @@ class _Item:
     masked: bool  # some tile in range is partial: apply the mask
     level: int  # how many earlier items the query rows already have (0 = write, else merge)
     pattern: tuple[int, ...] = ()  # tile states along the key range (masked items only)
+    causal: bool = False  # square item allowing keys k - k0 <= q - q0 (the kernel's is_causal)
 
 
 @dataclass(frozen=True)
@@ -136,22 +137,49 @@ def _row_items(row: list[int], qi: int, bq: int, bk: int, lq: int, lk: int) -> l
     return items
 
 
+def _causal_items(hi: int, lq: int, lk: int) -> list[_Item] | None:
+    """Items for the causal band ``k <= q + hi``: keys [0, hi) for every row, unmasked, then the
+    causal square [hi, hi + Lq) as one ``is_causal`` call (the kernel skips the key chunks past
+    each query block itself). None for alignments that leave rows without keys or run past the
+    keys' end; the tile plan takes those.
+
+    Measured (L = 4096, 1 thread): 81% of the matmul rate against 71% for 128-row tiles. Two-sided
+    bands (sliding windows) stay on tiles: torch's kernel skips causal work in 512-key chunks
+    only, so their edge triangles would cost about full squares (tried; slower at every width
+    from 512 to 4096 keys).
+    """
+    if hi < 0 or lq + hi > lk:
+        return None
+    items = []
+    if hi > 0:
+        items.append(_Item(0, lq, 0, hi, False, 0))
+    items.append(_Item(0, lq, hi, lq, False, len(items), (), True))
+    return items
+
+
 def _plan(states: list[list[int]], bq: int, bk: int, lq: int, lk: int) -> list[_Group]:
     """Work items for one batch element, grouped into kernel calls, level 0 first."""
     items: list[_Item] = []
     for qi, row in enumerate(states):
         items.extend(_row_items(row, qi, bq, bk, lq, lk))
+    return _group_items(items)
+
+
+def _group_items(items: list[_Item]) -> list[_Group]:
+    """Merge and group items into kernel calls, level 0 first."""
     # Merge consecutive query blocks that see the same unmasked key range into one item.
     merged: list[_Item] = []
     for it in items:
         prev = merged[-1] if merged else None
         if (prev is not None and not it.masked and not prev.masked and prev.level == it.level
+                and not it.causal and not prev.causal
                 and prev.k0 == it.k0 and prev.k_len == it.k_len
                 and prev.q0 + prev.q_len == it.q0):
             merged[-1] = _Item(prev.q0, prev.q_len + it.q_len, it.k0, it.k_len, False, it.level)
         else:
             merged.append(it)
-    merged.sort(key=lambda it: (it.level, it.masked, it.q_len, it.k_len, it.pattern, it.q0))
+    merged.sort(key=lambda it: (it.level, it.masked, it.causal, it.q_len, it.k_len,
+                                it.pattern, it.q0))
     groups: list[_Group] = []
     for it in merged:
         g = groups[-1] if groups else None
@@ -159,8 +187,8 @@ def _plan(states: list[list[int]], bq: int, bk: int, lq: int, lk: int) -> list[_
             f = g.first
             last_k0 = f.k0 + (g.n - 1) * g.k_step
             step = it.k0 - last_k0 if g.n == 1 else g.k_step
-            fits = ((it.level, it.masked, it.q_len, it.k_len, it.pattern)
-                    == (f.level, f.masked, f.q_len, f.k_len, f.pattern))
+            fits = ((it.level, it.masked, it.causal, it.q_len, it.k_len, it.pattern)
+                    == (f.level, f.masked, f.causal, f.q_len, f.k_len, f.pattern))
             within = not f.masked or (g.n + 1) * f.q_len * f.k_len <= _MAX_MASK_ELEMENTS
             if fits and within and it.q0 == g.rows[1] and it.k0 - last_k0 == step and step >= 0:
                 groups[-1] = _Group(f, g.n + 1, step)
@@ -217,18 +245,34 @@ class FusedPlan:
     """
 
     def __init__(self, mask: Mask | None, lq: int, lk: int, block_q: int, block_k: int,
-                 dtype: torch.dtype) -> None:
+                 dtype: torch.dtype, *, by_structure: bool = True) -> None:
         self.mask, self.lq, self.lk, self.bk, self.dtype = mask, lq, lk, block_k, dtype
         n_q, n_k = math.ceil(lq / block_q), math.ceil(lk / block_k)
-        if mask is None:
-            states = [[[FULL] * n_k for _ in range(n_q)]]
+        band = mask.band(lq, lk) if mask is not None and by_structure else None
+        if band is not None and band[0] is not None and band[0] <= 1 - lq:
+            band = (None, band[1])  # a window reaching past the first key is causal here
+        if band == (None, None):  # the mask allows everything
+            mask = self.mask = None
+            band = None
+        band_items = (_causal_items(band[1], lq, lk)
+                      if band is not None and band[0] is None and band[1] is not None else None)
+        diagonal = mask.block_diagonal(lq, lk) if mask is not None and by_structure else None
+        if band_items is not None:
+            self.groups = [_group_items(band_items)]
+        elif diagonal is not None:  # packed documents: one square call per document
+            runs, causal = diagonal
+            self.groups = [_group_items([_Item(a, b - a, a, b - a, False, 0, (), causal)
+                                         for a, b in row]) for row in runs]
         else:
-            s = mask.block_states(lq, lk, block_q, block_k, torch.device("cpu"))
-            # Over heads: a tile is skipped if empty for every head, unmasked if full for all.
-            merged = torch.where((s == EMPTY).all(1), EMPTY,
-                                 torch.where((s == FULL).all(1), FULL, 1))  # (B|1, nQ, nK)
-            states = merged.tolist()
-        self.groups = [_plan(st, block_q, block_k, lq, lk) for st in states]
+            if mask is None:
+                states = [[[FULL] * n_k for _ in range(n_q)]]
+            else:
+                s = mask.block_states(lq, lk, block_q, block_k, torch.device("cpu"))
+                # Over heads: a tile is skipped if empty for every head, unmasked if full for all.
+                merged = torch.where((s == EMPTY).all(1), EMPTY,
+                                     torch.where((s == FULL).all(1), FULL, 1))  # (B|1, nQ, nK)
+                states = merged.tolist()
+            self.groups = [_plan(st, block_q, block_k, lq, lk) for st in states]
         self._masks: dict[tuple[int, int], tuple[Tensor, Tensor | None]] = {}
 
     def for_batch(self, b: int) -> tuple[int, list[_Group]]:
@@ -248,9 +292,14 @@ class FusedPlan:
         return self._masks[key]
 
 
-def make_plan(spec: AttentionSpec, block_q: int, block_k: int) -> FusedPlan:
-    """The kernel calls for ``spec`` with tiles of ``block_q`` x ``block_k``."""
-    return FusedPlan(spec.mask, spec.lq, spec.lk, block_q, block_k, spec.q.dtype)
+def make_plan(spec: AttentionSpec, block_q: int, block_k: int, *,
+              by_structure: bool = True) -> FusedPlan:
+    """The kernel calls for ``spec``. With ``by_structure``, a causal mask runs as one ``is_causal``
+    call (plus the unmasked keys before it) and packed documents as one call per document;
+    anything else (and everything without ``by_structure``) as runs of ``block_q`` x ``block_k``
+    tiles."""
+    return FusedPlan(spec.mask, spec.lq, spec.lk, block_q, block_k, spec.q.dtype,
+                     by_structure=by_structure)
 
 
 def _fwd_op() -> Any:
@@ -276,7 +325,7 @@ def fused_forward(spec: AttentionSpec, plan: FusedPlan) -> tuple[Tensor, Tensor]
                 _windows(q[b], f.q0, g.n, f.q_len, f.q_len),
                 _windows(k[b], f.k0, g.n, g.k_step, f.k_len),
                 _windows(v[b], f.k0, g.n, g.k_step, f.k_len),
-                0.0, False, attn_mask=additive, scale=spec.scale)  # (n, H, q, Dv), (n, H, q)
+                0.0, f.causal, attn_mask=additive, scale=spec.scale)  # (n, H, q, Dv), (n, H, q)
             l = l.to(q.dtype)
             if row_has_key is not None:  # the kernel gives lse 0 to rows with no key
                 l = l.masked_fill(~row_has_key, float("-inf"))
@@ -322,7 +371,7 @@ def fused_backward(spec: AttentionSpec, plan: FusedPlan, out: Tensor, lse: Tenso
                 _windows(v[b], f.k0, g.n, g.k_step, f.k_len),
                 _windows(out[b], f.q0, g.n, f.q_len, f.q_len),
                 _windows(lse[b, :, :, None], f.q0, g.n, f.q_len, f.q_len)[..., 0],
-                0.0, False, attn_mask=additive, scale=spec.scale)
+                0.0, f.causal, attn_mask=additive, scale=spec.scale)
             r0, r1 = g.rows
             dq[b, :, r0:r1] += gq.transpose(0, 1).reshape(gq.shape[1], -1, gq.shape[-1])
             if g.n == 1:

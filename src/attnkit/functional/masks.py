@@ -108,6 +108,23 @@ class Mask(ABC):
         """Tile states without building ``Lq x Lk``: int8 (B|1, H|1, nQ, nK), EMPTY/PARTIAL/FULL."""
 
     # -- derived views -----------------------------------------------------------------------
+    def band(self, lq: int, lk: int) -> tuple[int | None, int | None] | None:
+        """``(lo, hi)`` if the mask allows exactly the keys ``q + lo <= k <= q + hi`` for every
+        batch element and head (None: unbounded side), else None.
+
+        Kernels use this to run a band's two edge triangles as ``is_causal`` calls.
+        """
+        return None
+
+    def block_diagonal(self, lq: int, lk: int) -> tuple[list[list[tuple[int, int]]], bool] | None:
+        """``(runs, causal)`` if the mask is block diagonal: per batch element, runs
+        ``[start, end)`` covering the sequence whose queries attend exactly the keys of their own
+        run (causally inside it when ``causal``), the same for every head; else None.
+
+        Packed documents (with or without ``causal()``) are; kernels run each run as one call.
+        """
+        return None
+
     def dense(self, lq: int, lk: int, device: torch.device | None = None) -> Tensor:
         """The dense boolean mask, (B|1, H|1, Lq, Lk)."""
         b = torch.arange(self.batch_size or 1, device=device).view(-1, 1, 1, 1)
@@ -202,6 +219,26 @@ class _And(_Binary):
         b = self.right.block_states(lq, lk, block_q, block_k, device)
         return torch.minimum(a, b)
 
+    def band(self, lq: int, lk: int) -> tuple[int | None, int | None] | None:
+        a, b = self.left.band(lq, lk), self.right.band(lq, lk)
+        if a is None or b is None:
+            return None
+        lows = [v for v in (a[0], b[0]) if v is not None]
+        highs = [v for v in (a[1], b[1]) if v is not None]
+        return (max(lows) if lows else None, min(highs) if highs else None)
+
+    def block_diagonal(self, lq: int, lk: int) -> tuple[list[list[tuple[int, int]]], bool] | None:
+        for blocks, other in ((self.left, self.right), (self.right, self.left)):
+            found = blocks.block_diagonal(lq, lk)
+            if found is None:
+                continue
+            band = other.band(lq, lk)
+            if band == (None, None):
+                return found
+            if band == (None, 0) and not found[1]:  # causal inside each run
+                return found[0], True
+        return None
+
 
 class _Or(_Binary):
     symbol = "|"
@@ -249,6 +286,9 @@ class _Full(Mask):
         n_q, n_k = math.ceil(lq / block_q), math.ceil(lk / block_k)
         return torch.full((1, 1, n_q, n_k), FULL, dtype=torch.int8, device=device)
 
+    def band(self, lq: int, lk: int) -> tuple[int | None, int | None] | None:
+        return (None, None)
+
     def __repr__(self) -> str:
         return "full()"
 
@@ -284,6 +324,11 @@ class _Band(Mask):
             is_full &= k1 <= q0 + self.right
             is_empty |= k0 > q1 + self.right
         return _states_from_bounds(is_full, is_empty)[None, None]
+
+    def band(self, lq: int, lk: int) -> tuple[int | None, int | None] | None:
+        off = _default_offset(self.offset, lq, lk)
+        return (None if self.left is None else off - self.left,
+                None if self.right is None else off + self.right)
 
     def __repr__(self) -> str:
         off = "" if self.offset is None else f", offset={self.offset}"
@@ -398,6 +443,18 @@ class _Document(Mask):
         is_empty = (q_hi < k_lo) | (k_hi < q_lo)
         is_full = (q_lo == q_hi) & (k_lo == k_hi) & (q_lo == k_lo)
         return _states_from_bounds(is_full, is_empty)[:, None]
+
+    def block_diagonal(self, lq: int, lk: int) -> tuple[list[list[tuple[int, int]]], bool] | None:
+        ids = self.q_ids
+        if lq != lk or ids.shape != self.kv_ids.shape or not torch.equal(ids, self.kv_ids):
+            return None
+        runs = []
+        for row in ids.cpu():
+            starts = [0, *(torch.nonzero(row[1:] != row[:-1]).flatten() + 1).tolist()]
+            if len(starts) != len(torch.unique(row)):  # an id comes back later: not diagonal
+                return None
+            runs.append(list(zip(starts, [*starts[1:], lq])))
+        return runs, False
 
     def __repr__(self) -> str:
         return f"document({self.q_ids.shape[0]} sequences)"
