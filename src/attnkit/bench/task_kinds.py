@@ -84,18 +84,18 @@ def train_kind(kind: str, raw: dict[str, Any], levels: Sequence[float], *,
     from attnkit.tasks.noise import task_robustness
     from attnkit.train.config import apply_overrides, resolve_for_task
     from attnkit.train.loop import train
+    from attnkit.train.run import load_run
 
     result = KindResult(kind=kind)
     try:
         config, task = resolve_for_task(apply_overrides(raw, [f"model.attention={kind}"]))
         config.name = kind
         run = train(config, task=task)
-        from attnkit.train.run import load_run
-
-        loaded = load_run(run.run_dir)
-        model = loaded.model
-        device = torch.device("cuda" if torch.cuda.is_available()
-                              and config.train.device in ("auto", "cuda") else "cpu")
+        model = load_run(run.run_dir).model  # the best validation weights
+        wanted = config.train.device
+        if wanted == "auto":
+            wanted = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(wanted)
         model.to(device)
         result.run_dir = str(run.run_dir)
         result.test_accuracy = float(run.test.get("accuracy", math.nan))

@@ -112,7 +112,7 @@ class Mask(ABC):
         """``(lo, hi)`` if the mask allows exactly the keys ``q + lo <= k <= q + hi`` for every
         batch element and head (None: unbounded side), else None.
 
-        Kernels use this to run a band's two edge triangles as ``is_causal`` calls.
+        The blocked backend runs a causal band as one ``is_causal`` kernel call.
         """
         return None
 

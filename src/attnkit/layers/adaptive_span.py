@@ -37,6 +37,7 @@ from attnkit.functional import masks
 from attnkit.functional.bias import Bias
 from attnkit.functional.masks import Mask
 from attnkit.functional.math import attention_weights, expand_kv, validate
+from attnkit.layers.base import reject_options
 from attnkit.layers.kv_cache import RollingKVCache
 from attnkit.layers.multihead import MultiHeadAttention
 
@@ -161,10 +162,8 @@ class AdaptiveSpanAttention(MultiHeadAttention):
     def __init__(self, dim: int, num_heads: int, *, max_span: int = 1024, ramp: int = 32,
                  span_init: float = 0.0, span_loss: float = 2e-6, block: int = 256,
                  **mha_options: Any) -> None:
-        for unsupported in ("alibi", "softcap"):
-            if mha_options.get(unsupported):
-                raise ValueError(f"adaptive_span does not support {unsupported}; the span ramp "
-                                 f"is its score modification")
+        reject_options("adaptive_span", mha_options, ("alibi", "softcap"),
+                       "the span ramp is its score modification")
         super().__init__(dim, num_heads, **mha_options)
         if max_span < 1 or ramp < 1:
             raise ValueError(f"max_span and ramp must be >= 1, got max_span={max_span}, "

@@ -91,3 +91,12 @@ def check_input(x: Tensor, dim: int, name: str = "x") -> None:
         raise ValueError(f"{name} must be (batch, length, {dim}), got shape {tuple(x.shape)}")
 
 _ = torch  # re-exported for type checkers of subclasses
+
+
+def reject_options(kind: str, options: dict[str, Any], names: tuple[str, ...],
+                   reason: str = "") -> None:
+    """Raise if any of ``names`` is set (truthy) in a kind's MultiHeadAttention ``options``."""
+    for name in names:
+        if options.get(name):
+            raise ValueError(f"{kind} does not support {name}={options[name]!r}"
+                             + (f"; {reason}" if reason else ""))

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from attnkit.functional.masks import Mask
 from attnkit.functional.math import expand_kv
-from attnkit.layers.base import check_input
+from attnkit.layers.base import check_input, reject_options
 from attnkit.layers.mask_parts import split_mask
 from attnkit.layers.multihead import MultiHeadAttention
 
@@ -135,10 +135,8 @@ class KernelizedAttention(MultiHeadAttention):
     kind_name = "kernelized"
 
     def __init__(self, dim: int, num_heads: int, *, chunk: int = 128, **mha_options: Any) -> None:
-        for unsupported in ("rope", "alibi", "softcap", "dropout"):
-            if mha_options.get(unsupported):
-                raise ValueError(f"{self.kind_name} attention does not support {unsupported}="
-                                 f"{mha_options[unsupported]!r}: it never forms softmax scores")
+        reject_options(f"{self.kind_name} attention", mha_options,
+                       ("rope", "alibi", "softcap", "dropout"), "it never forms softmax scores")
         super().__init__(dim, num_heads, **mha_options)
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from attnkit.functional.attention import attention
 from attnkit.functional.masks import Mask
 from attnkit.functional.math import expand_kv, safe_softmax
-from attnkit.layers.base import check_input
+from attnkit.layers.base import check_input, reject_options
 from attnkit.layers.mask_parts import split_mask
 from attnkit.layers.multihead import MultiHeadAttention
 
@@ -54,10 +54,7 @@ class LinformerAttention(MultiHeadAttention):
 
     def __init__(self, dim: int, num_heads: int, *, max_length: int, projected_length: int = 256,
                  share_kv: bool = False, **mha_options: Any) -> None:
-        for unsupported in ("rope", "alibi", "softcap"):
-            if mha_options.get(unsupported):
-                raise ValueError(f"linformer does not support {unsupported}="
-                                 f"{mha_options[unsupported]!r}")
+        reject_options("linformer", mha_options, ("rope", "alibi", "softcap"))
         super().__init__(dim, num_heads, **mha_options)
         if max_length < 1 or projected_length < 1:
             raise ValueError(f"max_length and projected_length must be >= 1, got "

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from attnkit.functional.masks import Mask
 from attnkit.functional.math import expand_kv, safe_softmax
-from attnkit.layers.base import check_input
+from attnkit.layers.base import check_input, reject_options
 from attnkit.layers.mask_parts import split_mask
 from attnkit.layers.multihead import MultiHeadAttention
 
@@ -85,10 +85,7 @@ class NystromAttention(MultiHeadAttention):
     def __init__(self, dim: int, num_heads: int, *, num_landmarks: int = 64,
                  pinv_iterations: int = 6, conv_kernel: int | None = None,
                  **mha_options: Any) -> None:
-        for unsupported in ("rope", "alibi", "softcap", "dropout"):
-            if mha_options.get(unsupported):
-                raise ValueError(f"nystrom does not support {unsupported}="
-                                 f"{mha_options[unsupported]!r}")
+        reject_options("nystrom", mha_options, ("rope", "alibi", "softcap", "dropout"))
         super().__init__(dim, num_heads, **mha_options)
         if num_landmarks < 1 or pinv_iterations < 0:
             raise ValueError(f"need num_landmarks >= 1 and pinv_iterations >= 0, got "

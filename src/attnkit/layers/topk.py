@@ -26,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 
 from attnkit.functional.masks import Mask
 from attnkit.functional.math import expand_kv, safe_softmax
+from attnkit.layers.base import reject_options
 from attnkit.layers.multihead import MultiHeadAttention
 
 __all__ = ["TopKAttention", "topk_attention"]
@@ -97,10 +98,7 @@ class TopKAttention(MultiHeadAttention):
 
     def __init__(self, dim: int, num_heads: int, *, top_k: int = 32, chunk: int = 256,
                  **mha_options: Any) -> None:
-        for unsupported in ("alibi", "softcap", "dropout"):
-            if mha_options.get(unsupported):
-                raise ValueError(f"topk attention does not support {unsupported}="
-                                 f"{mha_options[unsupported]!r}")
+        reject_options("topk attention", mha_options, ("alibi", "softcap", "dropout"))
         super().__init__(dim, num_heads, **mha_options)
         if top_k < 1 or chunk < 1:
             raise ValueError(f"top_k and chunk must be >= 1, got top_k={top_k}, chunk={chunk}")
