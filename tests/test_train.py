@@ -172,3 +172,11 @@ def test_a_killed_run_leaves_a_loadable_checkpoint(tmp_path: Path) -> None:
     config = tiny_config(tmp_path)
     state = load_checkpoint(path, build_model(config.model, get_task("digits")))
     assert state["step"] >= 1 and "optimizer" in state
+
+
+def test_max_minutes_stops_training_then_validates_and_tests(tmp_path: Path) -> None:
+    result = train(tiny_config(tmp_path, epochs=50, max_minutes=1e-6), run_dir=tmp_path / "r")
+    assert result.steps == 1 and len(result.history) == 1  # one step, then the epoch's end
+    assert "accuracy" in result.history[0]["val"] and "accuracy" in result.test
+    with pytest.raises(ValueError, match="max_minutes must be > 0"):
+        train(tiny_config(tmp_path, max_minutes=0.0), run_dir=tmp_path / "bad")

@@ -169,9 +169,11 @@ def plot_robustness(results: Sequence[KindResult], levels: Sequence[float], path
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for r in results:
-        if r.robustness:
-            ax.plot(levels, [100 * a for a in r.robustness], marker="o", label=r.kind)
+    colormap = plt.get_cmap("tab20")  # 20 distinct colors: every kind gets its own
+    markers = "osD^v<>ph*X"
+    for i, r in enumerate(x for x in results if x.robustness):
+        ax.plot(levels, [100 * a for a in r.robustness], marker=markers[i % len(markers)],
+                color=colormap(((2 * i) % 20 + (2 * i) // 20) / 19.999), label=r.kind)
     ax.set_xlabel("noise level")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)

@@ -59,6 +59,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" (CUDA if present), "cpu", "cuda", "cuda:1", ...
     precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16" or "fp32"
     max_steps: int | None = None  # stop after this many optimizer steps (budgets, tests)
+    max_minutes: float | None = None  # stop once training took this long (then validate, test)
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: epoch ends)
     keep_checkpoints: int = 2  # how many recent checkpoints to keep (the best is kept apart)
     ddp_find_unused_parameters: bool = False  # DDP: allow parameters without gradient in a step

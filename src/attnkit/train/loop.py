@@ -67,6 +67,14 @@ def metric_is_minimized(metric: str) -> bool:
     return any(word in metric for word in ("loss", "perplexity", "error"))
 
 
+def _out_of_time(max_minutes: float | None, spent: float, epoch_started: float | None) -> bool:
+    """Whether the training-time budget is used up (``spent`` seconds before this epoch)."""
+    if max_minutes is None:
+        return False
+    now = time.perf_counter() - epoch_started if epoch_started is not None else 0.0
+    return spent + now >= 60.0 * max_minutes
+
+
 def _improved(value: float, best: float | None, metric: str) -> bool:
     if best is None:
         return True
@@ -242,6 +250,10 @@ def _train(config: RunConfig, task: Task, run_dir: Path, info: distributed.DistI
         _set_rng_state(state.pop("rng"), device)
         progress = _Progress(**state)
     objective = objective_for(task)
+    if t.max_minutes is not None and (t.max_minutes <= 0 or info.enabled):
+        raise ValueError(f"train.max_minutes must be > 0 and is for single-process runs (ranks "
+                         f"would stop at different steps under DDP; use train.max_steps there), "
+                         f"got {t.max_minutes} with {info.world_size} process(es)")
     if t.label_smoothing < 0 or t.label_smoothing >= 1:
         raise ValueError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
     batches_per_epoch = len(_batches(config, task, info, 0))
@@ -271,7 +283,8 @@ def _train(config: RunConfig, task: Task, run_dir: Path, info: distributed.DistI
 
     try:
         while progress.epoch < t.epochs and not progress.stopped_early:
-            if t.max_steps is not None and progress.step >= t.max_steps:
+            if ((t.max_steps is not None and progress.step >= t.max_steps)
+                    or _out_of_time(t.max_minutes, progress.train_seconds, None)):
                 break
             batches = _batches(config, task, info, progress.epoch)[progress.batch:]
             started = time.perf_counter()
@@ -306,7 +319,8 @@ def _train(config: RunConfig, task: Task, run_dir: Path, info: distributed.DistI
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
                 logger.scalars(progress.step, {"train/loss": loss_value, "train/lr": lr})
-                done = t.max_steps is not None and progress.step >= t.max_steps
+                done = ((t.max_steps is not None and progress.step >= t.max_steps)
+                        or _out_of_time(t.max_minutes, progress.train_seconds, started))
                 if t.checkpoint_every and progress.step % t.checkpoint_every == 0 and not done:
                     progress.epoch_stats = {k: float(v) for k, v in epoch_totals.items()}
                     progress.train_seconds += time.perf_counter() - started
