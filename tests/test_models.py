@@ -54,6 +54,27 @@ def test_vit_rejects_indivisible_patches() -> None:
         build_vit(tiny(patch_size=3), image_shape=(1, 8, 8), num_classes=10)
 
 
+@pytest.mark.parametrize("patch_size,side,tokens", [(7, 28, 16), (4, 28, 49), (2, 8, 16)])
+def test_vit_conv_stem_token_grid_and_backward(patch_size: int, side: int, tokens: int) -> None:
+    """The conv stem gives the patch grid of 2^ceil(log2 P) (rounded up) and trains."""
+    from attnkit.models.vit import ConvStem
+
+    model = build_vit(tiny(patch_size=patch_size, patch_stem="conv", pooling="mean"),
+                      image_shape=(1, side, side), num_classes=3)
+    assert isinstance(model.embed, ConvStem)
+    x = torch.randn(2, 1, side, side)
+    assert model.embed(x)[0].shape == (2, tokens, 32)
+    _backward_reaches_every_parameter(model, model(x).square().mean())
+    # Tokens see overlapping neighbourhoods: one pixel moves more than one token.
+    with torch.no_grad():
+        bumped = x.clone()
+        bumped[:, :, side // 2 + 1, side // 2 + 1] += 1.0  # on a stride-2 window edge
+        moved = (model.embed(bumped)[0] - model.embed(x)[0]).abs().sum(-1) > 0  # (B, N)
+    assert int(moved[0].sum()) > 1
+    with pytest.raises(ValueError, match="patch_stem"):
+        build_vit(tiny(patch_size=4, patch_stem="pixels"), image_shape=(1, 8, 8), num_classes=3)
+
+
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 def test_encoder_classifier_ignores_padding(pooling: str) -> None:
     torch.manual_seed(0)

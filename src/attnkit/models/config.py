@@ -31,6 +31,7 @@ class ModelConfig:
     max_length: int = 512  # longest sequence the position table covers (token / audio inputs)
     pooling: str = "cls"  # classifiers: "cls" (prepended class token) or "mean" over valid tokens
     patch_size: int = 2  # ViT: side of a square image patch
+    patch_stem: str = "linear"  # ViT: "linear" (one projection per patch) or "conv" (3x3 stem)
     tie_embeddings: bool = True  # LM / seq2seq: output projection shares the token embedding
     bias: bool = True  # biases in linear layers and norms
 

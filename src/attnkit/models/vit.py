@@ -5,6 +5,8 @@ Shape legend: B batch, C channels, H x W image, P patch side, N = (H/P)(W/P) pat
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor, nn
 
 from attnkit.models.builders import build_stack
@@ -12,7 +14,7 @@ from attnkit.models.classifier import TransformerClassifier
 from attnkit.models.config import ModelConfig
 from attnkit.models.embeddings import build_positions
 
-__all__ = ["PatchEmbedding", "build_vit"]
+__all__ = ["ConvStem", "PatchEmbedding", "build_vit"]
 
 
 class PatchEmbedding(nn.Module):
@@ -38,6 +40,38 @@ class PatchEmbedding(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2), None  # (B, N, D); all patches real
 
 
+class ConvStem(nn.Module):
+    """A convolutional stem in place of the patch projection (Xiao et al., 2021, "Early
+    Convolutions Help Transformers See Better"): ``n = ceil(log2 P)`` 3x3 convolutions of stride
+    2 (widths D/2^(n-1) ... D, GELU between) and a 1x1 projection, so each token sees an
+    overlapping neighbourhood instead of one isolated patch. (B, C, H, W) -> (B, N, D) with
+    N = ceil(H / 2^n) * ceil(W / 2^n), the patch grid of P = 2^n.
+    """
+
+    def __init__(self, *, channels: int, patch_size: int, dim: int) -> None:
+        super().__init__()
+        self.steps = max(1, math.ceil(math.log2(patch_size)))
+        layers: list[nn.Module] = []
+        width_in = channels
+        for i in range(self.steps):
+            width = max(8, dim >> (self.steps - 1 - i))
+            layers += [nn.Conv2d(width_in, width, kernel_size=3, stride=2, padding=1), nn.GELU()]
+            width_in = width
+        layers.append(nn.Conv2d(width_in, dim, kernel_size=1))
+        self.net = nn.Sequential(*layers)
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        """Token grid for an image of height x width."""
+        step = 2 ** self.steps
+        return -(-height // step), -(-width // step)
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, None]:
+        if x.dim() != 4:
+            raise ValueError(f"images must be (batch, channels, height, width), got "
+                             f"{tuple(x.shape)}")
+        return self.net(x).flatten(2).transpose(1, 2), None  # (B, N, D)
+
+
 def build_vit(config: ModelConfig, *, image_shape: tuple[int, ...], num_classes: int
               ) -> TransformerClassifier:
     """ViT for images of ``image_shape`` = (C, H, W); class token or mean pooling."""
@@ -45,12 +79,24 @@ def build_vit(config: ModelConfig, *, image_shape: tuple[int, ...], num_classes:
         raise ValueError(f"ViT needs (channels, height, width) inputs, got shape {image_shape}")
     channels, height, width = image_shape
     p = config.patch_size
-    if p < 1 or height % p or width % p:
-        raise ValueError(f"patch_size={p} must divide the image size {height}x{width}")
-    num_patches = (height // p) * (width // p)
+    embed: PatchEmbedding | ConvStem
+    if config.patch_stem == "conv":
+        if p < 2:
+            raise ValueError(f"patch_stem='conv' needs patch_size >= 2, got {p}")
+        embed = ConvStem(channels=channels, patch_size=p, dim=config.d_model)
+        rows, cols = embed.grid(height, width)
+        num_patches = rows * cols
+    elif config.patch_stem == "linear":
+        if p < 1 or height % p or width % p:
+            raise ValueError(f"patch_size={p} must divide the image size {height}x{width}")
+        embed = PatchEmbedding(channels=channels, patch_size=p, dim=config.d_model)
+        num_patches = (height // p) * (width // p)
+    else:
+        raise ValueError(f"model.patch_stem must be 'linear' or 'conv', got "
+                         f"{config.patch_stem!r}")
     extra = 1 if config.pooling == "cls" else 0
     return TransformerClassifier(
-        embed=PatchEmbedding(channels=channels, patch_size=p, dim=config.d_model),
+        embed=embed,
         positions=build_positions(config.positional, max_length=num_patches + extra,
                                   dim=config.d_model),
         stack=build_stack(config, num_layers=config.num_layers,
