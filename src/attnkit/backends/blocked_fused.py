@@ -10,6 +10,10 @@ causal mask) run as *one* kernel call over strided views, so there is no copy an
 over tiles. Consecutive query blocks with the same fully visible key range are merged into one
 item (the whole of a plain or document-interior attention is one call).
 
+Some masks are planned by their structure instead of by tiles (``by_structure``): a causal band
+becomes one ``is_causal`` call over the causal square (the kernel skips the key chunks above
+each query block itself), and packed documents one square call per document.
+
 Items of one query block are merged exactly with their log-sum-exp (FlashAttention's rescaling)::
 
     lse = logaddexp(lse_1, lse_2);  out = exp(lse_1 - lse) * out_1 + exp(lse_2 - lse) * out_2
