@@ -69,5 +69,5 @@ def test_bench_tiles_cli(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "tiles", "--length", "64", "--sizes", "16", "32", "--repeats", "1",
                  "--threads", "1"]) == 0
     printed = capsys.readouterr().out
-    assert "b=16 ms" in printed and "sliding_window" in printed
+    assert "b=16 ms" in printed and "default ms" in printed and "sliding_window" in printed
     assert main(["bench", "tiles", "--sizes", "0"]) == 2

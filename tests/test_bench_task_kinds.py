@@ -40,7 +40,8 @@ def test_compare_kinds_writes_one_row_per_kind(tmp_path: Path) -> None:
 def test_a_kind_that_fails_is_kept_as_a_row_with_its_error(tmp_path: Path) -> None:
     raw = {**TINY_RUN, "model": {"family": "decoder"}}  # copy is seq2seq: decoder cannot fit
     results = compare_kinds(raw, ["mha"], out_dir=tmp_path, levels=[], log=lambda line: None)
-    assert results[0].error and "mha" in markdown_table(results, [])
+    assert "does not fit task 'copy'" in results[0].error
+    assert "| mha | failed: ValueError" in markdown_table(results, [])
     assert "failed" in (tmp_path / "task_kinds.md").read_text()
 
 

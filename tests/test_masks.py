@@ -251,6 +251,11 @@ def test_band_geometry_of_positional_masks() -> None:
         if hi is not None:
             expected &= rel <= hi
         assert torch.equal(mask.dense(9, 12)[0, 0], expected), mask
+    # Sides that exclude no key at these lengths are reported as unbounded.
+    assert masks.sliding_window(100).band(9, 12) == (None, 3)  # wider than the queries
+    assert masks.causal().band(1, 10) == (None, None)  # one decoding query sees every key
+    assert masks.sliding_window(8, offset=0).band(9, 12) == (None, 0)
+    assert masks.sliding_window(7, offset=0).band(9, 12) == (-7, 0)
     for not_a_band in (masks.padding([3]), masks.causal() | masks.sink(2), ~masks.causal(),
                        masks.causal() & masks.padding([5])):
         assert not_a_band.band(9, 12) is None

@@ -57,6 +57,17 @@ def test_ssmax_decoding_uses_the_growing_key_count() -> None:
     torch.testing.assert_close(torch.cat(steps, 1), layer(x, mask=masks.causal()))
 
 
+def test_ssmax_factor_is_computed_in_float32_for_half_precision_queries() -> None:
+    """bf16 queries get the float32 factor rounded once (not log and product rounded in bf16);
+    the same code path keeps dtypes consistent under CUDA autocast (next test)."""
+    layer = build_attention("ssmax", dim=32, num_heads=2)
+    mask = masks.padding(torch.arange(1, 301))  # key counts 1..300
+    q, k = torch.randn(300, 2, 1, 16), torch.randn(300, 2, 300, 16)
+    factor = layer.logit_factor(q.bfloat16(), k.bfloat16(), mask)
+    assert factor.dtype == torch.bfloat16
+    assert torch.equal(factor, layer.logit_factor(q, k, mask).bfloat16())
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (autocast runs log in fp32)")
 def test_ssmax_under_cuda_bf16_autocast_keeps_one_dtype() -> None:
     layer = build_attention("ssmax", dim=32, num_heads=2).cuda()

@@ -147,10 +147,9 @@ def _causal_items(hi: int, lq: int, lk: int) -> list[_Item] | None:
     each query block itself). None for alignments that leave rows without keys or run past the
     keys' end; the tile plan takes those.
 
-    Measured (L = 4096, 1 thread): 81% of the matmul rate against 71% for 128-row tiles. Two-sided
-    bands (sliding windows) stay on tiles: torch's kernel skips causal work in 512-key chunks
-    only, so their edge triangles would cost about full squares (tried; slower at every width
-    from 512 to 4096 keys).
+    ``attnkit bench tiles`` compares it with 128-row tiles (docs/benchmarks.md). Two-sided bands
+    (sliding windows) stay on tiles: torch's kernel skips causal work in 512-key chunks only, so
+    their edge triangles would cost about full squares (tried and removed).
     """
     if hi < 0 or lq + hi > lk:
         return None
@@ -253,14 +252,13 @@ class FusedPlan:
         self.mask, self.lq, self.lk, self.bk, self.dtype = mask, lq, lk, block_k, dtype
         n_q, n_k = math.ceil(lq / block_q), math.ceil(lk / block_k)
         band = mask.band(lq, lk) if mask is not None and by_structure else None
-        if band is not None and band[0] is not None and band[0] <= 1 - lq:
-            band = (None, band[1])  # a window reaching past the first key is causal here
         if band == (None, None):  # the mask allows everything
             mask = self.mask = None
             band = None
         band_items = (_causal_items(band[1], lq, lk)
                       if band is not None and band[0] is None and band[1] is not None else None)
-        diagonal = mask.block_diagonal(lq, lk) if mask is not None and by_structure else None
+        diagonal = (mask.block_diagonal(lq, lk)
+                    if band_items is None and mask is not None and by_structure else None)
         if band_items is not None:
             self.groups = [_group_items(band_items)]
         elif diagonal is not None:  # packed documents: one square call per document

@@ -508,7 +508,8 @@ def tile_sweep(length: int, sizes: Sequence[int], *, patterns: Sequence[str] = (
         "causal", "sliding_window", "document"), repeats: int = 3,
         cfg: AttentionBenchConfig | None = None,
         log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Forward time of ``blocked`` per square tile size, round-robin over sizes (median)."""
+    """Forward time of ``blocked`` per square tile size, round-robin over sizes (median), and of
+    the default plan (no size given: causal masks and documents planned by structure)."""
     from attnkit.backends.blocked import TileSizes, blocked_attention
     from attnkit.functional.math import validate
 
@@ -523,17 +524,19 @@ def tile_sweep(length: int, sizes: Sequence[int], *, patterns: Sequence[str] = (
         case = _make_case(pattern, length, cfg)
         spec = validate(q, k, v, mask=case.mask, bias=None, scale=None, softcap=None,
                         dropout_p=0.0)
-        samples: dict[int, list[float]] = {b: [] for b in sizes}
+        variants = {f"b={b} ms": TileSizes(b, b) for b in sizes}
+        variants["default ms"] = TileSizes()
+        samples: dict[str, list[float]] = {name: [] for name in variants}
         with torch.no_grad():
-            for b in sizes:  # warm-up
-                blocked_attention(spec, TileSizes(b, b))
+            for tiles in variants.values():  # warm-up
+                blocked_attention(spec, tiles)
             for _ in range(repeats):
-                for b in sizes:
+                for name, tiles in variants.items():
                     start = time.perf_counter()
-                    blocked_attention(spec, TileSizes(b, b))
-                    samples[b].append(time.perf_counter() - start)
+                    blocked_attention(spec, tiles)
+                    samples[name].append(time.perf_counter() - start)
         row: dict[str, Any] = {"pattern": pattern, "L": length}
-        row.update({f"b={b} ms": statistics.median(samples[b]) * 1e3 for b in sizes})
+        row.update({name: statistics.median(times) * 1e3 for name, times in samples.items()})
         rows.append(row)
     log(format_table(rows, list(rows[0])))
     return rows

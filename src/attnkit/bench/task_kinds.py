@@ -83,6 +83,7 @@ def train_kind(kind: str, raw: dict[str, Any], levels: Sequence[float], *,
     """Train ``raw`` with every layer's attention set to ``kind``, then score it."""
     from attnkit.tasks.noise import task_robustness
     from attnkit.train.config import apply_overrides, resolve_for_task
+    from attnkit.train.distributed import pick_device
     from attnkit.train.loop import train
     from attnkit.train.run import load_run
 
@@ -92,10 +93,7 @@ def train_kind(kind: str, raw: dict[str, Any], levels: Sequence[float], *,
         config.name = kind
         run = train(config, task=task)
         model = load_run(run.run_dir).model  # the best validation weights
-        wanted = config.train.device
-        if wanted == "auto":
-            wanted = "cuda" if torch.cuda.is_available() else "cpu"
-        device = torch.device(wanted)
+        device = pick_device(config.train.device)  # where train() ran
         model.to(device)
         result.run_dir = str(run.run_dir)
         result.test_accuracy = float(run.test.get("accuracy", math.nan))

@@ -110,7 +110,8 @@ class Mask(ABC):
     # -- derived views -----------------------------------------------------------------------
     def band(self, lq: int, lk: int) -> tuple[int | None, int | None] | None:
         """``(lo, hi)`` if the mask allows exactly the keys ``q + lo <= k <= q + hi`` for every
-        batch element and head (None: unbounded side), else None.
+        batch element and head, else None. A side is None when it excludes no key at these
+        lengths (unbounded, or wider than the sequences), so ``(None, None)`` allows everything.
 
         The blocked backend runs a causal band as one ``is_causal`` kernel call.
         """
@@ -327,8 +328,12 @@ class _Band(Mask):
 
     def band(self, lq: int, lk: int) -> tuple[int | None, int | None] | None:
         off = _default_offset(self.offset, lq, lk)
-        return (None if self.left is None else off - self.left,
-                None if self.right is None else off + self.right)
+        lo = None if self.left is None else off - self.left
+        hi = None if self.right is None else off + self.right
+        # A side binds only if some (query, key) pair falls outside it: k >= q + lo fails for
+        # some pair iff lo > -(lq - 1); k <= q + hi fails for some pair iff hi < lk - 1.
+        return (lo if lo is not None and lo > 1 - lq else None,
+                hi if hi is not None and hi < lk - 1 else None)
 
     def __repr__(self) -> str:
         off = "" if self.offset is None else f", offset={self.offset}"

@@ -27,6 +27,9 @@ import yaml
 from attnkit.models.config import ModelConfig
 from attnkit.models.presets import DEFAULT_PRESET, get_preset
 
+if typing.TYPE_CHECKING:
+    from attnkit.tasks.base import Task
+
 __all__ = ["RunConfig", "TaskConfig", "TrainConfig", "apply_overrides", "load_yaml",
            "parse_override", "resolve_config", "resolve_for_task", "run_config_from_dict"]
 
@@ -242,7 +245,7 @@ def resolve_config(raw: dict[str, Any], *, family: str | None = None,
                      preset=preset, out_dir=raw.get("out_dir", "runs"), name=raw.get("name"))
 
 
-def resolve_for_task(raw: dict[str, Any]) -> tuple[RunConfig, Any]:
+def resolve_for_task(raw: dict[str, Any]) -> tuple[RunConfig, Task]:
     """Load the task ``raw`` names, then resolve ``raw`` with the task's family and presets.
 
     Returns ``(config, task)``; the family defaults from the task's modality and the preset from

@@ -34,7 +34,7 @@ from attnkit.train.checkpoint import (
     save_checkpoint,
     save_weights,
 )
-from attnkit.train.config import RunConfig
+from attnkit.train.config import RunConfig, TrainConfig
 from attnkit.train.data import epoch_batches, iterate, make_loader
 from attnkit.train.logging import RunLogger
 from attnkit.train.objectives import metrics_from_stats, objective_for
@@ -67,12 +67,15 @@ def metric_is_minimized(metric: str) -> bool:
     return any(word in metric for word in ("loss", "perplexity", "error"))
 
 
-def _out_of_time(max_minutes: float | None, spent: float, epoch_started: float | None) -> bool:
-    """Whether the training-time budget is used up (``spent`` seconds before this epoch)."""
-    if max_minutes is None:
+def _budget_spent(t: TrainConfig, step: int, spent: float, epoch_started: float | None) -> bool:
+    """Whether ``train.max_steps`` or ``train.max_minutes`` is used up (``spent``: training
+    seconds before the current epoch, which started at ``epoch_started``, if running)."""
+    if t.max_steps is not None and step >= t.max_steps:
+        return True
+    if t.max_minutes is None:
         return False
     now = time.perf_counter() - epoch_started if epoch_started is not None else 0.0
-    return spent + now >= 60.0 * max_minutes
+    return spent + now >= 60.0 * t.max_minutes
 
 
 def _improved(value: float, best: float | None, metric: str) -> bool:
@@ -283,8 +286,7 @@ def _train(config: RunConfig, task: Task, run_dir: Path, info: distributed.DistI
 
     try:
         while progress.epoch < t.epochs and not progress.stopped_early:
-            if ((t.max_steps is not None and progress.step >= t.max_steps)
-                    or _out_of_time(t.max_minutes, progress.train_seconds, None)):
+            if _budget_spent(t, progress.step, progress.train_seconds, None):
                 break
             batches = _batches(config, task, info, progress.epoch)[progress.batch:]
             started = time.perf_counter()
@@ -319,8 +321,7 @@ def _train(config: RunConfig, task: Task, run_dir: Path, info: distributed.DistI
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
                 logger.scalars(progress.step, {"train/loss": loss_value, "train/lr": lr})
-                done = ((t.max_steps is not None and progress.step >= t.max_steps)
-                        or _out_of_time(t.max_minutes, progress.train_seconds, started))
+                done = _budget_spent(t, progress.step, progress.train_seconds, started)
                 if t.checkpoint_every and progress.step % t.checkpoint_every == 0 and not done:
                     progress.epoch_stats = {k: float(v) for k, v in epoch_totals.items()}
                     progress.train_seconds += time.perf_counter() - started
