@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from attnkit.functional import masks
-from attnkit.layers import StaticKVCache, build_attention
+from attnkit.layers import StaticKVCache, build_attention, span_band
+from attnkit.layers.adaptive_span import banded_span_attention
+from attnkit.layers.span_band import log_ramp_table
 from kinds_reference import linear64, merge64, project64
 
 
@@ -56,32 +59,93 @@ def test_full_span_is_exact_attention() -> None:
     torch.testing.assert_close(layer(x, mask=masks.causal()), mha(x, mask=masks.causal()))
 
 
-def _forward_flops(layer, x: torch.Tensor) -> int:
-    # With gradients on, the learned ramp makes torch run SDPA's math kernel, whose matmuls
-    # the counter sees (it does not count the fused CPU kernel).
-    with FlopCounterMode(display=False) as counter:
-        layer(x)
-    return counter.get_total_flops()
+def _scored_pairs(layer, x: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Query-key pairs handed to the fused kernel in one training forward, over all calls."""
+    real = span_band._fwd_op()
+    pairs = []
+
+    def recording(q, k, *args, **kwargs):
+        pairs.append(q.shape[2] * k.shape[2])
+        return real(q, k, *args, **kwargs)
+
+    monkeypatch.setattr(span_band, "_fwd_op", lambda: recording)
+    layer(x)
+    monkeypatch.undo()
+    return sum(pairs)
 
 
-def test_compute_is_restricted_to_the_span_and_grows_with_it() -> None:
-    """Matmul FLOPs actually executed (not wall time) grow with the span; span 1 = full L x L."""
+def test_compute_is_restricted_to_the_span_and_grows_with_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pairs actually scored (not wall time) grow with the span; a full span scores all L x L."""
     length = 2048
     layer = build_attention("adaptive_span", dim=16, num_heads=1, max_span=length, ramp=32,
                             block=128)
     x = torch.randn(1, length, 16)
-    flops = []
+    pairs = []
     for fraction in (0.0, 0.3, 1.0):  # windows 31, 645, 2047 (everything)
         with torch.no_grad():
             layer.span_fraction.fill_(fraction)
-        flops.append(_forward_flops(layer, x))
-    assert flops[0] < flops[1] < flops[2]
-    projections = 4 * 2 * length * 16 * 16  # the four dim x dim matmuls
-    attention_flops = [f - projections for f in flops]
-    full = 2 * 2 * length * length * 16  # q k^T and p v over every pair
-    assert attention_flops[2] == full
-    assert attention_flops[0] < 0.1 * full  # band of 2 * 31 + 1 keys, in 128-row blocks
-    assert attention_flops[1] < 0.75 * full
+        pairs.append(_scored_pairs(layer, x, monkeypatch))
+    assert pairs[0] < pairs[1] < pairs[2] == length * length
+    assert pairs[0] < 0.1 * length * length  # band of 2 * 31 + 1 keys, in 128-row blocks
+    assert pairs[1] < 0.75 * length * length
+
+
+def dense_span_attention(q, k, v, span_fraction, *, max_span, ramp, window, allowed):
+    """softmax(q k^T / sqrt(D) + log m_z(|i - j|)) v over all pairs, autograd throughout."""
+    lq, lk = q.shape[2], k.shape[2]
+    table = log_ramp_table(span_fraction, max_span=max_span, ramp=ramp, window=window,
+                           dtype=q.dtype)
+    pos_q = torch.arange(lq)[:, None] + (lk - lq)
+    distance = (pos_q - torch.arange(lk)[None, :]).abs().clamp(max=window + 1)
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5 + table[:, distance]
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    keep = torch.isfinite(scores).any(-1, keepdim=True)
+    weights = torch.softmax(torch.where(keep, scores, 0.0), -1) * keep
+    return weights @ v
+
+
+@settings(max_examples=25, deadline=None)
+@given(lq=st.integers(1, 40), extra_keys=st.integers(0, 6), block=st.integers(1, 16),
+       spans=st.lists(st.floats(0.0, 1.0), min_size=2, max_size=2),
+       mask_kind=st.sampled_from(["none", "causal", "padding", "padding_causal"]),
+       seed=st.integers(0, 2**16))
+def test_fused_band_matches_dense_formula_with_gradients(lq, extra_keys, block, spans,
+                                                         mask_kind, seed) -> None:
+    g = torch.Generator().manual_seed(seed)
+    lk, max_span, ramp = lq + extra_keys, 12, 3
+    q, k, v = (torch.randn(2, 2, n, 5, generator=g, dtype=torch.float64, requires_grad=True)
+               for n in (lq, lk, lk))
+    fraction = torch.tensor(spans, dtype=torch.float64, requires_grad=True)
+    window = min(max_span - 1, int(torch.ceil(fraction.max() * max_span + ramp)) - 1)
+    mask = {"none": None, "causal": masks.causal(),
+            "padding": masks.padding([lk, max(1, lk - 3)]),
+            "padding_causal": masks.padding([lk, 1]) & masks.causal()}[mask_kind]
+    allowed = None if mask is None else mask.dense(lq, lk)
+    assert span_band.fused_span_supported(q, v, 0.0)
+    got = banded_span_attention(q, k, v, fraction, max_span=max_span, ramp=ramp, window=window,
+                                mask=mask, block=block)
+    want = dense_span_attention(q, k, v, fraction, max_span=max_span, ramp=ramp, window=window,
+                                allowed=allowed)
+    torch.testing.assert_close(got, want)
+    grad = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    got_grads = torch.autograd.grad(got, (q, k, v, fraction), grad)
+    want_grads = torch.autograd.grad(want, (q, k, v, fraction), grad)
+    for name, a, b in zip(["q", "k", "v", "span"], got_grads, want_grads):
+        torch.testing.assert_close(a, b, msg=lambda m, name=name: f"d{name}: {m}")
+
+
+def test_span_gradient_reaches_the_ramp_only() -> None:
+    # Spans 2.4 and 6: the ramps (R = 3) lie inside the window, so both heads get a gradient;
+    # a span past max_span + R has no ramp inside the window and gets none.
+    q, k, v = (torch.randn(1, 3, 30, 4, dtype=torch.float64, requires_grad=True)
+               for _ in range(3))
+    fraction = torch.tensor([0.2, 0.5, 1.0], dtype=torch.float64, requires_grad=True)
+    out = banded_span_attention(q, k, v, fraction, max_span=12, ramp=3, window=11, mask=None,
+                                block=7)
+    (d_span,) = torch.autograd.grad(out.square().sum(), fraction)
+    assert d_span[0] != 0 and d_span[1] != 0 and d_span[2] == 0
 
 
 def test_span_gradient_and_penalty() -> None:

@@ -15,8 +15,10 @@ Keys with ``m = 0`` (x >= z + R) get weight zero, so only the band of distance
 ``< max_h z_h + R`` (capped at ``max_span - 1``) is computed: queries are taken in blocks of
 ``block`` rows, each attending (through ``F.scaled_dot_product_attention`` with the ramp as an
 additive mask) only to the keys its band reaches, so compute and memory grow with
-``L * (block + 2 * window)``, not with L^2. While training each block is recomputed in the
-backward pass (activation checkpointing), so memory stays linear in L too. The distance is
+``L * (block + 2 * window)``, not with L^2. Training on CPU runs the blocks on torch's fused
+flash kernel forward and backward, with the span's gradient taken from the ramp strips only
+(:mod:`attnkit.layers.span_band`); elsewhere each block is recomputed in the backward pass
+(activation checkpointing), so memory stays linear in L too. The distance is
 ``|i - j|`` with the usual bottom-right alignment (a causal mask from the caller gives the
 paper's language-model setting). The paper divides by ``sum + 1e-8``; this layer renormalizes
 exactly.
@@ -40,6 +42,7 @@ from attnkit.functional.math import attention_weights, expand_kv, validate
 from attnkit.layers.base import reject_options
 from attnkit.layers.kv_cache import RollingKVCache
 from attnkit.layers.multihead import MultiHeadAttention
+from attnkit.layers.span_band import fused_span_band, fused_span_supported, log_ramp_table
 
 __all__ = ["AdaptiveSpanAttention", "SpanRampBias", "banded_span_attention", "log_ramp_table"]
 
@@ -68,17 +71,6 @@ class SpanRampBias(Bias):
 
     def __repr__(self) -> str:
         return f"span_ramp(heads={self.num_heads}, max_span={self.max_span}, ramp={self.ramp})"
-
-
-def log_ramp_table(span_fraction: Tensor, *, max_span: int, ramp: int, window: int,
-                   dtype: torch.dtype) -> Tensor:
-    """log m_z(x) for distances x = 0..window, then one -inf column: (H, window + 2)."""
-    distance = torch.arange(window + 2, device=span_fraction.device, dtype=dtype)
-    span = span_fraction.to(dtype).clamp(0.0, 1.0) * max_span  # (H,)
-    ramp_mask = ((ramp + span[:, None] - distance) / ramp).clamp(0.0, 1.0)  # (H, window + 2)
-    keep = (ramp_mask > 0) & (distance < max_span) & (distance <= window)
-    # log of 0 is -inf; the inner where keeps the gradient finite (no inf * 0).
-    return torch.where(keep, torch.log(torch.where(keep, ramp_mask, 1.0)), float("-inf"))
 
 
 def _block_log_ramp(table: Tensor, q_idx: Tensor, k_idx: Tensor) -> Tensor:
@@ -113,6 +105,10 @@ def banded_span_attention(q: Tensor, k: Tensor, v: Tensor, span_fraction: Tensor
     """
     lq, lk = q.shape[2], k.shape[2]
     offset = lk - lq
+    if (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, span_fraction))
+            and fused_span_supported(q, v, dropout_p)):
+        return fused_span_band(q, k, v, span_fraction, max_span=max_span, ramp=ramp,
+                               window=window, mask=mask, block=block)
     table = log_ramp_table(span_fraction, max_span=max_span, ramp=ramp, window=window,
                            dtype=q.dtype)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, table))

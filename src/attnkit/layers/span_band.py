@@ -1,0 +1,249 @@
+"""The band computation of adaptive span: softmax(q k^T / sqrt(D) + log m_z(|i - j|)) v.
+
+Shape legend: B batch, H heads, L / S query / key length, D / Dv head dims, C query rows of a
+block, K keys of a block, W window (largest distance computed), M = W + 2 table columns.
+
+Queries are taken in blocks of C rows; a block attends only the keys within distance W of its
+rows, so work and memory grow with ``L * (C + 2W)``. The ramp enters as an additive bias looked
+up from a per-distance table ``log m_z(x)`` (H, M), its last column ``-inf`` for "beyond W".
+
+Training on CPU runs :class:`_FusedSpanBand`: each block is one call of torch's fused flash
+kernel with the ramp (and the caller's mask) as a constant additive mask, and the backward is
+the fused backward kernel on the same blocks. Only the span needs more: with
+``dS = P * (dP - rowsum(dO * O))`` (the flash backward's score gradient),
+
+    d loss / d z_h = sum_{i, j} dS_hij * d log m_z(x_ij) / d z_h
+                   = sum over the ramp only (z_h < x < z_h + R): dS_hij / (R + z_h - x_ij)
+
+so dS is formed only for the keys at ramp distances: two thin strips per block of
+``C + (ramp width)`` keys, not the whole band. Everything else (CUDA, dropout, other dtypes)
+runs the checkpointed SDPA path in :mod:`attnkit.layers.adaptive_span`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from attnkit.backends.blocked_fused import fused_kernel_available
+from attnkit.functional.masks import Mask
+
+__all__ = [
+    "fused_span_band",
+    "fused_span_supported",
+    "log_ramp_table",
+    "ramp_slope_table",
+    "span_blocks",
+]
+
+
+def log_ramp_table(span_fraction: Tensor, *, max_span: int, ramp: int, window: int,
+                   dtype: torch.dtype) -> Tensor:
+    """log m_z(x) for distances x = 0..window, then one -inf column: (H, window + 2)."""
+    distance = torch.arange(window + 2, device=span_fraction.device, dtype=dtype)
+    span = span_fraction.to(dtype).clamp(0.0, 1.0) * max_span  # (H,)
+    ramp_mask = ((ramp + span[:, None] - distance) / ramp).clamp(0.0, 1.0)  # (H, window + 2)
+    keep = (ramp_mask > 0) & (distance < max_span) & (distance <= window)
+    # log of 0 is -inf; the inner where keeps the gradient finite (no inf * 0).
+    return torch.where(keep, torch.log(torch.where(keep, ramp_mask, 1.0)), float("-inf"))
+
+
+def ramp_slope_table(span_fraction: Tensor, *, max_span: int, ramp: int, window: int,
+                     dtype: torch.dtype) -> Tensor:
+    """d log m_z(x) / d span_fraction_h for x = 0..window + 1: (H, window + 2).
+
+    The same derivative autograd takes through :func:`log_ramp_table` (clamps pass the gradient
+    at their bounds, as torch's ``clamp`` does), written out so the backward can use it without
+    a graph: ``max_span / (R + z - x)`` on the ramp, 0 elsewhere."""
+    distance = torch.arange(window + 2, device=span_fraction.device, dtype=dtype)
+    fraction = span_fraction.to(dtype)
+    span = fraction.clamp(0.0, 1.0) * max_span
+    raw = (ramp + span[:, None] - distance) / ramp  # ramp before its clamp
+    keep = (raw.clamp(0.0, 1.0) > 0) & (distance < max_span) & (distance <= window)
+    on_ramp = keep & (raw <= 1.0)
+    fraction_inside = ((fraction >= 0.0) & (fraction <= 1.0)).to(dtype)[:, None]
+    slope = max_span / (ramp * torch.where(on_ramp, raw, torch.ones_like(raw)))
+    return torch.where(on_ramp, slope * fraction_inside, torch.zeros_like(raw))
+
+
+def span_blocks(lq: int, lk: int, window: int, block: int) -> list[tuple[int, int, int, int]]:
+    """(q0, q1, k0, k1) of each query block and the keys within ``window`` of its rows
+    (positions bottom-right aligned); blocks whose band misses every key are left out."""
+    offset = lk - lq
+    blocks = []
+    for q0 in range(0, lq, block):
+        q1 = min(q0 + block, lq)
+        k0, k1 = max(0, q0 + offset - window), min(lk, q1 + offset + window)
+        if k1 > k0:
+            blocks.append((q0, q1, k0, k1))
+    return blocks
+
+
+def fused_span_supported(q: Tensor, v: Tensor, dropout_p: float) -> bool:
+    """Whether :func:`fused_span_band` can run (CPU, float32 / float64, Dv == D, no dropout)."""
+    return (q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64)
+            and q.shape[-1] == v.shape[-1] and dropout_p == 0.0 and fused_kernel_available())
+
+
+@dataclass(frozen=True)
+class _Band:
+    """What the blocks need besides the tensors."""
+
+    max_span: int
+    ramp: int
+    window: int
+    block: int
+    mask: Mask | None
+
+
+def _block_bias(table: Tensor, band: _Band, q0: int, q1: int, k0: int, k1: int, lq: int,
+                lk: int, ramps: dict[tuple[int, int, int], Tensor] | None = None
+                ) -> tuple[Tensor, Tensor | None]:
+    """Additive mask (B|1, H, C, K) of one block, ``-inf`` where not allowed, and which rows
+    have a key (None: all do)."""
+    device = table.device
+    q_idx = torch.arange(q0, q1, device=device)
+    k_idx = torch.arange(k0, k1, device=device)
+    # Blocks with the same geometry (all interior ones) share the ramp: gather it once.
+    pattern = (q0 + lk - lq - k0, q1 - q0, k1 - k0)
+    bias = None if ramps is None else ramps.get(pattern)
+    if bias is None:
+        distance = (q_idx[:, None] + (lk - lq) - k_idx[None, :]).abs().clamp(max=band.window + 1)
+        bias = table[:, distance].unsqueeze(0)  # (1, H, C, K)
+        if ramps is not None:
+            ramps[pattern] = bias
+    if band.mask is None:  # every row sees itself (distance 0, ramp 1): no empty row
+        return bias, None
+    b = torch.arange(band.mask.batch_size or 1, device=device).view(-1, 1, 1, 1)
+    h = torch.arange(band.mask.num_heads or 1, device=device).view(1, -1, 1, 1)
+    allowed = band.mask.allowed(b, h, q_idx.view(1, 1, -1, 1), k_idx.view(1, 1, 1, -1), lq, lk)
+    bias = bias.masked_fill(~allowed, float("-inf"))
+    return bias, torch.isfinite(bias).any(-1)  # (B|1, H, C)
+
+
+def _kernel_mask(bias: Tensor, row_has_key: Tensor | None) -> Tensor:
+    """The kernel gives NaN to a row with no key: such rows see everything (zeroed after)."""
+    if row_has_key is None:
+        return bias
+    return torch.where(row_has_key[..., None], bias, torch.zeros_like(bias))
+
+
+def _fwd_op() -> Any:
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+
+
+def _bwd_op() -> Any:
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+
+def _ramp_range(slopes: Tensor) -> tuple[int, int] | None:
+    """[lo, hi] of the distances where any head's slope is nonzero, or None."""
+    where = (slopes != 0).any(0).nonzero()
+    return None if where.numel() == 0 else (int(where.min()), int(where.max()))
+
+
+def _span_grad_of_block(q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, lse: Tensor,
+                        delta: Tensor, table: Tensor, slopes: Tensor, band: _Band,
+                        rows: tuple[int, int], lq: int, lk: int, scale: float,
+                        ramps: dict[tuple[int, int, int], Tensor]) -> Tensor:
+    """sum_{i, j} dS_hij * slope_h(x_ij) over one block's rows: (H,).
+
+    Only keys at ramp distances matter; they lie in two strips, left and right of the rows.
+    q / grad_out (B, H, C, D|Dv) of the block, k / v (B, H, S, D|Dv) whole, lse / delta (B, H, C).
+    """
+    found = _ramp_range(slopes)
+    if found is None:
+        return slopes.new_zeros(slopes.shape[0])
+    lo, hi = found
+    q0, q1 = rows
+    p0, p1 = q0 + lk - lq, q1 - 1 + lk - lq  # first and last key position the rows face
+    total = slopes.new_zeros(slopes.shape[0])
+    q_pos = torch.arange(q0, q1, device=q.device)[:, None] + (lk - lq)  # (C, 1)
+    # Left strip: keys p - hi .. p - lo (distance 0 counted here); right: p + max(lo, 1) .. p + hi.
+    for left, a, b in ((True, p0 - hi, p1 - lo + 1), (False, p0 + max(lo, 1), p1 + hi + 1)):
+        a, b = max(a, 0), min(b, lk)
+        if b <= a:
+            continue
+        bias, _ = _block_bias(table, band, q0, q1, a, b, lq, lk, ramps)  # (B|1,H,C,K), -inf kept
+        s = (q @ k[:, :, a:b].transpose(-1, -2)) * scale + bias
+        p = torch.exp(s - lse[..., None])  # rows with no key: lse +inf -> 0
+        d_s = p * ((grad_out @ v[:, :, a:b].transpose(-1, -2)) - delta[..., None])
+        k_pos = torch.arange(a, b, device=q.device)[None, :]  # (1, K)
+        distance = (q_pos - k_pos).abs()
+        on_side = (k_pos <= q_pos) if left else (k_pos > q_pos)
+        weight = torch.where(on_side & (distance >= lo) & (distance <= hi),
+                             slopes[:, distance.clamp(max=slopes.shape[1] - 1)], 0.0)  # (H,C,K)
+        total = total + (d_s * weight).sum((0, 2, 3))
+    return total
+
+
+class _FusedSpanBand(torch.autograd.Function):
+    """Banded span attention on the fused CPU kernel; see the module docstring."""
+
+    @staticmethod
+    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, span_fraction: Tensor,
+                band: _Band) -> Tensor:
+        lq, lk, scale = q.shape[2], k.shape[2], q.shape[-1] ** -0.5
+        table = log_ramp_table(span_fraction.detach(), max_span=band.max_span, ramp=band.ramp,
+                               window=band.window, dtype=q.dtype)
+        out = q.new_zeros(*q.shape[:-1], v.shape[-1])  # (B, H, L, Dv)
+        lse = q.new_full(q.shape[:-1], float("-inf"))  # (B, H, L)
+        ramps: dict[tuple[int, int, int], Tensor] = {}
+        for q0, q1, k0, k1 in span_blocks(lq, lk, band.window, band.block):
+            bias, row_has_key = _block_bias(table, band, q0, q1, k0, k1, lq, lk, ramps)
+            o, l = _fwd_op()(q[:, :, q0:q1], k[:, :, k0:k1], v[:, :, k0:k1], 0.0, False,
+                             attn_mask=_kernel_mask(bias, row_has_key), scale=scale)
+            l = l.to(q.dtype)
+            if row_has_key is not None:
+                o = o.masked_fill(~row_has_key[..., None], 0.0)
+                l = l.masked_fill(~row_has_key, float("-inf"))
+            out[:, :, q0:q1], lse[:, :, q0:q1] = o, l
+        ctx.band = band
+        ctx.save_for_backward(q, k, v, span_fraction, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> Any:
+        q, k, v, span_fraction, out, lse = ctx.saved_tensors
+        band: _Band = ctx.band
+        lq, lk, scale = q.shape[2], k.shape[2], q.shape[-1] ** -0.5
+        grad_out = grad_out.contiguous()
+        options = {"max_span": band.max_span, "ramp": band.ramp, "window": band.window,
+                   "dtype": q.dtype}
+        table = log_ramp_table(span_fraction.detach(), **options)
+        wants_span = ctx.needs_input_grad[3]
+        slopes = ramp_slope_table(span_fraction.detach(), **options) if wants_span else None
+        # Rows with no key: lse +inf makes their P = exp(S - lse) exactly 0, so no gradient.
+        lse = torch.where(torch.isfinite(lse), lse, torch.full_like(lse, float("inf")))
+        delta = (grad_out * out).sum(-1)  # (B, H, L)
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        d_span = torch.zeros_like(span_fraction)
+        ramps: dict[tuple[int, int, int], Tensor] = {}
+        for q0, q1, k0, k1 in span_blocks(lq, lk, band.window, band.block):
+            bias, row_has_key = _block_bias(table, band, q0, q1, k0, k1, lq, lk, ramps)
+            gq, gk, gv = _bwd_op()(grad_out[:, :, q0:q1], q[:, :, q0:q1], k[:, :, k0:k1],
+                                   v[:, :, k0:k1], out[:, :, q0:q1], lse[:, :, q0:q1], 0.0,
+                                   False, attn_mask=_kernel_mask(bias, row_has_key),
+                                   scale=scale)
+            dq[:, :, q0:q1] += gq
+            dk[:, :, k0:k1] += gk
+            dv[:, :, k0:k1] += gv
+            if slopes is not None:
+                d_span += _span_grad_of_block(
+                    q[:, :, q0:q1], k, v, grad_out[:, :, q0:q1], lse[:, :, q0:q1],
+                    delta[:, :, q0:q1], table, slopes, band, (q0, q1), lq, lk, scale,
+                    ramps).to(d_span.dtype)
+        return dq, dk, dv, (d_span if wants_span else None), None
+
+
+def fused_span_band(q: Tensor, k: Tensor, v: Tensor, span_fraction: Tensor, *, max_span: int,
+                    ramp: int, window: int, mask: Mask | None, block: int) -> Tensor:
+    """q (B, H, L, D), k / v (B, H, S, D|Dv), span_fraction (H,) -> (B, H, L, Dv).
+
+    Differentiable in q, k, v and span_fraction; needs :func:`fused_span_supported`."""
+    out: Tensor = _FusedSpanBand.apply(q, k, v, span_fraction,
+                                       _Band(max_span, ramp, window, block, mask))
+    return out
