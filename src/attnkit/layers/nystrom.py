@@ -112,7 +112,6 @@ class NystromAttention(MultiHeadAttention):
         b, lq, lk, d = x.shape[0], q.shape[2], k.shape[2], q.shape[3]
         parts = split_mask(mask, batch=b, lq=lq, lk=lk, device=x.device, kind="nystrom",
                            allow_causal=False)
-        q, k = q * d ** -0.25, k * d ** -0.25
         key_allowed = None
         if parts.key_valid is not None:
             valid = parts.key_valid.to(k.dtype)[:, None, :, None]  # (B, 1, S, 1)
@@ -120,19 +119,23 @@ class NystromAttention(MultiHeadAttention):
             if context is None:
                 q = q * valid
             key_allowed = parts.key_valid[:, None, None, :]  # (B, 1, 1, S)
+        # The 1/sqrt(d) score scale goes on the (m, d) landmarks only: scaling the full-length
+        # queries and keys would cost two extra passes over (B, H, L, d).
+        scale = d ** -0.5
         q_land = segment_means(q, min(self.num_landmarks, lq))  # (B, H, m, d)
-        k_land = segment_means(k, min(self.num_landmarks, lk))
-        kernel_1 = safe_softmax(q @ k_land.transpose(-1, -2), None)  # (B, H, L, m)
-        kernel_2 = safe_softmax(q_land @ k_land.transpose(-1, -2), None)  # (B, H, m, m)
-        kernel_3 = safe_softmax(q_land @ k.transpose(-1, -2), key_allowed)  # (B, H, m, S)
-        left = kernel_1 @ iterative_pinv(kernel_2, self.pinv_iterations)  # (B, H, L, m)
-        out = left @ (kernel_3 @ v)  # (B, H, L, d)
+        k_land = segment_means(k, min(self.num_landmarks, lk)) * scale
+        kernel_1 = torch.softmax(q @ k_land.transpose(-1, -2), -1)  # (B, H, L, m)
+        kernel_2 = torch.softmax(q_land @ k_land.transpose(-1, -2), -1)  # (B, H, m, m)
+        kernel_3 = safe_softmax((q_land * scale) @ k.transpose(-1, -2), key_allowed)  # (B,H,m,S)
+        pinv = iterative_pinv(kernel_2, self.pinv_iterations)  # (B, H, m, m)
+        # Right to left: only (m, m) and (m, d) products besides the two length-L ones.
+        out = kernel_1 @ (pinv @ (kernel_3 @ v))  # (B, H, L, d)
 
         def weights() -> Tensor:
             if lq * lk > MAX_WEIGHTS_ELEMENTS:
                 raise ValueError(f"the implied attention matrix of {lq} x {lk} exceeds the "
                                  f"{MAX_WEIGHTS_ELEMENTS} element limit; capture shorter inputs")
-            return left @ kernel_3
+            return (kernel_1 @ pinv) @ kernel_3
 
         out = self.probe(out, v, weights)
         if self.conv is not None:
