@@ -71,3 +71,15 @@ def test_bench_tiles_cli(capsys: pytest.CaptureFixture[str]) -> None:
     printed = capsys.readouterr().out
     assert "b=16 ms" in printed and "default ms" in printed and "sliding_window" in printed
     assert main(["bench", "tiles", "--sizes", "0"]) == 2
+
+
+def test_tile_sweep_forward_backward_reports_useful_work() -> None:
+    from attnkit.bench.attention import tile_sweep
+
+    rows = tile_sweep(64, [16], patterns=["sliding_window"], repeats=1, mode="fwd+bwd",
+                      log=lambda text: None)
+    (row,) = rows
+    assert row["mode"] == "fwd+bwd" and row["b=16 ms"] > 0 and row["default ms"] > 0
+    assert 0 < row["b=16 %"] < 1000 and 0 < row["default %"] < 1000
+    with pytest.raises(ValueError, match="mode must be"):
+        tile_sweep(64, [16], mode="bwd")

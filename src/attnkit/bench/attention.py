@@ -505,38 +505,59 @@ def target_report(rows: Sequence[dict[str, Any]], cfg: AttentionBenchConfig) -> 
 
 
 def tile_sweep(length: int, sizes: Sequence[int], *, patterns: Sequence[str] = (
-        "causal", "sliding_window", "document"), repeats: int = 3,
+        "causal", "sliding_window", "document"), repeats: int = 3, mode: str = "fwd",
         cfg: AttentionBenchConfig | None = None,
         log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Forward time of ``blocked`` per square tile size, round-robin over sizes (median), and of
-    the default plan (no size given: causal masks and documents planned by structure)."""
+    """Time of ``blocked`` per square tile size and of the default plan (no size given: causal
+    masks and documents planned by structure), forward or forward+backward, round-robin with a
+    float32 matmul in every round (medians). ``pct_*`` columns are useful work as a share of
+    that matmul rate, counted as in the attention benchmark."""
     from attnkit.backends.blocked import TileSizes, blocked_attention
-    from attnkit.functional.math import validate
+    from attnkit.functional.math import AttentionSpec, validate
 
+    if mode not in ("fwd", "fwd+bwd"):
+        raise ValueError(f"mode must be 'fwd' or 'fwd+bwd', got {mode!r}")
     cfg = cfg or AttentionBenchConfig(lengths=(length,), out_dir=None)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+    train = mode == "fwd+bwd"
     gen = torch.Generator().manual_seed(cfg.seed)
     shape = (cfg.batch, cfg.heads, length, cfg.head_dim)
-    q, k, v = (torch.randn(shape, generator=gen) for _ in range(3))
+    q, k, v, grad = (torch.randn(shape, generator=gen) for _ in range(4))
+    q, k, v = (t.requires_grad_(train) for t in (q, k, v))
+    square = torch.randn(cfg.matmul_size, cfg.matmul_size, generator=gen)
     rows = []
     for pattern in patterns:
         case = _make_case(pattern, length, cfg)
         spec = validate(q, k, v, mask=case.mask, bias=None, scale=None, softcap=None,
                         dropout_p=0.0)
-        variants = {f"b={b} ms": TileSizes(b, b) for b in sizes}
-        variants["default ms"] = TileSizes()
-        samples: dict[str, list[float]] = {name: [] for name in variants}
-        with torch.no_grad():
+        variants = {f"b={b}": TileSizes(b, b) for b in sizes}
+        variants["default"] = TileSizes()
+
+        def call(tiles: TileSizes, spec: AttentionSpec = spec) -> None:
+            out = blocked_attention(spec, tiles)
+            if train:
+                torch.autograd.grad(out, (q, k, v), grad)
+
+        samples: dict[str, list[float]] = {name: [] for name in [*variants, "matmul"]}
+        with torch.set_grad_enabled(train):
             for tiles in variants.values():  # warm-up
-                blocked_attention(spec, tiles)
+                call(tiles)
             for _ in range(repeats):
                 for name, tiles in variants.items():
                     start = time.perf_counter()
-                    blocked_attention(spec, tiles)
+                    call(tiles)
                     samples[name].append(time.perf_counter() - start)
-        row: dict[str, Any] = {"pattern": pattern, "L": length}
-        row.update({name: statistics.median(times) * 1e3 for name, times in samples.items()})
+                start = time.perf_counter()
+                square @ square
+                samples["matmul"].append(time.perf_counter() - start)
+        matmul_rate = 2 * cfg.matmul_size**3 / statistics.median(samples["matmul"])
+        useful = (12 if train else 4) * cfg.head_dim * cfg.heads * cfg.batch * case.allowed_pairs
+        row: dict[str, Any] = {"pattern": pattern, "L": length, "mode": mode}
+        for name in variants:
+            seconds = statistics.median(samples[name])
+            row[f"{name} ms"] = seconds * 1e3
+            row[f"{name} %"] = 100 * useful / seconds / matmul_rate
         rows.append(row)
     log(format_table(rows, list(rows[0])))
     return rows

@@ -90,13 +90,17 @@ def _run_attention(args: argparse.Namespace) -> int:
 
 
 def _register_tiles(suites: Any) -> None:
-    p = suites.add_parser("tiles", help="forward time of 'blocked' per tile size",
+    p = suites.add_parser("tiles", help="time of 'blocked' per tile size",
                           description="How the tile size of the blocked backend's fused CPU "
-                                      "path changes its forward time (square tiles).")
+                                      "path changes its forward (or forward+backward) time and "
+                                      "useful-work rate (square tiles).")
     p.add_argument("--length", type=int, default=4096)
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256, 512])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--mode", choices=("fwd", "fwd+bwd"), default="fwd")
+    p.add_argument("--patterns", nargs="+", choices=("causal", "sliding_window", "document"),
+                   default=["causal", "sliding_window", "document"])
     p.set_defaults(handler=_run_tiles)
 
 
@@ -107,5 +111,6 @@ def _run_tiles(args: argparse.Namespace) -> int:
         raise ValueError(f"--length, --sizes and --repeats must be >= 1, got {args.length}, "
                          f"{args.sizes}, {args.repeats}")
     cfg = AttentionBenchConfig(lengths=(args.length,), out_dir=None, threads=args.threads)
-    tile_sweep(args.length, args.sizes, repeats=args.repeats, cfg=cfg)
+    tile_sweep(args.length, args.sizes, patterns=args.patterns, repeats=args.repeats,
+               mode=args.mode, cfg=cfg)
     return 0
