@@ -73,3 +73,42 @@ def test_linear_refuses_what_it_cannot_do() -> None:
         layer(x, mask=masks.sliding_window(2))
     with pytest.raises(ValueError, match="rope"):
         build_attention("linear", dim=16, num_heads=2, rope=True)
+
+
+@pytest.mark.parametrize("padding", ["none", "lengths", "holes"])
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_chunked_noncausal_equals_full_map_formula(padding: str, kv_heads: int) -> None:
+    """L = 37 in chunks of 8 (last chunk short): output and the gradients of x and of every
+    parameter equal the full-map formula (eq. 5) in float64, padded keys included."""
+    torch.manual_seed(0)
+    length = 37
+    layer = build_attention("linear", dim=32, num_heads=4, num_kv_heads=kv_heads,
+                            noncausal_chunk=8).double()
+    x = torch.randn(2, length, 32, dtype=torch.float64, requires_grad=True)
+    valid = torch.ones(2, length, dtype=torch.bool)
+    if padding == "lengths":
+        valid[1, 21:] = False
+    elif padding == "holes":
+        valid[0, :16] = False
+        valid[1, 8:16] = False
+    mask = None if padding == "none" else masks.padding(valid)
+    got = layer(x, mask=mask)
+    expected = reference(layer, x, False, None if padding == "none" else valid.double())
+    torch.testing.assert_close(got, expected)
+    cotangent = torch.randn_like(got)
+    inputs = [x, *layer.parameters()]
+    got_grads = torch.autograd.grad((got * cotangent).sum(), inputs)
+    expected_grads = torch.autograd.grad((expected * cotangent).sum(), inputs)
+    for g, e in zip(got_grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e)
+
+
+def test_queries_without_a_visible_key_give_zeros_and_finite_gradients() -> None:
+    layer = build_attention("linear", dim=16, num_heads=2, noncausal_chunk=4).double()
+    x = torch.randn(2, 10, 16, dtype=torch.float64, requires_grad=True)
+    heads = layer.attend_heads(x, mask=masks.padding(torch.tensor([10, 0])))
+    assert torch.equal(heads[1], torch.zeros_like(heads[1]))
+    assert torch.isfinite(heads).all() and heads[0].abs().sum() > 0
+    heads.square().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in layer.parameters())

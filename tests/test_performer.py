@@ -110,3 +110,111 @@ def test_decoding_state_is_invalidated_by_redraw() -> None:
     layer.redraw_features()
     with pytest.raises(ValueError, match="reset"):
         layer(x[:, :1], cache=state)
+
+
+def old_full_map_favor(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor,
+                       key_valid: torch.Tensor | None) -> torch.Tensor:
+    """The pre-chunking non-causal formula: full (L, M) maps, query rows shifted by their own
+    detached max, all keys by one detached max over (S, M); padded keys' features zeroed."""
+    d, m = q.shape[-1], w.shape[0]
+    q, k = q / d ** 0.25, k / d ** 0.25
+    q_log = q @ w.T - q.square().sum(-1, keepdim=True) / 2 - math.log(m) / 2
+    k_log = k @ w.T - k.square().sum(-1, keepdim=True) / 2 - math.log(m) / 2
+    phi_q = torch.exp(q_log - q_log.amax(-1, keepdim=True).detach())
+    phi_k = torch.exp(k_log - k_log.amax((-1, -2), keepdim=True).detach())
+    if key_valid is not None:
+        phi_k = phi_k * key_valid[:, None, :, None]
+    num = phi_q @ (phi_k.transpose(-1, -2) @ v)
+    den = phi_q @ phi_k.sum(2).unsqueeze(-1)
+    ok = den > 0
+    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), 0.0)
+
+
+def chunk_scaled_input(length: int, chunk: int, dim: int) -> torch.Tensor:
+    """float64 (2, length, dim) whose scale alternates by chunk: the chunks' maximum exponents
+    differ by several units, so wrong rescaling of the chunk sums shows."""
+    scale = 1.0 + 1.5 * ((torch.arange(length) // chunk) % 2).double()
+    return torch.randn(2, length, dim, dtype=torch.float64) * scale[None, :, None]
+
+
+@pytest.mark.parametrize("padding", ["none", "lengths", "holes"])
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_chunked_noncausal_equals_full_map_formula(padding: str, kv_heads: int) -> None:
+    """L = 37 in chunks of 8 (last chunk short): outputs and gradients of x and of every
+    parameter equal the old full-map formula in float64. "holes" pads whole chunks (their shift
+    is -inf): the first two in one sequence, a middle one in the other."""
+    torch.manual_seed(0)
+    length = 37
+    layer = build_attention("performer", dim=32, num_heads=4, num_kv_heads=kv_heads,
+                            num_features=24, seed=3, noncausal_chunk=8).double()
+    x = chunk_scaled_input(length, 8, 32).requires_grad_(True)
+    valid = torch.ones(2, length, dtype=torch.bool)
+    if padding == "lengths":
+        valid[1, 21:] = False
+    elif padding == "holes":
+        valid[0, :16] = False
+        valid[1, 8:16] = False
+    mask = None if padding == "none" else masks.padding(valid)
+    got = layer(x, mask=mask)
+    q, k, v = project64(layer, x, 4, kv_heads)
+    expected = linear64(layer.out_proj, merge64(old_full_map_favor(
+        q, k, v, layer.projection.double(), None if padding == "none" else valid.double())))
+    torch.testing.assert_close(got, expected)
+    cotangent = torch.randn_like(got)
+    inputs = [x, *layer.parameters()]
+    got_grads = torch.autograd.grad((got * cotangent).sum(), inputs)
+    expected_grads = torch.autograd.grad((expected * cotangent).sum(), inputs)
+    for g, e in zip(got_grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e)
+
+
+def test_chunk_sums_are_rescaled_to_a_common_maximum() -> None:
+    """Chunk maxima far apart (one chunk's keys 6x larger): each chunk sum is taken relative to
+    its own maximum, so adding them without the exp(m_c - m) factors would be far off."""
+    torch.manual_seed(1)
+    layer = build_attention("performer", dim=16, num_heads=2, num_features=16, seed=0,
+                            noncausal_chunk=5).double()
+    x = torch.randn(1, 15, 16, dtype=torch.float64)
+    x[:, 5:10] *= 6.0
+    q, k, v = project64(layer, x, 2, 2)
+    expected = linear64(layer.out_proj, merge64(old_full_map_favor(
+        q, k, v, layer.projection.double(), None)))
+    torch.testing.assert_close(layer(x), expected)
+    whole = build_attention("performer", dim=16, num_heads=2, num_features=16, seed=0,
+                            noncausal_chunk=64).double()
+    whole.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(whole(x), expected)
+
+
+def test_queries_without_a_visible_key_give_zeros_and_finite_gradients() -> None:
+    layer = build_attention("performer", dim=16, num_heads=2, num_features=8, seed=0,
+                            noncausal_chunk=4).double()
+    x = torch.randn(2, 10, 16, dtype=torch.float64, requires_grad=True)
+    mask = masks.padding(torch.tensor([10, 0]))  # the second sequence has no key at all
+    heads = layer.attend_heads(x, mask=mask)
+    assert torch.isfinite(heads).all()
+    assert torch.equal(heads[1], torch.zeros_like(heads[1]))
+    assert heads[0].abs().sum() > 0
+    heads.square().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in layer.parameters())
+
+
+def test_noncausal_training_stores_no_full_feature_map() -> None:
+    """Autograd keeps per-chunk inputs only: what it saves with M trailing features stays far
+    below one (B, H, L, M) map (without checkpointing it would hold all of them)."""
+    layer = build_attention("performer", dim=32, num_heads=4, num_features=64, seed=0,
+                            noncausal_chunk=16)
+    x = torch.randn(1, 256, 32, requires_grad=True)
+    saved: list[torch.Tensor] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = layer(x)
+    feature_elements = sum(t.numel() for t in saved if t.dim() and t.shape[-1] == 64)
+    assert feature_elements < 4 * 256 * 64 // 8
+    y.sum().backward()  # and backward still works through the recomputation
+    assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -24,7 +24,7 @@ __all__ = ["LinearAttention", "elu_feature_map"]
 
 def elu_feature_map(x: Tensor) -> Tensor:
     """phi(x) = elu(x) + 1 > 0, elementwise (the paper's eq. 7)."""
-    return F.elu(x) + 1.0
+    return F.elu(x).add_(1.0)  # elu's backward reads its input, so its output may change
 
 
 class LinearAttention(KernelizedAttention):
@@ -32,11 +32,20 @@ class LinearAttention(KernelizedAttention):
 
     Options:
         chunk: chunk length of the causal parallel form (default 128).
+        noncausal_chunk: key / query chunk length of the non-causal path (default 512).
         num_kv_heads, head_dim, context_dim, bias, qk_norm: as :class:`MultiHeadAttention`.
     Masks: ``causal()`` and ``padding(...)``. Cache: ``RecurrentState()``.
     """
 
     kind_name = "linear"
 
-    def features(self, q: Tensor, k: Tensor, *, causal: bool) -> tuple[Tensor, Tensor]:
-        return elu_feature_map(q), elu_feature_map(k)
+    def query_features(self, q: Tensor) -> Tensor:
+        return elu_feature_map(q)
+
+    def key_features(self, k: Tensor, valid: Tensor | None = None, *, shift: bool = False
+                     ) -> tuple[Tensor, Tensor | None]:
+        # elu(x) + 1 <= max(x, 0) + 1: no overflow to guard against, so never shifted.
+        phi = elu_feature_map(k)
+        if valid is not None:
+            phi = phi * valid[:, None, :, None].to(phi.dtype)
+        return phi, None

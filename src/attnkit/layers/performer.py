@@ -12,9 +12,11 @@ Softmax attention is approximated without bias by positive random features::
 W has orthogonal rows: blocks of d rows from the QR decomposition of a Gaussian matrix, each row
 rescaled to the norm of an independent Gaussian vector (chi distribution with d degrees of
 freedom), so every w_r is marginally N(0, I_d) and the estimator stays unbiased. For numerical
-range, the query features subtract each row's maximum (a per-query factor that cancels in the
-ratio) and, non-causally, the key features subtract one global maximum (also cancels); causal
-features keep raw exponents so a decoding state stays consistent across steps.
+range, each query's features subtract that row's maximum exponent (a per-query factor that
+cancels in the ratio, as |q'|^2 / 2 does, so that term is never computed). Non-causally, each
+chunk of keys subtracts its own maximum exponent and the chunk sums are rescaled to the largest
+as they are added (one factor per head, which cancels too). Causal key features keep raw
+exponents so a decoding state stays consistent across steps.
 
 The features are a buffer saved with the state dict; :meth:`PerformerAttention.redraw_features`
 draws new ones (the paper redraws periodically during training; ``redraw_interval`` does it
@@ -59,6 +61,7 @@ class PerformerAttention(KernelizedAttention):
             only when :meth:`redraw_features` is called).
         seed: seed of the first draw (default None: torch's global generator).
         chunk: chunk length of the causal parallel form (default 128).
+        noncausal_chunk: key / query chunk length of the non-causal path (default 512).
         num_kv_heads, head_dim, context_dim, bias, qk_norm: as :class:`MultiHeadAttention`.
     Masks: ``causal()`` and ``padding(...)``. Cache: ``RecurrentState()``.
     """
@@ -89,25 +92,44 @@ class PerformerAttention(KernelizedAttention):
         self.projection.copy_(fresh.to(self.projection))
         self.draws += 1
 
-    def features(self, q: Tensor, k: Tensor, *, causal: bool) -> tuple[Tensor, Tensor]:
+    def begin_forward(self) -> None:
         if self.training and self.redraw_interval is not None:
             if self.training_calls and self.training_calls % self.redraw_interval == 0:
                 self.redraw_features()
             self.training_calls += 1
-        d = q.shape[-1]
-        w = self.projection.to(q.dtype)  # (M, d)
-        q, k = q * d ** -0.25, k * d ** -0.25
-        # log-features, updated in place (the (B, H, L, M) maps dominate time and memory);
-        # the 1 / sqrt(M) factor enters as -log(M) / 2 before the exponential.
-        half_log_m = 0.5 * math.log(self.num_features)
-        q_log = q @ w.T  # (B, H, L, M)
-        q_log.sub_((q * q).sum(-1, keepdim=True) / 2 + half_log_m)
-        q_log.sub_(q_log.amax(-1, keepdim=True).detach())
-        k_log = k @ w.T  # (B, Hkv, S, M)
-        k_log.sub_((k * k).sum(-1, keepdim=True) / 2 + half_log_m)
-        if not causal:
-            k_log.sub_(k_log.amax(dim=(-1, -2), keepdim=True).detach())
-        return q_log.exp_(), k_log.exp_()
+
+    def query_features(self, q: Tensor) -> Tensor:
+        # exp(w.q' - |q'|^2 / 2) / sqrt(M): every factor but exp(w.q') is the same across a row's
+        # features and cancels in num / den, and so does exp(-max) (detached), which keeps the
+        # exponents <= 0. In place, not softmax: a second (C, M) buffer per chunk measured slower
+        # than the extra passes.
+        log_phi = q @ self._scaled_projection(q).T  # (B, H, L, M)
+        return log_phi.sub_(log_phi.detach().amax(-1, keepdim=True)).exp_()
+
+    def key_features(self, k: Tensor, valid: Tensor | None = None, *, shift: bool = False
+                     ) -> tuple[Tensor, Tensor | None]:
+        w = self._scaled_projection(k)  # (M, d)
+        # w.k' - |k'|^2 / 2 as ONE GEMM: [k | |k|^2] @ [w' | -c]^T with w' = W / d^(1/4) and
+        # c = d^(-1/2) / 2; the concatenation is the copy of the strided k chunk that the GEMM
+        # needs anyway, so the norm term costs no pass over the (S, M) map.
+        d = k.shape[-1]
+        square = torch.linalg.vector_norm(k, dim=-1, keepdim=True).square()  # (B, Hkv, S, 1)
+        w_ext = torch.cat([w, w.new_full((w.shape[0], 1), -0.5 / math.sqrt(d))], 1)  # (M, d + 1)
+        log_phi = torch.cat([k, square], -1) @ w_ext.T  # (B, Hkv, S, M)
+        if valid is not None:  # padded keys: phi = exp(-inf) = 0, and they set no shift
+            log_phi.masked_fill_(~valid[:, None, :, None], float("-inf"))
+        if not shift:
+            # Causal / decoding: raw exponents so a state stays consistent across calls.
+            return log_phi.sub_(0.5 * math.log(self.num_features)).exp_(), None
+        # Non-causal: one detached maximum per (B, Hkv) (a factor that cancels in num / den)
+        # keeps exp() in range; log(M) / 2 is such a factor too.
+        top = log_phi.detach().amax((-1, -2))  # (B, Hkv); -inf if no key is valid
+        ref = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        return log_phi.sub_(ref[..., None, None]).exp_(), top
+
+    def _scaled_projection(self, like: Tensor) -> Tensor:
+        """W / d^(1/4) (M, d) in ``like``'s dtype: the inputs' scaling folded into W."""
+        return self.projection.to(like.dtype) * like.shape[-1] ** -0.25
 
     def _feature_id(self) -> int:
         return hash((id(self), self.draws))
