@@ -316,7 +316,10 @@ def fused_forward(spec: AttentionSpec, plan: FusedPlan) -> tuple[Tensor, Tensor]
     """Output (B, Hq, Lq, Dv) and row log-sum-exp (B, Hq, Lq), ``-inf`` for rows with no key."""
     q = spec.q
     k, v = expand_kv(spec.k, spec.heads), expand_kv(spec.v, spec.heads)  # (B, H, Lk, D|Dv)
-    out = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=q.dtype)  # (B, H, Lq, Dv)
+    # The output is stored (B, Lq, H, Dv), the layout the kernel writes its own outputs in: a
+    # call's rows land with one contiguous copy, and merging heads afterwards is free.
+    rows_first = torch.zeros(spec.batch, spec.lq, spec.heads, v.shape[-1], dtype=q.dtype)
+    out = rows_first.transpose(1, 2)  # (B, H, Lq, Dv) view
     lse = torch.full(q.shape[:-1], float("-inf"), dtype=q.dtype)  # (B, H, Lq)
     for b in range(spec.batch):
         mb, groups = plan.for_batch(b)
@@ -332,18 +335,20 @@ def fused_forward(spec: AttentionSpec, plan: FusedPlan) -> tuple[Tensor, Tensor]
             if row_has_key is not None:  # the kernel gives lse 0 to rows with no key
                 l = l.masked_fill(~row_has_key, float("-inf"))
             r0, r1 = g.rows
-            o = o.transpose(0, 1).reshape(o.shape[1], -1, o.shape[-1])  # (H, n*q, Dv)
+            o = o.transpose(1, 2).reshape(-1, o.shape[1], o.shape[-1])  # (n*q, H, Dv), a view
             l = l.transpose(0, 1).reshape(l.shape[1], -1)  # (H, n*q)
             if f.level == 0:
-                out[b, :, r0:r1] = o
+                rows_first[b, r0:r1] = o
                 lse[b, :, r0:r1] = l
             else:
-                _merge_into(out[b, :, r0:r1], lse[b, :, r0:r1], o, l)
+                _merge_into(rows_first[b, r0:r1], lse[b, :, r0:r1].T, o, l.T)
     return out, lse
 
 
 def _merge_into(acc: Tensor, acc_lse: Tensor, new: Tensor, new_lse: Tensor) -> None:
-    """acc, acc_lse <- exact softmax merge of two partial results over disjoint key sets."""
+    """acc, acc_lse <- exact softmax merge of two partial results over disjoint key sets.
+
+    acc / new (..., Dv), acc_lse / new_lse their leading dims (any matching layout)."""
     total = torch.logaddexp(acc_lse, new_lse)
     safe = torch.where(torch.isfinite(total), total, torch.zeros_like(total))
     w_acc = torch.exp(acc_lse - safe)[..., None]  # 0 where a part saw no key
