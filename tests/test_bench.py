@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,15 @@ from attnkit.cli import main
 def test_measure_takes_the_median_of_timed_calls() -> None:
     calls: list[int] = []
     m = measure(lambda: calls.append(1), repeats=3, warmup=1)
-    assert len(calls) == 4 and m.repeats == 3 and len(m.samples) == 3
+    # warm-up, the untimed memory call, three timed calls
+    assert len(calls) == 5 and m.repeats == 3 and len(m.samples) == 3
     assert m.seconds == sorted(m.samples)[1]
+
+
+def test_a_long_warm_up_gets_a_single_call_timed_and_measured() -> None:
+    calls: list[int] = []
+    m = measure(lambda: calls.append(1) or time.sleep(0.02), repeats=3, warmup=1, long_s=0.01)
+    assert len(calls) == 2 and m.repeats == 1 and m.samples[0] >= 0.02
 
 
 @pytest.mark.skipif(not PeakMemory.cpu_supported(), reason="needs Linux /proc/self/clear_refs")

@@ -112,7 +112,7 @@ class Measurement:
     """Median time and peak memory of repeated calls."""
 
     seconds: float  # median wall time of the timed calls
-    peak_mib: float  # largest peak extra memory over the timed calls (NaN: not measured)
+    peak_mib: float  # peak extra memory of the measured call (NaN: not measured)
     repeats: int  # number of timed calls
     samples: list[float] = field(default_factory=list)  # every timed call, seconds
 
@@ -124,7 +124,15 @@ def _sync(device: torch.device) -> None:
 
 def measure(fn: Callable[[], Any], *, repeats: int = 3, warmup: int = 1, long_s: float = 5.0,
             device: torch.device | str = "cpu") -> Measurement:
-    """Time ``fn`` (median of ``repeats`` after ``warmup`` calls) and its peak memory."""
+    """Time ``fn`` (median of ``repeats`` after ``warmup`` calls) and its peak memory.
+
+    The peak comes from one more, untimed call: :class:`PeakMemory` first hands freed memory
+    back to the system so the peak starts from a clean baseline, and the page faults that then
+    follow would otherwise land in the timings (about 20% of performer's forward at L = 32k,
+    which allocates many mid-size temporaries). The timed calls run in steady state, as in a training loop. A single
+    call (no warm-up, or a warm-up longer than ``long_s``) is timed and measured at once: at that
+    length the faults are noise, and a second call would double the cost.
+    """
     device = torch.device(device)
     first = math.inf
     for i in range(warmup):
@@ -134,18 +142,25 @@ def measure(fn: Callable[[], Any], *, repeats: int = 3, warmup: int = 1, long_s:
         if i == 0:
             first = time.perf_counter() - start
     if first > long_s:
-        repeats = 1
-    samples, peaks = [], []
-    for _ in range(max(1, repeats)):
         with PeakMemory(device) as mem:
             start = time.perf_counter()
             result = fn()
             _sync(device)
-            samples.append(time.perf_counter() - start)
+            seconds = time.perf_counter() - start
             del result
-        peaks.append(mem.mib)
-    peak = max(peaks) if not all(math.isnan(p) for p in peaks) else math.nan
-    return Measurement(statistics.median(samples), peak, len(samples), samples)
+        return Measurement(seconds, mem.mib, 1, [seconds])
+    with PeakMemory(device) as mem:
+        result = fn()
+        _sync(device)
+        del result
+    samples = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        result = fn()
+        _sync(device)
+        samples.append(time.perf_counter() - start)
+        del result
+    return Measurement(statistics.median(samples), mem.mib, len(samples), samples)
 
 
 def matmul_gflops(size: int = 2048, *, dtype: torch.dtype = torch.float32,

@@ -61,7 +61,7 @@ class KindsBenchConfig:
     device: str = "cpu"  # "cpu" or "cuda"
     kinds: tuple[str, ...] | None = None  # None: every registered kind
     repeats: int = 3  # at most this many timed runs per point (median)
-    long_call_s: float = 5.0  # calls longer than this are timed once, without warm-up
+    long_call_s: float = 10.0  # calls longer than this are timed once, without warm-up
     point_budget_s: float | None = 240.0  # skip a point projected to take longer (not mha)
     fit_points: int = 3  # the slope is fitted over this many largest measured lengths
     seed: int = 0  # seed of inputs and weights
@@ -96,9 +96,10 @@ def _timed(fn: Callable[[], None], config: KindsBenchConfig, expected_s: float
            ) -> tuple[float, float]:
     """Median time and peak memory through the shared harness.
 
-    A warm-up call is made only when the point is expected to be quick: a long call warms
-    itself up, and repeating it would double the cost of the largest points."""
-    quick = expected_s * 4 < config.long_call_s
+    A point expected to take less than ``long_call_s`` gets a warm-up call, a memory call and
+    ``repeats`` timed calls; a longer one a single call, timed and measured at once (a long
+    call warms itself up, and repeating it would multiply the cost of the largest points)."""
+    quick = expected_s < config.long_call_s
     result = measure(fn, repeats=config.repeats if quick else 1, warmup=1 if quick else 0,
                      long_s=config.long_call_s, device=config.device)
     return result.seconds, result.peak_mib
@@ -114,8 +115,12 @@ def _build(kind: str, config: KindsBenchConfig) -> torch.nn.Module:
 
 
 def measure_point(layer: torch.nn.Module, kind: str, length: int, config: KindsBenchConfig,
-                  expected: Measurement | None = None) -> Measurement:
-    """Forward and forward+backward time and peak memory of ``layer`` at length ``length``."""
+                  expected: Measurement | None = None,
+                  growth: tuple[float, float] = (2.0, 2.0)) -> Measurement:
+    """Forward and forward+backward time and peak memory of ``layer`` at length ``length``.
+
+    ``expected`` (the previous point) and ``growth`` (its log-log slopes, forward and
+    forward+backward) give the guess that decides between repeated and single calls."""
     gen = torch.Generator(device=config.device).manual_seed(config.seed + length)
     x = torch.randn(config.batch, length, config.dim, generator=gen, device=config.device,
                     dtype=config.dtype)
@@ -131,9 +136,10 @@ def measure_point(layer: torch.nn.Module, kind: str, length: int, config: KindsB
         layer(inp).backward(grad)
 
     result = Measurement(kind, length)
-    growth = 1.0 if expected is None else (length / expected.length) ** 2
-    fwd_guess = 0.0 if expected is None else expected.forward_s * growth
-    both_guess = 0.0 if expected is None else expected.forward_backward_s * growth
+    fwd_guess = both_guess = 0.0
+    if expected is not None:
+        fwd_guess = expected.forward_s * (length / expected.length) ** growth[0]
+        both_guess = expected.forward_backward_s * (length / expected.length) ** growth[1]
     result.forward_s, result.forward_peak_mib = _timed(forward, config, fwd_guess)
     result.forward_backward_s, result.forward_backward_peak_mib = _timed(
         forward_backward, config, both_guess)
@@ -147,6 +153,7 @@ def _measure_kind(kind: str, config: KindsBenchConfig,
     layer.train()  # training mode, as in the forward+backward use; no kind uses dropout here
     measure_point(layer, kind, min(config.lengths), config)  # warm-up (allocator, kernels)
     previous: Measurement | None = None
+    growth = (2.0, 2.0)  # assume quadratic until two points show the kind's own growth
     for length in sorted(config.lengths):
         if previous is not None and kind != REFERENCE_KIND and config.point_budget_s:
             projected = previous.forward_backward_s * (length / previous.length) ** 2
@@ -156,7 +163,13 @@ def _measure_kind(kind: str, config: KindsBenchConfig,
                 log(f"{kind:>14} L={length:>6}  {point.status}")
                 yield point
                 continue
-        point = measure_point(layer, kind, length, config, previous)
+        point = measure_point(layer, kind, length, config, previous, growth)
+        if previous is not None:
+            growth = (
+                max(1.0, loglog_slope([previous.length, length],
+                                      [previous.forward_s, point.forward_s])),
+                max(1.0, loglog_slope([previous.length, length],
+                                      [previous.forward_backward_s, point.forward_backward_s])))
         log(f"{kind:>14} L={length:>6}  fwd {point.forward_s:8.3f}s  fwd+bwd "
             f"{point.forward_backward_s:8.3f}s  peak fwd {point.forward_peak_mib:8.1f} MiB  "
             f"fwd+bwd {point.forward_backward_peak_mib:8.1f} MiB")
