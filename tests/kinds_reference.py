@@ -48,3 +48,24 @@ def softmax_attention64(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None 
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
     return torch.softmax(scores, -1).nan_to_num(0.0) @ v
+
+
+def padding_case(kind: str, length: int) -> Tensor:
+    """Key validity (2, L) for the chunked-path tests: "none", "lengths" (the second sequence
+    ends at 21) or "holes" (padding inside and across chunks of 8). Needs L > 21."""
+    valid = torch.ones(2, length, dtype=torch.bool)
+    if kind == "lengths":
+        valid[1, 21:] = False
+    elif kind == "holes":
+        valid[0, :16] = False
+        valid[1, 8:16] = False
+    return valid
+
+
+def assert_same_gradients(got: Tensor, expected: Tensor, inputs: list[Tensor]) -> None:
+    """Both outputs, pulled back along one random cotangent, give the same gradients."""
+    cotangent = torch.randn_like(got)
+    got_grads = torch.autograd.grad((got * cotangent).sum(), inputs)
+    expected_grads = torch.autograd.grad((expected * cotangent).sum(), inputs)
+    for g, e in zip(got_grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e)

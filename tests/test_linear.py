@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from attnkit.functional import masks
 from attnkit.layers import RecurrentState, StaticKVCache, build_attention
-from kinds_reference import linear64, merge64, project64
+from kinds_reference import assert_same_gradients, linear64, merge64, padding_case, project64
 
 
 def phi(x: torch.Tensor) -> torch.Tensor:
@@ -85,22 +85,12 @@ def test_chunked_noncausal_equals_full_map_formula(padding: str, kv_heads: int) 
     layer = build_attention("linear", dim=32, num_heads=4, num_kv_heads=kv_heads,
                             noncausal_chunk=8).double()
     x = torch.randn(2, length, 32, dtype=torch.float64, requires_grad=True)
-    valid = torch.ones(2, length, dtype=torch.bool)
-    if padding == "lengths":
-        valid[1, 21:] = False
-    elif padding == "holes":
-        valid[0, :16] = False
-        valid[1, 8:16] = False
+    valid = padding_case(padding, length)
     mask = None if padding == "none" else masks.padding(valid)
     got = layer(x, mask=mask)
     expected = reference(layer, x, False, None if padding == "none" else valid.double())
     torch.testing.assert_close(got, expected)
-    cotangent = torch.randn_like(got)
-    inputs = [x, *layer.parameters()]
-    got_grads = torch.autograd.grad((got * cotangent).sum(), inputs)
-    expected_grads = torch.autograd.grad((expected * cotangent).sum(), inputs)
-    for g, e in zip(got_grads, expected_grads, strict=True):
-        torch.testing.assert_close(g, e)
+    assert_same_gradients(got, expected, [x, *layer.parameters()])
 
 
 def test_queries_without_a_visible_key_give_zeros_and_finite_gradients() -> None:

@@ -11,7 +11,14 @@ import torch
 from attnkit.functional import masks
 from attnkit.layers import RecurrentState, build_attention
 from attnkit.layers.performer import orthogonal_gaussian_features
-from kinds_reference import linear64, merge64, project64, softmax_attention64
+from kinds_reference import (
+    assert_same_gradients,
+    linear64,
+    merge64,
+    padding_case,
+    project64,
+    softmax_attention64,
+)
 
 
 def favor(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor,
@@ -148,24 +155,14 @@ def test_chunked_noncausal_equals_full_map_formula(padding: str, kv_heads: int) 
     layer = build_attention("performer", dim=32, num_heads=4, num_kv_heads=kv_heads,
                             num_features=24, seed=3, noncausal_chunk=8).double()
     x = chunk_scaled_input(length, 8, 32).requires_grad_(True)
-    valid = torch.ones(2, length, dtype=torch.bool)
-    if padding == "lengths":
-        valid[1, 21:] = False
-    elif padding == "holes":
-        valid[0, :16] = False
-        valid[1, 8:16] = False
+    valid = padding_case(padding, length)
     mask = None if padding == "none" else masks.padding(valid)
     got = layer(x, mask=mask)
     q, k, v = project64(layer, x, 4, kv_heads)
     expected = linear64(layer.out_proj, merge64(old_full_map_favor(
         q, k, v, layer.projection.double(), None if padding == "none" else valid.double())))
     torch.testing.assert_close(got, expected)
-    cotangent = torch.randn_like(got)
-    inputs = [x, *layer.parameters()]
-    got_grads = torch.autograd.grad((got * cotangent).sum(), inputs)
-    expected_grads = torch.autograd.grad((expected * cotangent).sum(), inputs)
-    for g, e in zip(got_grads, expected_grads, strict=True):
-        torch.testing.assert_close(g, e)
+    assert_same_gradients(got, expected, [x, *layer.parameters()])
 
 
 def test_chunk_sums_are_rescaled_to_a_common_maximum() -> None:
