@@ -521,7 +521,7 @@ def tile_sweep(length: int, sizes: Sequence[int], *, patterns: Sequence[str] = (
         log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Time of ``blocked`` per square tile size and of the default plan (no size given: causal
     masks and documents planned by structure), forward or forward+backward, round-robin with a
-    float32 matmul in every round (medians). ``pct_*`` columns are useful work as a share of
+    float32 matmul in every round (medians). The ``%`` columns are useful work as a share of
     that matmul rate, counted as in the attention benchmark."""
     from attnkit.backends.blocked import TileSizes, blocked_attention
     from attnkit.functional.math import AttentionSpec, validate
