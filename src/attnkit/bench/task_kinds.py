@@ -167,11 +167,12 @@ def plot_robustness(results: Sequence[KindResult], levels: Sequence[float], path
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    colormap = plt.get_cmap("tab20")  # 20 distinct colors: every kind gets its own
+    tab20 = plt.get_cmap("tab20")  # 20 distinct colors in pairs: dark shades first, then light
+    order = [*range(0, 20, 2), *range(1, 20, 2)]
     markers = "osD^v<>ph*X"
     for i, r in enumerate(x for x in results if x.robustness):
         ax.plot(levels, [100 * a for a in r.robustness], marker=markers[i % len(markers)],
-                color=colormap(((2 * i) % 20 + (2 * i) // 20) / 19.999), label=r.kind)
+                color=tab20(order[i % 20]), label=r.kind)
     ax.set_xlabel("noise level")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)

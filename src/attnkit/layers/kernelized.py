@@ -41,14 +41,14 @@ from attnkit.layers.mask_parts import split_mask
 from attnkit.layers.multihead import MultiHeadAttention
 
 __all__ = ["KernelizedAttention", "RecurrentState", "causal_kernel_attention",
-           "chunked_kernel_attention", "kernel_attention", "kernel_attention_weights"]
+           "chunked_kernel_attention", "kernel_attention_weights"]
 
 #: Largest Lq * Lk for which the implied attention matrix is materialized on request.
 MAX_WEIGHTS_ELEMENTS = 4096 * 4096
 
 #: Default chunk length of the non-causal path. At L = 32k, dim 512, 8 heads, one CPU thread,
-#: 256 to 2048 time within noise of each other for both kinds; 512 keeps the (C, M) temporaries
-#: small (4 MiB at 8 heads, M = 256).
+#: 128 to 2048 timed within noise of each other for both kinds (one-off timings, side by side);
+#: 512 keeps the (C, M) temporaries small (4 MiB at 8 heads, M = 256).
 NONCAUSAL_CHUNK = 512
 
 #: q (B, H, C, Dh) -> phi(q) (B, H, C, M).
@@ -86,15 +86,6 @@ def _safe_divide(num: Tensor, den: Tensor) -> Tensor:
     inverse = torch.where(ok, 1.0 / torch.where(ok, den, torch.ones_like(den)),
                           torch.zeros_like(den))
     return num * inverse
-
-
-def kernel_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor) -> Tensor:
-    """Non-causal: phi_q (B, H, L, M), phi_k (B, H, S, M), v (B, H, S, Dv) -> (B, H, L, Dv)."""
-    kv = phi_k.transpose(-1, -2) @ v  # (B, H, M, Dv)
-    normalizer = phi_k.sum(2)  # (B, H, M)
-    num = phi_q @ kv  # (B, H, L, Dv)
-    den = phi_q @ normalizer.unsqueeze(-1)  # (B, H, L, 1)
-    return _safe_divide(num, den)
 
 
 def chunked_kernel_attention(q: Tensor, k: Tensor, v: Tensor, query_features: QueryFeatures,
@@ -309,10 +300,8 @@ class KernelizedAttention(MultiHeadAttention):
                 cache.kv, cache.normalizer = kv, norm
                 cache.position += lk
                 cache.owner = self._feature_id()
-            elif causal:
-                out = causal_kernel_attention(phi_q, phi_k, v, chunk=self.chunk)[0]
             else:
-                out = kernel_attention(phi_q, phi_k, v)
+                out = causal_kernel_attention(phi_q, phi_k, v, chunk=self.chunk)[0]
 
         def weights() -> Tensor:
             if cache is not None:

@@ -40,30 +40,36 @@ __all__ = [
 ]
 
 
+def _ramp(span_fraction: Tensor, max_span: int, ramp: int, window: int, dtype: torch.dtype
+          ) -> tuple[Tensor, Tensor]:
+    """The ramp before its clamp, (R + z - x) / R, and where m_z(x) > 0 is kept: (H, window + 2)
+    each, for distances x = 0..window + 1 (the last column is "beyond the window")."""
+    distance = torch.arange(window + 2, device=span_fraction.device, dtype=dtype)
+    span = span_fraction.to(dtype).clamp(0.0, 1.0) * max_span  # (H,)
+    raw = (ramp + span[:, None] - distance) / ramp
+    keep = (raw.clamp(0.0, 1.0) > 0) & (distance < max_span) & (distance <= window)
+    return raw, keep
+
+
 def log_ramp_table(span_fraction: Tensor, *, max_span: int, ramp: int, window: int,
                    dtype: torch.dtype) -> Tensor:
     """log m_z(x) for distances x = 0..window, then one -inf column: (H, window + 2)."""
-    distance = torch.arange(window + 2, device=span_fraction.device, dtype=dtype)
-    span = span_fraction.to(dtype).clamp(0.0, 1.0) * max_span  # (H,)
-    ramp_mask = ((ramp + span[:, None] - distance) / ramp).clamp(0.0, 1.0)  # (H, window + 2)
-    keep = (ramp_mask > 0) & (distance < max_span) & (distance <= window)
+    raw, keep = _ramp(span_fraction, max_span, ramp, window, dtype)
     # log of 0 is -inf; the inner where keeps the gradient finite (no inf * 0).
-    return torch.where(keep, torch.log(torch.where(keep, ramp_mask, 1.0)), float("-inf"))
+    return torch.where(keep, torch.log(torch.where(keep, raw.clamp(0.0, 1.0), 1.0)),
+                       float("-inf"))
 
 
 def ramp_slope_table(span_fraction: Tensor, *, max_span: int, ramp: int, window: int,
                      dtype: torch.dtype) -> Tensor:
     """d log m_z(x) / d span_fraction_h for x = 0..window + 1: (H, window + 2).
 
-    The same derivative autograd takes through :func:`log_ramp_table` (clamps pass the gradient
-    at their bounds, as torch's ``clamp`` does), written out so the backward can use it without
-    a graph: ``max_span / (R + z - x)`` on the ramp, 0 elsewhere."""
-    distance = torch.arange(window + 2, device=span_fraction.device, dtype=dtype)
-    fraction = span_fraction.to(dtype)
-    span = fraction.clamp(0.0, 1.0) * max_span
-    raw = (ramp + span[:, None] - distance) / ramp  # ramp before its clamp
-    keep = (raw.clamp(0.0, 1.0) > 0) & (distance < max_span) & (distance <= window)
+    The derivative autograd takes through :func:`log_ramp_table` (clamps pass the gradient at
+    their bounds, as torch's ``clamp`` does), written out so the backward needs no graph:
+    ``max_span / (R * raw)`` on the ramp (``raw <= 1``), 0 elsewhere."""
+    raw, keep = _ramp(span_fraction, max_span, ramp, window, dtype)
     on_ramp = keep & (raw <= 1.0)
+    fraction = span_fraction.to(dtype)
     fraction_inside = ((fraction >= 0.0) & (fraction <= 1.0)).to(dtype)[:, None]
     slope = max_span / (ramp * torch.where(on_ramp, raw, torch.ones_like(raw)))
     return torch.where(on_ramp, slope * fraction_inside, torch.zeros_like(raw))
@@ -146,18 +152,16 @@ def _ramp_range(slopes: Tensor) -> tuple[int, int] | None:
 
 
 def _span_grad_of_block(q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, lse: Tensor,
-                        delta: Tensor, table: Tensor, slopes: Tensor, band: _Band,
-                        rows: tuple[int, int], lq: int, lk: int, scale: float,
+                        delta: Tensor, table: Tensor, slopes: Tensor, ramp_range: tuple[int, int],
+                        band: _Band, rows: tuple[int, int], lq: int, lk: int, scale: float,
                         ramps: dict[tuple[int, int, int], Tensor]) -> Tensor:
     """sum_{i, j} dS_hij * slope_h(x_ij) over one block's rows: (H,).
 
-    Only keys at ramp distances matter; they lie in two strips, left and right of the rows.
+    Only keys at ramp distances ``ramp_range`` = [lo, hi] matter; they lie in two strips, left
+    and right of the rows.
     q / grad_out (B, H, C, D|Dv) of the block, k / v (B, H, S, D|Dv) whole, lse / delta (B, H, C).
     """
-    found = _ramp_range(slopes)
-    if found is None:
-        return slopes.new_zeros(slopes.shape[0])
-    lo, hi = found
+    lo, hi = ramp_range
     q0, q1 = rows
     p0, p1 = q0 + lk - lq, q1 - 1 + lk - lq  # first and last key position the rows face
     total = slopes.new_zeros(slopes.shape[0])
@@ -216,6 +220,7 @@ class _FusedSpanBand(torch.autograd.Function):
         table = log_ramp_table(span_fraction.detach(), **options)
         wants_span = ctx.needs_input_grad[3]
         slopes = ramp_slope_table(span_fraction.detach(), **options) if wants_span else None
+        ramp_range = None if slopes is None else _ramp_range(slopes)  # None: no span gradient
         # Rows with no key: lse +inf makes their P = exp(S - lse) exactly 0, so no gradient.
         lse = torch.where(torch.isfinite(lse), lse, torch.full_like(lse, float("inf")))
         delta = (grad_out * out).sum(-1)  # (B, H, L)
@@ -231,11 +236,11 @@ class _FusedSpanBand(torch.autograd.Function):
             dq[:, :, q0:q1] += gq
             dk[:, :, k0:k1] += gk
             dv[:, :, k0:k1] += gv
-            if slopes is not None:
+            if slopes is not None and ramp_range is not None:
                 d_span += _span_grad_of_block(
                     q[:, :, q0:q1], k, v, grad_out[:, :, q0:q1], lse[:, :, q0:q1],
-                    delta[:, :, q0:q1], table, slopes, band, (q0, q1), lq, lk, scale,
-                    ramps).to(d_span.dtype)
+                    delta[:, :, q0:q1], table, slopes, ramp_range, band, (q0, q1), lq, lk,
+                    scale, ramps).to(d_span.dtype)
         return dq, dk, dv, (d_span if wants_span else None), None
 
 

@@ -17,6 +17,12 @@ from attnkit.models.embeddings import build_positions
 __all__ = ["ConvStem", "PatchEmbedding", "build_vit"]
 
 
+def _check_images(x: Tensor) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"images must be (batch, channels, height, width), got "
+                         f"{tuple(x.shape)}")
+
+
 class PatchEmbedding(nn.Module):
     """Cut (B, C, H, W) into P x P patches and project each linearly: (B, N, D).
 
@@ -30,9 +36,7 @@ class PatchEmbedding(nn.Module):
         self.proj = nn.Conv2d(channels, dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, None]:
-        if x.dim() != 4:
-            raise ValueError(f"images must be (batch, channels, height, width), got "
-                             f"{tuple(x.shape)}")
+        _check_images(x)
         p = self.patch_size
         if x.shape[-1] % p or x.shape[-2] % p:
             raise ValueError(f"image {tuple(x.shape[-2:])} is not divisible into {p}x{p} "
@@ -66,9 +70,7 @@ class ConvStem(nn.Module):
         return -(-height // step), -(-width // step)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, None]:
-        if x.dim() != 4:
-            raise ValueError(f"images must be (batch, channels, height, width), got "
-                             f"{tuple(x.shape)}")
+        _check_images(x)
         return self.net(x).flatten(2).transpose(1, 2), None  # (B, N, D)
 
 
