@@ -10,12 +10,8 @@ is re-associated so no L x S matrix is formed (Katharopoulos et al., 2020, eq. 4
     causal:      sums over j <= i:  S_i = S_{i-1} + phi(k_i) v_i^T,  z_i = z_{i-1} + phi(k_i)
                  out_i = phi(q_i)^T S_i / phi(q_i)^T z_i
 
-Non-causal training and inference never form a full (L, M) feature map either: keys are read in
-chunks of C rows, each folded into ``sum_j [v_j | 1] phi(k_j)^T`` (Dv + 1, M): the appended ones
-column makes the normalizer come out of the same GEMM; then each query chunk's
-``phi(q) @ that^T`` gives numerator and denominator at once. With gradients each chunk runs
-under activation checkpointing, so memory is O(C M + M Dv) per head instead of O((L + S) M): at
-long lengths the time of the full-map form went to memory traffic over those maps.
+Non-causal training and inference never form a full (L, M) feature map: keys and queries are
+read in chunks, with a hand-written backward (:mod:`attnkit.layers.noncausal_kernel`).
 
 Causal training uses the chunked parallel form: inside a chunk a masked C x C product, across
 chunks the prefix sums of per-chunk states (memory O(n M Dv + L C)). Decoding keeps only
@@ -26,22 +22,21 @@ chunks the prefix sums of per-chunk states (memory O(n M Dv + L C)). Decoding ke
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from attnkit.functional.masks import Mask
 from attnkit.functional.math import expand_kv
 from attnkit.layers.base import check_input, reject_options
 from attnkit.layers.mask_parts import split_mask
 from attnkit.layers.multihead import MultiHeadAttention
+from attnkit.layers.noncausal_kernel import KernelFeatures, chunked_kernel_attention
 
-__all__ = ["KernelizedAttention", "RecurrentState", "causal_kernel_attention",
-           "chunked_kernel_attention", "kernel_attention_weights"]
+__all__ = ["KernelFeatures", "KernelizedAttention", "RecurrentState", "causal_kernel_attention",
+           "kernel_attention_weights"]
 
 #: Largest Lq * Lk for which the implied attention matrix is materialized on request.
 MAX_WEIGHTS_ELEMENTS = 4096 * 4096
@@ -50,11 +45,6 @@ MAX_WEIGHTS_ELEMENTS = 4096 * 4096
 #: 128 to 2048 timed within noise of each other for both kinds (one-off timings, side by side);
 #: 512 keeps the (C, M) temporaries small (4 MiB at 8 heads, M = 256).
 NONCAUSAL_CHUNK = 512
-
-#: q (B, H, C, Dh) -> phi(q) (B, H, C, M).
-QueryFeatures = Callable[[Tensor], Tensor]
-#: (k (B, Hkv, C, Dh), key_valid (B, C) or None) -> (phi(k) (B, Hkv, C, M), shift (B, Hkv) or None).
-KeyFeatures = Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor | None]]
 
 
 class RecurrentState:
@@ -86,79 +76,6 @@ def _safe_divide(num: Tensor, den: Tensor) -> Tensor:
     inverse = torch.where(ok, 1.0 / torch.where(ok, den, torch.ones_like(den)),
                           torch.zeros_like(den))
     return num * inverse
-
-
-def chunked_kernel_attention(q: Tensor, k: Tensor, v: Tensor, query_features: QueryFeatures,
-                             key_features: KeyFeatures, *, chunk: int = NONCAUSAL_CHUNK,
-                             key_valid: Tensor | None = None) -> Tensor:
-    """Non-causal kernel attention without full-length feature maps.
-
-    q (B, H, L, Dh), k (B, Hkv, S, Dh), v (B, Hkv, S, Dv), key_valid (B, S) bool (True = real
-    key) -> out (B, H, L, Dv), laid out as a transposed (B, L, H, Dv) tensor so merging heads is
-    free. GQA: the key sums are built on Hkv heads and repeated once, (B, H, Dv + 1, M) small.
-
-    ``query_features(q_c)`` gives phi(q) for a chunk up to any positive factor per row (it
-    cancels in num / den). ``key_features(k_c, valid_c)`` gives phi(k) for a chunk, zero on
-    padded keys, divided by ``exp(shift)`` for one detached ``shift`` (B, Hkv) per chunk
-    (-inf: no real key in the chunk) or None when unscaled. Chunk sums are brought to the
-    common scale ``exp(-max shift)`` as they arrive, the factor cancelling in num / den.
-    """
-    heads, dv = q.shape[1], v.shape[-1]
-    # Without autograd there is nothing to store; with it, checkpointing keeps only each
-    # chunk's inputs and recomputes its (C, M) features in backward.
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-
-    def run(fn: Callable[..., Any], *args: Tensor) -> Any:
-        if not grad:
-            return fn(*args)
-        # Features draw no random numbers (a redraw happens once, before this function).
-        return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False)
-
-    # Chunks are cut along L of the (B, L, H, D) layout the projections produced: backward then
-    # assembles the gradients in that layout (one row gather per tensor) instead of building a
-    # (B, H, L, D) gradient and transposing it. torch.split, not slices in a loop: a slice's
-    # backward writes into a zero tensor of the full size, O(L) work per chunk.
-    q_chunks = q.transpose(1, 2).split(chunk, 1)  # (B, C, H, Dh) each
-    k_chunks = k.transpose(1, 2).split(chunk, 1)
-    v_chunks = v.transpose(1, 2).split(chunk, 1)  # (B, C, Hkv, Dv) each
-    valid_chunks = [()] * len(k_chunks) if key_valid is None else [
-        (valid_c,) for valid_c in key_valid.split(chunk, 1)]
-
-    def key_sums(k_c: Tensor, v_c: Tensor, *valid: Tensor) -> tuple[Tensor, Tensor | None]:
-        phi, shift = key_features(k_c.transpose(1, 2), valid[0] if valid else None)
-        # [v | 1]^T phi(k) holds sum v phi(k)^T and sum phi(k): one GEMM, not GEMM + sum. Built
-        # per chunk so v's gradient needs no copy out of a wider (Dv + 1) tensor. Transposed
-        # sums (Dv + 1, M): the gradient reaching phi (B, Hkv, C, M) is then a GEMM output in
-        # phi's own layout, with no transposing copy in backward.
-        v_ext = torch.cat([v_c, v_c.new_ones(()).expand(*v_c.shape[:-1], 1)], -1)
-        return v_ext.permute(0, 2, 3, 1) @ phi, shift  # (B, Hkv, Dv + 1, M)
-
-    kv: Tensor | None = None  # (B, Hkv, Dv + 1, M), scaled by exp(-top)
-    top: Tensor | None = None  # (B, Hkv, 1, 1) largest shift so far
-    for k_c, v_c, valid in zip(k_chunks, v_chunks, valid_chunks, strict=True):
-        kv_c, shift = run(key_sums, k_c, v_c, *valid)
-        if shift is None:
-            kv = kv_c if kv is None else kv + kv_c
-            continue
-        shift = shift[..., None, None]
-        if kv is None or top is None:
-            kv, top = kv_c, shift
-            continue
-        new_top = torch.maximum(top, shift)
-        # A chunk without real keys has shift -inf and kv_c == 0; the clamped reference keeps
-        # exp() finite when no chunk so far had one.
-        ref = torch.where(torch.isfinite(new_top), new_top, torch.zeros_like(new_top))
-        kv = kv * torch.exp(top - ref) + kv_c * torch.exp(shift - ref)
-        top = new_top
-    if kv is None or not q_chunks:  # no keys (every output row is zero) or no queries
-        return q.new_zeros(*q.shape[:-1], dv)
-    kv_t = expand_kv(kv, heads).transpose(-1, -2)  # (B, H, M, Dv + 1)
-
-    def attend(q_c: Tensor, kv_t: Tensor) -> Tensor:
-        both = query_features(q_c.transpose(1, 2)) @ kv_t  # (B, H, C, Dv + 1): num | den
-        return _safe_divide(both[..., :dv], both[..., dv:]).transpose(1, 2)  # (B, C, H, Dv)
-
-    return torch.cat([run(attend, q_c, kv_t) for q_c in q_chunks], 1).transpose(1, 2)
 
 
 def causal_kernel_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor, *, chunk: int = 128,
@@ -211,8 +128,8 @@ def kernel_attention_weights(phi_q: Tensor, phi_k: Tensor, causal: bool) -> Tens
 class KernelizedAttention(MultiHeadAttention):
     """Base of kernel-feature kinds: MHA's projections, then ``phi`` features and the sums above.
 
-    Subclasses implement :meth:`query_features` and :meth:`key_features`; :meth:`begin_forward`
-    runs once per call before any feature is computed. Masks: ``causal()`` and ``padding(...)``
+    Subclasses implement :meth:`feature_map`, which returns this call's :class:`KernelFeatures`;
+    :meth:`begin_forward` runs once per call before it. Masks: ``causal()`` and ``padding(...)``
     only (joined with ``&``). Cache: a :class:`RecurrentState` (causal decoding). Options shared
     by subclasses: ``chunk`` (default 128), the chunk length of the causal parallel form;
     ``noncausal_chunk`` (default 512), the key / query chunk length of the non-causal path; and
@@ -239,23 +156,8 @@ class KernelizedAttention(MultiHeadAttention):
         """Called once per forward pass before any features (Performer's periodic redraw)."""
 
     @abstractmethod
-    def query_features(self, q: Tensor) -> Tensor:
-        """phi(q) (B, H, C, M) of queries (B, H, C, Dh), up to a positive factor per row."""
-
-    @abstractmethod
-    def key_features(self, k: Tensor, valid: Tensor | None = None, *, shift: bool = False
-                     ) -> tuple[Tensor, Tensor | None]:
-        """phi(k) (B, Hkv, C, M) of keys (B, Hkv, C, Dh), zero where ``valid`` (B, C) is False.
-
-        With ``shift=True`` the features may be divided by ``exp(s)`` for one detached ``s``
-        (B, Hkv) per call (for range), returned (-inf when no key is valid); else the second
-        value is None. ``shift=False`` (causal, decoding) must give the same scale every call.
-        """
-
-    def features(self, q: Tensor, k: Tensor, *, causal: bool, valid: Tensor | None = None
-                 ) -> tuple[Tensor, Tensor]:
-        """Full maps phi(q) (B, H, L, M) and phi(k) (B, Hkv, S, M), zero on padded keys."""
-        return self.query_features(q), self.key_features(k, valid, shift=not causal)[0]
+    def feature_map(self, dtype: torch.dtype) -> KernelFeatures:
+        """phi for this forward call, computing in ``dtype`` (weights fixed for its backward)."""
 
     def attend_heads(self, x: Tensor, context: Tensor | None = None, *, mask: Mask | None = None,
                      cache: Any = None) -> Tensor:
@@ -277,17 +179,17 @@ class KernelizedAttention(MultiHeadAttention):
         causal = parts.causal or cache is not None
         valid = None if parts.key_valid is None else parts.key_valid[:, -lk:]  # this call's keys
         self.begin_forward()
+        features = self.feature_map(q.dtype)
         heads = self.layout.num_heads
 
         def full_maps() -> tuple[Tensor, Tensor]:
-            phi_q, phi_k = self.features(q, k, causal=causal, valid=valid)
-            return phi_q, expand_kv(phi_k, heads)  # (B, H, L|S, M)
+            """phi(q) (B, H, L, M) and phi(k) repeated to H heads, zero on padded keys."""
+            phi_k = features.keys(k, valid, shift=not causal)[0]
+            return features.queries(q), expand_kv(phi_k, heads)
 
         if not causal:
-            out = chunked_kernel_attention(
-                q, k, v, self.query_features,
-                lambda k_c, valid_c: self.key_features(k_c, valid_c, shift=True),
-                chunk=self.noncausal_chunk, key_valid=valid)
+            out = chunked_kernel_attention(q, k, v, features, chunk=self.noncausal_chunk,
+                                           key_valid=valid)
         else:
             phi_q, phi_k = full_maps()
             v = expand_kv(v, heads)  # (B, H, S, Dv)

@@ -14,17 +14,43 @@ No 1 / sqrt(Dh) scale: it would cancel in the ratio only for a linear map, not t
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnkit.layers.kernelized import KernelizedAttention
+from attnkit.layers.kernelized import KernelFeatures, KernelizedAttention
 
-__all__ = ["LinearAttention", "elu_feature_map"]
+__all__ = ["EluFeatures", "LinearAttention", "elu_feature_map"]
 
 
 def elu_feature_map(x: Tensor) -> Tensor:
     """phi(x) = elu(x) + 1 > 0, elementwise (the paper's eq. 7)."""
     return F.elu(x).add_(1.0)  # elu's backward reads its input, so its output may change
+
+
+class EluFeatures(KernelFeatures):
+    """phi(x) = elu(x) + 1 for queries and keys; no weights and no shift.
+
+    Its derivative is 1 where x > 0 (phi = x + 1 > 1) and exp(x) = phi where x <= 0, that is
+    min(phi, 1): the backward needs phi only.
+    """
+
+    def queries(self, q: Tensor) -> Tensor:
+        return elu_feature_map(q)
+
+    def keys(self, k: Tensor, valid: Tensor | None = None, *, shift: bool = False
+             ) -> tuple[Tensor, Tensor | None]:
+        # elu(x) + 1 <= max(x, 0) + 1: no overflow to guard against, so never shifted.
+        phi = elu_feature_map(k)
+        if valid is not None:
+            phi = phi * valid[:, None, :, None].to(phi.dtype)
+        return phi, None
+
+    def queries_backward(self, q: Tensor, phi: Tensor, grad_phi: Tensor) -> Tensor:
+        return grad_phi * phi.clamp(max=1.0)
+
+    def keys_backward(self, k: Tensor, phi: Tensor, grad_phi: Tensor) -> Tensor:
+        return grad_phi * phi.clamp(max=1.0)  # padded keys have phi = 0: no gradient
 
 
 class LinearAttention(KernelizedAttention):
@@ -39,13 +65,5 @@ class LinearAttention(KernelizedAttention):
 
     kind_name = "linear"
 
-    def query_features(self, q: Tensor) -> Tensor:
-        return elu_feature_map(q)
-
-    def key_features(self, k: Tensor, valid: Tensor | None = None, *, shift: bool = False
-                     ) -> tuple[Tensor, Tensor | None]:
-        # elu(x) + 1 <= max(x, 0) + 1: no overflow to guard against, so never shifted.
-        phi = elu_feature_map(k)
-        if valid is not None:
-            phi = phi * valid[:, None, :, None].to(phi.dtype)
-        return phi, None
+    def feature_map(self, dtype: torch.dtype) -> KernelFeatures:
+        return EluFeatures()

@@ -31,9 +31,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from attnkit.layers.kernelized import KernelizedAttention
+from attnkit.layers.kernelized import KernelFeatures, KernelizedAttention
 
-__all__ = ["PerformerAttention", "orthogonal_gaussian_features"]
+__all__ = ["FavorFeatures", "PerformerAttention", "orthogonal_gaussian_features"]
+
+_LOG2_E = 1.0 / math.log(2.0)
 
 
 def orthogonal_gaussian_features(num_features: int, dim: int, *,
@@ -50,6 +52,57 @@ def orthogonal_gaussian_features(num_features: int, dim: int, *,
     rows = torch.cat(blocks, 0)[:num_features]
     norms = torch.randn(num_features, dim, generator=generator, dtype=torch.float64).norm(dim=1)
     return rows * norms[:, None]
+
+
+class FavorFeatures(KernelFeatures):
+    """phi(x) = exp(w . x' - |x'|^2 / 2) / sqrt(M) for one call's W (M, d), x' = x / d^(1/4).
+
+    Exponents are formed in base 2 (W and the norm term pre-multiplied by log2(e)): exp2 runs
+    about twice as fast as exp on CPU, and the factor costs nothing inside the GEMM. Derivative:
+    d phi / d(w . x') = phi, so dx' = (d phi * phi) W.
+    """
+
+    def __init__(self, projection: Tensor, num_features: int) -> None:
+        d = projection.shape[1]
+        self.num_features = num_features
+        self.weight = projection * d ** -0.25  # W / d^(1/4): the input scaling folded in, (M, d)
+        # Keys: w.k' - |k'|^2 / 2 as ONE GEMM, [k | |k|^2] @ [w' | -c]^T with c = d^(-1/2) / 2;
+        # the concatenation is the copy of the strided key chunk that the GEMM needs anyway, so
+        # the norm term costs no pass over the (S, M) map.
+        self.key_weight = torch.cat([self.weight, self.weight.new_full((num_features, 1),
+                                                                       -0.5 / math.sqrt(d))], 1)
+        self.weight_log2 = self.weight * _LOG2_E
+        self.key_weight_log2 = self.key_weight * _LOG2_E
+
+    def queries(self, q: Tensor) -> Tensor:
+        # Every factor of phi(q) but exp(w.q') is the same across a row's features and cancels
+        # in num / den, and so does exp(-max) (detached), which keeps the exponents <= 0.
+        # In place, not softmax: a second (C, M) buffer per chunk measured slower.
+        log2_phi = q @ self.weight_log2.T  # (B, H, C, M)
+        return log2_phi.sub_(log2_phi.detach().amax(-1, keepdim=True)).exp2_()
+
+    def keys(self, k: Tensor, valid: Tensor | None = None, *, shift: bool = False
+             ) -> tuple[Tensor, Tensor | None]:
+        square = torch.linalg.vector_norm(k, dim=-1, keepdim=True).square()  # (B, Hkv, S, 1)
+        log2_phi = torch.cat([k, square], -1) @ self.key_weight_log2.T  # (B, Hkv, S, M)
+        if valid is not None:  # padded keys: phi = exp(-inf) = 0, and they set no shift
+            log2_phi.masked_fill_(~valid[:, None, :, None], float("-inf"))
+        if not shift:
+            # Causal / decoding: raw exponents so a state stays consistent across calls.
+            return log2_phi.sub_(0.5 * math.log2(self.num_features)).exp2_(), None
+        # Non-causal: one detached maximum per (B, Hkv) (a factor that cancels in num / den)
+        # keeps exp() in range; log(M) / 2 is such a factor too.
+        top = log2_phi.detach().amax((-1, -2))  # (B, Hkv); -inf if no key is valid
+        ref = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        return log2_phi.sub_(ref[..., None, None]).exp2_(), top / _LOG2_E
+
+    def queries_backward(self, q: Tensor, phi: Tensor, grad_phi: Tensor) -> Tensor:
+        return (grad_phi * phi) @ self.weight
+
+    def keys_backward(self, k: Tensor, phi: Tensor, grad_phi: Tensor) -> Tensor:
+        grad_ext = (grad_phi * phi) @ self.key_weight  # (B, Hkv, C, d + 1): d/dk and d/d|k|^2
+        d = k.shape[-1]
+        return grad_ext[..., :d].addcmul_(k, grad_ext[..., d:], value=2.0)
 
 
 class PerformerAttention(KernelizedAttention):
@@ -98,38 +151,8 @@ class PerformerAttention(KernelizedAttention):
                 self.redraw_features()
             self.training_calls += 1
 
-    def query_features(self, q: Tensor) -> Tensor:
-        # exp(w.q' - |q'|^2 / 2) / sqrt(M): every factor but exp(w.q') is the same across a row's
-        # features and cancels in num / den, and so does exp(-max) (detached), which keeps the
-        # exponents <= 0. In place, not softmax: a second (C, M) buffer per chunk measured slower
-        # than the extra passes.
-        log_phi = q @ self._scaled_projection(q).T  # (B, H, L, M)
-        return log_phi.sub_(log_phi.detach().amax(-1, keepdim=True)).exp_()
-
-    def key_features(self, k: Tensor, valid: Tensor | None = None, *, shift: bool = False
-                     ) -> tuple[Tensor, Tensor | None]:
-        w = self._scaled_projection(k)  # (M, d)
-        # w.k' - |k'|^2 / 2 as ONE GEMM: [k | |k|^2] @ [w' | -c]^T with w' = W / d^(1/4) and
-        # c = d^(-1/2) / 2; the concatenation is the copy of the strided k chunk that the GEMM
-        # needs anyway, so the norm term costs no pass over the (S, M) map.
-        d = k.shape[-1]
-        square = torch.linalg.vector_norm(k, dim=-1, keepdim=True).square()  # (B, Hkv, S, 1)
-        w_ext = torch.cat([w, w.new_full((w.shape[0], 1), -0.5 / math.sqrt(d))], 1)  # (M, d + 1)
-        log_phi = torch.cat([k, square], -1) @ w_ext.T  # (B, Hkv, S, M)
-        if valid is not None:  # padded keys: phi = exp(-inf) = 0, and they set no shift
-            log_phi.masked_fill_(~valid[:, None, :, None], float("-inf"))
-        if not shift:
-            # Causal / decoding: raw exponents so a state stays consistent across calls.
-            return log_phi.sub_(0.5 * math.log(self.num_features)).exp_(), None
-        # Non-causal: one detached maximum per (B, Hkv) (a factor that cancels in num / den)
-        # keeps exp() in range; log(M) / 2 is such a factor too.
-        top = log_phi.detach().amax((-1, -2))  # (B, Hkv); -inf if no key is valid
-        ref = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-        return log_phi.sub_(ref[..., None, None]).exp_(), top
-
-    def _scaled_projection(self, like: Tensor) -> Tensor:
-        """W / d^(1/4) (M, d) in ``like``'s dtype: the inputs' scaling folded into W."""
-        return self.projection.to(like.dtype) * like.shape[-1] ** -0.25
+    def feature_map(self, dtype: torch.dtype) -> KernelFeatures:
+        return FavorFeatures(self.projection.to(dtype), self.num_features)
 
     def _feature_id(self) -> int:
         return hash((id(self), self.draws))
