@@ -17,6 +17,11 @@ pinv is the paper's iterative Moore-Penrose approximation (eq. 13, 6 iterations 
     Z_0 = A^T / (||A||_1 ||A||_inf)
     Z_{j+1} = Z_j (13 I - A Z_j (15 I - A Z_j (7 I - A Z_j))) / 4
 
+The two length-L products are attention calls: ``B~ V`` has m queries over the S keys and
+``F~ Y`` has L queries over m landmark keys, so the engine's fused kernels run them forward and
+backward and neither (L, m) nor (m, S) weights are stored (the implied weights are formed only
+when captured).
+
 Segments are as equal as possible when m does not divide L (lengths differ by at most one);
 with L < m every token is its own landmark. Key padding zeroes padded keys (and, in
 self-attention, queries) before the landmark means, as the authors' code does, and masks them
@@ -30,6 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from attnkit.functional import masks
+from attnkit.functional.attention import attention
 from attnkit.functional.masks import Mask
 from attnkit.functional.math import expand_kv, safe_softmax
 from attnkit.layers.base import check_input, reject_options
@@ -108,38 +115,46 @@ class NystromAttention(MultiHeadAttention):
                              "self-attention; build it with conv_kernel=None for cross")
         q, k, v, _ = self.project(x, context, None)  # (B, H, L, d), (B, Hkv, S, d)
         heads = self.layout.num_heads
-        k, v = expand_kv(k, heads), expand_kv(v, heads)
         b, lq, lk, d = x.shape[0], q.shape[2], k.shape[2], q.shape[3]
         parts = split_mask(mask, batch=b, lq=lq, lk=lk, device=x.device, kind="nystrom",
                            allow_causal=False)
-        key_allowed = None
+        q_for_means, k_for_means, conv_values, key_mask = q, k, v, None
         if parts.key_valid is not None:
+            # As the authors' code: padded keys (and, in self-attention, queries) are zeroed
+            # before the landmark means, and padded values before the conv skip. B~ masks
+            # padded keys, so the attention calls need no zeroed copies.
             valid = parts.key_valid.to(k.dtype)[:, None, :, None]  # (B, 1, S, 1)
-            k, v = k * valid, v * valid
+            k_for_means = k * valid
             if context is None:
-                q = q * valid
-            key_allowed = parts.key_valid[:, None, None, :]  # (B, 1, 1, S)
-        # The 1/sqrt(d) score scale goes on the (m, d) landmarks only: scaling the full-length
-        # queries and keys would cost two extra passes over (B, H, L, d).
+                q_for_means = q * valid
+                if self.conv is not None:
+                    conv_values = v * valid
+            key_mask = masks.padding(parts.key_valid)
+        q_land = segment_means(q_for_means, min(self.num_landmarks, lq))  # (B, H, m, d)
+        k_land = expand_kv(segment_means(k_for_means, min(self.num_landmarks, lk)), heads)
         scale = d ** -0.5
-        q_land = segment_means(q, min(self.num_landmarks, lq))  # (B, H, m, d)
-        k_land = segment_means(k, min(self.num_landmarks, lk)) * scale
-        kernel_1 = torch.softmax(q @ k_land.transpose(-1, -2), -1)  # (B, H, L, m)
-        kernel_2 = torch.softmax(q_land @ k_land.transpose(-1, -2), -1)  # (B, H, m, m)
-        kernel_3 = safe_softmax((q_land * scale) @ k.transpose(-1, -2), key_allowed)  # (B,H,m,S)
+        kernel_2 = torch.softmax((q_land * scale) @ k_land.transpose(-1, -2), -1)  # (B, H, m, m)
         pinv = iterative_pinv(kernel_2, self.pinv_iterations)  # (B, H, m, m)
-        # Right to left: only (m, m) and (m, d) products besides the two length-L ones.
-        out = kernel_1 @ (pinv @ (kernel_3 @ v))  # (B, H, L, d)
+        # F~ (pinv (B~ V)) from right to left, where B~ V = softmax(Q~ K^T / sqrt(d)) V and
+        # F~ Y = softmax(Q K~^T / sqrt(d)) Y are attention calls with m queries or m keys: the
+        # engine's fused kernels run them (forward and backward) without forming the (m, S) or
+        # (L, m) weights.
+        landmark_out = attention(q_land, k, v, mask=key_mask)  # (B, H, m, d): B~ V, GQA inside
+        out = attention(q, k_land, pinv @ landmark_out)  # (B, H, L, d)
 
         def weights() -> Tensor:
             if lq * lk > MAX_WEIGHTS_ELEMENTS:
                 raise ValueError(f"the implied attention matrix of {lq} x {lk} exceeds the "
                                  f"{MAX_WEIGHTS_ELEMENTS} element limit; capture shorter inputs")
+            kernel_1 = torch.softmax((q * scale) @ k_land.transpose(-1, -2), -1)  # (B, H, L, m)
+            key_allowed = None if parts.key_valid is None else parts.key_valid[:, None, None, :]
+            kernel_3 = safe_softmax((q_land * scale) @ expand_kv(k, heads).transpose(-1, -2),
+                                    key_allowed)  # (B, H, m, S)
             return (kernel_1 @ pinv) @ kernel_3
 
-        out = self.probe(out, v, weights)
-        if self.conv is not None:
-            out = out + self.conv(v)  # depthwise over the length, per head
+        out = self.probe(out, expand_kv(v, heads), weights)
+        if self.conv is not None:  # depthwise over the length, per head
+            out = out + self.conv(expand_kv(conv_values, heads))
         return out
 
     def extra_repr(self) -> str:
