@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ from attnkit.bench.kinds import (
     LINEAR_COST_KINDS,
     KindsBenchConfig,
     Measurement,
+    _interleave,
+    _PointRun,
     band_width,
     crossover_length,
     format_summary,
@@ -70,6 +73,7 @@ def test_tiny_run_writes_csv_plot_and_summary(tmp_path: Path) -> None:
                               repeats=1, out_dir=tmp_path)
     lines: list[str] = []
     points, summaries = run_kinds_benchmark(config, log=lines.append)
+    assert "THP_MEM_ALLOC_ENABLE=" in lines[0]  # allocator setting recorded with the run
     assert [p.kind for p in points] == ["mha", "mha", "linear", "linear"]  # reference first
     assert all(p.forward_s > 0 and p.forward_backward_s > 0 for p in points)
     rows = list(csv.DictReader((tmp_path / "kinds.csv").open()))
@@ -82,3 +86,23 @@ def test_tiny_run_writes_csv_plot_and_summary(tmp_path: Path) -> None:
 def test_unknown_kind_is_named() -> None:
     with pytest.raises(ValueError, match="unknown attention kinds \\['nope'\\]"):
         run_kinds_benchmark(KindsBenchConfig(lengths=(32,), kinds=("nope",)), log=lambda s: None)
+
+
+def test_interleaved_rounds_time_quick_points_in_turn_over_lengths() -> None:
+    """Extra samples go round-robin over the lengths (so drift hits every length alike), join
+    each quick point's median, and never repeat a single long call."""
+    order: list[str] = []
+
+    def call(name: str) -> Callable[[], None]:
+        return lambda: order.append(name)
+
+    def run(length: int, samples: list[float]) -> _PointRun:
+        return _PointRun(Measurement("linear", length), (call(f"f{length}"), call(f"b{length}")),
+                         (list(samples), list(samples)))
+
+    runs = [run(1, [5.0, 5.0]), run(2, [9.0, 9.0]), run(4, [30.0])]  # the last is a long call
+    _interleave(runs, KindsBenchConfig(interleaved_rounds=2))
+    assert order == ["f1", "b1", "f2", "b2"] * 2
+    assert all(len(s) == 4 for r in runs[:2] for s in r.samples) and runs[2].samples[0] == [30.0]
+    # the new samples are ~0 s, so half of each quick point's samples now sit at ~0
+    assert runs[0].point.forward_s < 5.0 and runs[2].point.forward_s == 30.0

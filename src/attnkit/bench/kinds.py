@@ -19,7 +19,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import os
+import statistics
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +67,7 @@ class KindsBenchConfig:
     long_call_s: float = 10.0  # calls longer than this are timed once, without warm-up
     point_budget_s: float | None = 240.0  # skip a point projected to take longer (not mha)
     fit_points: int = 3  # the slope is fitted over this many largest measured lengths
+    interleaved_rounds: int = 2  # extra timed calls per quick point, taken round-robin over L
     seed: int = 0  # seed of inputs and weights
     out_dir: Path = Path("bench_results/kinds")  # where CSV, PNG and summary go
 
@@ -93,8 +97,8 @@ class KindSummary:
 
 # -- measuring ---------------------------------------------------------------------------------
 def _timed(fn: Callable[[], None], config: KindsBenchConfig, expected_s: float
-           ) -> tuple[float, float]:
-    """Median time and peak memory through the shared harness.
+           ) -> tuple[list[float], float]:
+    """Timed samples and peak memory through the shared harness.
 
     A point expected to take less than ``long_call_s`` gets a warm-up call, a memory call and
     ``repeats`` timed calls; a longer one a single call, timed and measured at once (a long
@@ -102,7 +106,44 @@ def _timed(fn: Callable[[], None], config: KindsBenchConfig, expected_s: float
     quick = expected_s < config.long_call_s
     result = measure(fn, repeats=config.repeats if quick else 1, warmup=1 if quick else 0,
                      long_s=config.long_call_s, device=config.device)
-    return result.seconds, result.peak_mib
+    return result.samples, result.peak_mib
+
+
+@dataclass
+class _PointRun:
+    """A measured point with its callables and samples, kept for the interleaved rounds."""
+
+    point: Measurement
+    calls: tuple[Callable[[], None], Callable[[], None]]  # forward, forward+backward
+    samples: tuple[list[float], list[float]]
+
+    def quick(self) -> bool:
+        """Repeated calls (a single long call is not timed again)."""
+        return all(len(s) > 1 for s in self.samples)
+
+    def settle(self) -> None:
+        self.point.forward_s = statistics.median(self.samples[0])
+        self.point.forward_backward_s = statistics.median(self.samples[1])
+
+
+def _interleave(runs: list[_PointRun], config: KindsBenchConfig) -> None:
+    """Time every quick point once more per round, going through the lengths in turn.
+
+    A point's first samples are taken back to back; on a machine whose speed drifts (a shared
+    VM), a slow minute then lands on one length only and bends the fitted slope. Spreading
+    each point's samples over the kind's whole run lets the median see the same conditions at
+    every length."""
+    quick = [run for run in runs if run.quick()]
+    for _ in range(config.interleaved_rounds if len(quick) > 1 else 0):
+        for run in quick:
+            for call, samples in zip(run.calls, run.samples, strict=True):
+                start = time.perf_counter()
+                call()
+                if config.device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                samples.append(time.perf_counter() - start)
+    for run in runs:
+        run.settle()
 
 
 def _build(kind: str, config: KindsBenchConfig) -> torch.nn.Module:
@@ -117,6 +158,13 @@ def _build(kind: str, config: KindsBenchConfig) -> torch.nn.Module:
 def measure_point(layer: torch.nn.Module, kind: str, length: int, config: KindsBenchConfig,
                   expected: Measurement | None = None,
                   growth: tuple[float, float] = (2.0, 2.0)) -> Measurement:
+    """Forward and forward+backward time and peak memory of ``layer`` at length ``length``."""
+    return _run_point(layer, kind, length, config, expected, growth).point
+
+
+def _run_point(layer: torch.nn.Module, kind: str, length: int, config: KindsBenchConfig,
+               expected: Measurement | None = None,
+               growth: tuple[float, float] = (2.0, 2.0)) -> _PointRun:
     """Forward and forward+backward time and peak memory of ``layer`` at length ``length``.
 
     ``expected`` (the previous point) and ``growth`` (its log-log slopes, forward and
@@ -140,11 +188,12 @@ def measure_point(layer: torch.nn.Module, kind: str, length: int, config: KindsB
     if expected is not None:
         fwd_guess = expected.forward_s * (length / expected.length) ** growth[0]
         both_guess = expected.forward_backward_s * (length / expected.length) ** growth[1]
-    result.forward_s, result.forward_peak_mib = _timed(forward, config, fwd_guess)
-    result.forward_backward_s, result.forward_backward_peak_mib = _timed(
-        forward_backward, config, both_guess)
+    forward_samples, result.forward_peak_mib = _timed(forward, config, fwd_guess)
+    both_samples, result.forward_backward_peak_mib = _timed(forward_backward, config, both_guess)
     layer.zero_grad(set_to_none=True)
-    return result
+    run = _PointRun(result, (forward, forward_backward), (forward_samples, both_samples))
+    run.settle()
+    return run
 
 
 def _measure_kind(kind: str, config: KindsBenchConfig,
@@ -154,6 +203,7 @@ def _measure_kind(kind: str, config: KindsBenchConfig,
     measure_point(layer, kind, min(config.lengths), config)  # warm-up (allocator, kernels)
     previous: Measurement | None = None
     growth = (2.0, 2.0)  # assume quadratic until two points show the kind's own growth
+    runs: list[_PointRun] = []
     for length in sorted(config.lengths):
         if previous is not None and kind != REFERENCE_KIND and config.point_budget_s:
             projected = previous.forward_backward_s * (length / previous.length) ** 2
@@ -161,20 +211,30 @@ def _measure_kind(kind: str, config: KindsBenchConfig,
                 point = Measurement(kind, length, status=f"skipped: projected {projected:.0f}s "
                                     f"> budget {config.point_budget_s:.0f}s")
                 log(f"{kind:>14} L={length:>6}  {point.status}")
-                yield point
+                runs.append(_PointRun(point, (_no_call, _no_call), ([math.nan], [math.nan])))
                 continue
-        point = measure_point(layer, kind, length, config, previous, growth)
+        run = _run_point(layer, kind, length, config, previous, growth)
+        runs.append(run)
+        point = run.point
         if previous is not None:
             growth = (
                 max(1.0, loglog_slope([previous.length, length],
                                       [previous.forward_s, point.forward_s])),
                 max(1.0, loglog_slope([previous.length, length],
                                       [previous.forward_backward_s, point.forward_backward_s])))
-        log(f"{kind:>14} L={length:>6}  fwd {point.forward_s:8.3f}s  fwd+bwd "
-            f"{point.forward_backward_s:8.3f}s  peak fwd {point.forward_peak_mib:8.1f} MiB  "
-            f"fwd+bwd {point.forward_backward_peak_mib:8.1f} MiB")
         previous = point
+    _interleave(runs, config)
+    for run in runs:
+        point = run.point
+        if point.status == "ok":
+            log(f"{kind:>14} L={point.length:>6}  fwd {point.forward_s:8.3f}s  fwd+bwd "
+                f"{point.forward_backward_s:8.3f}s  peak fwd {point.forward_peak_mib:8.1f} MiB  "
+                f"fwd+bwd {point.forward_backward_peak_mib:8.1f} MiB")
         yield point
+
+
+def _no_call() -> None:
+    """Placeholder call of a skipped point (never timed: it is not quick)."""
 
 
 # -- analysis ----------------------------------------------------------------------------------
@@ -361,7 +421,8 @@ def run_kinds_benchmark(config: KindsBenchConfig, *, log: Callable[[str], None] 
     header = (f"attnkit bench kinds: dim={config.dim} heads={config.num_heads} "
               f"batch={config.batch} {str(config.dtype).removeprefix('torch.')} "
               f"{config.device} threads={torch.get_num_threads()} torch={torch.__version__} "
-              f"lengths={list(config.lengths)}")
+              f"lengths={list(config.lengths)} "
+              f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '0')}")
     log(header)
     points: list[Measurement] = []
     for kind in kinds:
@@ -403,6 +464,9 @@ def register(bench_subparsers: Any) -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per quick point (median)")
+    p.add_argument("--interleaved-rounds", type=int, default=2,
+                   help="extra timed calls per quick point, taken in turn over the lengths "
+                        "(default 2)")
     p.add_argument("--point-budget", type=float, default=240.0,
                    help="skip points projected to take longer, in seconds (0: never skip)")
     p.add_argument("--out", type=Path, default=Path("bench_results/kinds"))
@@ -417,7 +481,8 @@ def _run_from_args(args: argparse.Namespace) -> int:
     config = KindsBenchConfig(
         lengths=tuple(lengths), dim=dim, num_heads=args.heads, batch=args.batch,
         device=args.device, kinds=tuple(args.kinds.split(",")) if args.kinds else None,
-        repeats=args.repeats, point_budget_s=args.point_budget or None, out_dir=args.out)
+        repeats=args.repeats, interleaved_rounds=args.interleaved_rounds,
+        point_budget_s=args.point_budget or None, out_dir=args.out)
     if args.from_csv is not None:
         points = read_points_csv(args.from_csv)
         config = KindsBenchConfig(lengths=tuple(sorted({p.length for p in points})),
