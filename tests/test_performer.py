@@ -215,3 +215,17 @@ def test_noncausal_training_stores_no_full_feature_map() -> None:
     assert feature_elements < 4 * 256 * 64 // 8
     y.sum().backward()  # and backward still works through the recomputation
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_a_redraw_between_forward_and_backward_leaves_that_backward_alone() -> None:
+    """The non-causal backward uses the features of its own forward (gradient accumulation with
+    ``redraw_interval`` may redraw before an earlier forward's backward runs)."""
+    layer = build_attention("performer", dim=16, num_heads=2, num_features=8, seed=0,
+                            noncausal_chunk=4).double()
+    x = torch.randn(1, 10, 16, dtype=torch.float64, requires_grad=True)
+    expected = torch.autograd.grad(layer(x).sum(), x)[0]
+    y = layer(x)
+    layer.redraw_features(torch.Generator().manual_seed(9))
+    got = torch.autograd.grad(y.sum(), x)[0]
+    torch.testing.assert_close(got, expected)
+    assert not torch.allclose(torch.autograd.grad(layer(x).sum(), x)[0], expected)
