@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -92,6 +94,21 @@ def test_fused_matches_reference_float64(case, heads, d, bq, bk, seed) -> None:
     mask, b, lq, lk = case
     q, k, v = _inputs(b, heads[0], heads[1], lq, lk, d, torch.float64, seed)
     _compare(q, k, v, mask=mask, tiles=TileSizes(bq, bk))
+
+
+@settings(max_examples=25, deadline=None)
+@given(case=_mask_case(), heads=st.sampled_from([(2, 2), (4, 2)]), bq=st.integers(1, 9),
+       bk=st.integers(1, 9), piece_windows=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_backward_in_pieces_matches_reference_float64(case, heads, bq, bk, piece_windows,
+                                                      seed) -> None:
+    """The backward splits each group of same-shape kernel calls into pieces (one to three
+    windows here, so groups split at every offset, the last piece short)."""
+    mask, b, lq, lk = case
+    q, k, v = _inputs(b, heads[0], heads[1], lq, lk, 8, torch.float64, seed)
+    # piece = BACKWARD_PIECE_ELEMENTS // (H * k_len * D); k_len <= 9 * bk here.
+    elements = piece_windows * heads[0] * 8 * bk
+    with mock.patch.object(blocked_fused, "BACKWARD_PIECE_ELEMENTS", elements):
+        _compare(q, k, v, mask=mask, tiles=TileSizes(bq, bk))
 
 
 @pytest.mark.parametrize("mask", [None, masks.causal(), masks.sliding_window(48),

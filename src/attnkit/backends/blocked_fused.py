@@ -304,6 +304,11 @@ def make_plan(spec: AttentionSpec, block_q: int, block_k: int, *,
                      by_structure=by_structure)
 
 
+#: Largest gradient block (elements of one of the kernel's dk / dv outputs) per backward call.
+#: 2**21 float32 = 8 MiB: below glibc's mmap threshold once it has adapted, so reused.
+BACKWARD_PIECE_ELEMENTS = 1 << 21
+
+
 def _fwd_op() -> Any:
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
@@ -371,24 +376,34 @@ def fused_backward(spec: AttentionSpec, plan: FusedPlan, out: Tensor, lse: Tenso
         for index, g in enumerate(groups):
             f = g.first
             additive, _ = plan.mask_of(mb, index)
-            q_win = _windows(q[b], f.q0, g.n, f.q_len, f.q_len)
-            gq, gk, gv = _bwd_op()(
-                _windows(grad_out[b], f.q0, g.n, f.q_len, f.q_len), q_win,
-                _windows(k[b], f.k0, g.n, g.k_step, f.k_len),
-                _windows(v[b], f.k0, g.n, g.k_step, f.k_len),
-                _windows(out[b], f.q0, g.n, f.q_len, f.q_len),
-                _windows(lse[b, :, :, None], f.q0, g.n, f.q_len, f.q_len)[..., 0],
-                0.0, f.causal, attn_mask=additive, scale=spec.scale)
-            r0, r1 = g.rows
-            dq[b, :, r0:r1] += gq.transpose(0, 1).reshape(gq.shape[1], -1, gq.shape[-1])
-            if g.n == 1:
-                dk[b, :, f.k0:f.k0 + f.k_len] += gk[0]
-                dv[b, :, f.k0:f.k0 + f.k_len] += gv[0]
-            else:
-                keys = (f.k0 + g.k_step * torch.arange(g.n)[:, None]
-                        + torch.arange(f.k_len)).flatten()  # (n*k,)
-                dk[b].index_add_(1, keys, gk.transpose(0, 1).flatten(1, 2))
-                dv[b].index_add_(1, keys, gv.transpose(0, 1).flatten(1, 2))
+            # The kernel returns fresh zeroed (n, H, k_len, D) gradients per call. A whole group
+            # (all sliding windows of a long sequence) made them hundreds of MiB, which malloc
+            # maps and zero-faults anew on every call; pieces of about BACKWARD_PIECE_ELEMENTS
+            # come from reused heap memory instead.
+            piece = max(1, BACKWARD_PIECE_ELEMENTS // (spec.heads * f.k_len * q.shape[-1]))
+            for i0 in range(0, g.n, piece):
+                n = min(piece, g.n - i0)
+                q0, k0 = f.q0 + i0 * f.q_len, f.k0 + i0 * g.k_step
+                gq, gk, gv = _bwd_op()(
+                    _windows(grad_out[b], q0, n, f.q_len, f.q_len),
+                    _windows(q[b], q0, n, f.q_len, f.q_len),
+                    _windows(k[b], k0, n, g.k_step, f.k_len),
+                    _windows(v[b], k0, n, g.k_step, f.k_len),
+                    _windows(out[b], q0, n, f.q_len, f.q_len),
+                    _windows(lse[b, :, :, None], q0, n, f.q_len, f.q_len)[..., 0],
+                    0.0, f.causal, scale=spec.scale,
+                    attn_mask=additive if additive is None or additive.shape[0] == 1
+                    else additive[i0:i0 + n])
+                dq[b, :, q0:q0 + n * f.q_len] += gq.transpose(0, 1).reshape(
+                    gq.shape[1], -1, gq.shape[-1])
+                if n == 1:
+                    dk[b, :, k0:k0 + f.k_len] += gk[0]
+                    dv[b, :, k0:k0 + f.k_len] += gv[0]
+                else:
+                    keys = (k0 + g.k_step * torch.arange(n)[:, None]
+                            + torch.arange(f.k_len)).flatten()  # (n*k,)
+                    dk[b].index_add_(1, keys, gk.transpose(0, 1).flatten(1, 2))
+                    dv[b].index_add_(1, keys, gv.transpose(0, 1).flatten(1, 2))
     if spec.kv_heads != spec.heads:  # GQA: the expanded heads of one kv head add up
         groups_per_kv = spec.heads // spec.kv_heads
         dk = dk.unflatten(1, (spec.kv_heads, groups_per_kv)).sum(2)
