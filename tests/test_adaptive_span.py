@@ -106,9 +106,15 @@ def dense_span_attention(q, k, v, span_fraction, *, max_span, ramp, window, allo
     return weights @ v
 
 
+#: Span fractions: exactly 0 or at least 1e-4. Just above 0 the ramp's first key has weight
+#: ~ z / R, and both formulas reach d/dz through log(z / R) (slope 1 / z): at z = 1e-12 rounding
+#: grows to ~1e-5 relative in float64, a conditioning limit, not a disagreement of the formulas.
+SPAN_FRACTIONS = st.one_of(st.just(0.0), st.floats(1e-4, 1.0))
+
+
 @settings(max_examples=25, deadline=None)
 @given(lq=st.integers(1, 40), extra_keys=st.integers(0, 6), block=st.integers(1, 16),
-       spans=st.lists(st.floats(0.0, 1.0), min_size=2, max_size=2),
+       spans=st.lists(SPAN_FRACTIONS, min_size=2, max_size=2),
        mask_kind=st.sampled_from(["none", "causal", "padding", "padding_causal"]),
        seed=st.integers(0, 2**16))
 def test_fused_band_matches_dense_formula_with_gradients(lq, extra_keys, block, spans,
