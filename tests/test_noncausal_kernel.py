@@ -17,11 +17,13 @@ from attnkit.layers.performer import FavorFeatures, orthogonal_gaussian_features
 HEAD_DIM = 6
 
 
-def make_features(name: str, seed: int) -> KernelFeatures:
-    if name == "elu":
-        return EluFeatures()
-    g = torch.Generator().manual_seed(seed)
-    return FavorFeatures(orthogonal_gaussian_features(10, HEAD_DIM, generator=g), 10)
+def favor_projection() -> torch.Tensor:
+    """The (10, HEAD_DIM) random features both the code under test and the oracle use."""
+    return orthogonal_gaussian_features(10, HEAD_DIM, generator=torch.Generator().manual_seed(0))
+
+
+def make_features(name: str) -> KernelFeatures:
+    return EluFeatures() if name == "elu" else FavorFeatures(favor_projection(), 10)
 
 
 def plain_phi(name: str, x: torch.Tensor) -> torch.Tensor:
@@ -29,8 +31,7 @@ def plain_phi(name: str, x: torch.Tensor) -> torch.Tensor:
     exp(w.x' - |x'|^2 / 2) / sqrt(M) with x' = x / d^(1/4)."""
     if name == "elu":
         return torch.where(x > 0, x + 1, torch.exp(x))
-    g = torch.Generator().manual_seed(0)
-    w = orthogonal_gaussian_features(10, HEAD_DIM, generator=g)
+    w = favor_projection()
     scaled = x / HEAD_DIM ** 0.25
     return torch.exp(scaled @ w.T - scaled.square().sum(-1, keepdim=True) / 2) / math.sqrt(10)
 
@@ -65,7 +66,7 @@ def test_matches_whole_map_formula_forward_and_backward(name: str, lq: int, lk: 
                     requires_grad=True)
     v = torch.randn(2, kv_heads, lk, 3, generator=g, dtype=torch.float64, requires_grad=True)
     valid = torch.rand(2, lk, generator=g) > 0.4 if pad else None
-    got = chunked_kernel_attention(q, k, v, make_features(name, 0), chunk=chunk, key_valid=valid)
+    got = chunked_kernel_attention(q, k, v, make_features(name), chunk=chunk, key_valid=valid)
     expected = plain_kernel_attention(name, q, k, v, None if valid is None else valid.double())
     torch.testing.assert_close(got, expected)
     weight = torch.randn(got.shape, generator=g, dtype=torch.float64)
@@ -86,7 +87,7 @@ def test_gradcheck_with_a_sequence_that_has_no_key(name: str) -> None:
     valid = torch.ones(2, 9, dtype=torch.bool)
     valid[1] = False
     valid[0, 3:6] = False
-    features = make_features(name, 0)
+    features = make_features(name)
 
     def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return chunked_kernel_attention(q, k, v, features, chunk=3, key_valid=valid)
@@ -104,7 +105,7 @@ def test_gradcheck_with_a_sequence_that_has_no_key(name: str) -> None:
 def test_feature_backward_methods_equal_autograd(name: str) -> None:
     """Each map's hand-written derivative against autograd through its own forward code (whose
     row and key maxima are detached: constants in both)."""
-    features = make_features(name, 0)
+    features = make_features(name)
     g = torch.Generator().manual_seed(2)
     x = torch.randn(2, 3, 11, HEAD_DIM, generator=g, dtype=torch.float64, requires_grad=True)
     grad_phi = torch.randn(2, 3, 11, 10 if name == "favor" else HEAD_DIM, generator=g,

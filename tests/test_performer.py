@@ -199,7 +199,7 @@ def test_queries_without_a_visible_key_give_zeros_and_finite_gradients() -> None
 
 def test_noncausal_training_stores_no_full_feature_map() -> None:
     """Autograd keeps per-chunk inputs only: what it saves with M trailing features stays far
-    below one (B, H, L, M) map (without checkpointing it would hold all of them)."""
+    below one (B, H, L, M) map (autograd through whole maps would hold all of them)."""
     layer = build_attention("performer", dim=32, num_heads=4, num_features=64, seed=0,
                             noncausal_chunk=16)
     x = torch.randn(1, 256, 32, requires_grad=True)

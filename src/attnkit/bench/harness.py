@@ -32,7 +32,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["Measurement", "PeakMemory", "format_table", "matmul_gflops", "measure", "write_csv"]
+__all__ = ["Measurement", "PeakMemory", "format_table", "matmul_gflops", "measure", "time_call",
+           "write_csv"]
 
 _MIB = 1024 * 1024
 
@@ -122,6 +123,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_call(fn: Callable[[], Any], device: torch.device | str = "cpu") -> float:
+    """Wall time of one call of ``fn`` in seconds, waiting for the device to finish."""
+    device = torch.device(device)
+    start = time.perf_counter()
+    result = fn()
+    _sync(device)
+    seconds = time.perf_counter() - start
+    del result
+    return seconds
+
+
 def measure(fn: Callable[[], Any], *, repeats: int = 3, warmup: int = 1, long_s: float = 5.0,
             device: torch.device | str = "cpu") -> Measurement:
     """Time ``fn`` (median of ``repeats`` after ``warmup`` calls) and its peak memory.
@@ -154,13 +166,7 @@ def measure(fn: Callable[[], Any], *, repeats: int = 3, warmup: int = 1, long_s:
         result = fn()
         _sync(device)
         del result
-    samples = []
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        result = fn()
-        _sync(device)
-        samples.append(time.perf_counter() - start)
-        del result
+    samples = [time_call(fn, device) for _ in range(max(1, repeats))]
     return Measurement(statistics.median(samples), mem.mib, len(samples), samples)
 
 

@@ -22,7 +22,6 @@ import math
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 
 import torch
 
-from attnkit.bench.harness import measure, write_csv
+from attnkit.bench.harness import measure, time_call, write_csv
 from attnkit.layers import build_attention, list_attention_kinds
 
 __all__ = ["KindsBenchConfig", "Measurement", "register", "run_kinds_benchmark"]
@@ -137,11 +136,7 @@ def _interleave(runs: list[_PointRun], config: KindsBenchConfig) -> None:
     for _ in range(config.interleaved_rounds if len(quick) > 1 else 0):
         for run in quick:
             for call, samples in zip(run.calls, run.samples, strict=True):
-                start = time.perf_counter()
-                call()
-                if config.device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                samples.append(time.perf_counter() - start)
+                samples.append(time_call(call, config.device))
     for run in runs:
         run.settle()
 
@@ -203,7 +198,8 @@ def _measure_kind(kind: str, config: KindsBenchConfig,
     measure_point(layer, kind, min(config.lengths), config)  # warm-up (allocator, kernels)
     previous: Measurement | None = None
     growth = (2.0, 2.0)  # assume quadratic until two points show the kind's own growth
-    runs: list[_PointRun] = []
+    points: list[Measurement] = []  # every length in order, skipped ones included
+    runs: list[_PointRun] = []  # the measured ones
     for length in sorted(config.lengths):
         if previous is not None and kind != REFERENCE_KIND and config.point_budget_s:
             projected = previous.forward_backward_s * (length / previous.length) ** 2
@@ -211,11 +207,12 @@ def _measure_kind(kind: str, config: KindsBenchConfig,
                 point = Measurement(kind, length, status=f"skipped: projected {projected:.0f}s "
                                     f"> budget {config.point_budget_s:.0f}s")
                 log(f"{kind:>14} L={length:>6}  {point.status}")
-                runs.append(_PointRun(point, (_no_call, _no_call), ([math.nan], [math.nan])))
+                points.append(point)
                 continue
         run = _run_point(layer, kind, length, config, previous, growth)
         runs.append(run)
         point = run.point
+        points.append(point)
         if previous is not None:
             growth = (
                 max(1.0, loglog_slope([previous.length, length],
@@ -224,17 +221,12 @@ def _measure_kind(kind: str, config: KindsBenchConfig,
                                       [previous.forward_backward_s, point.forward_backward_s])))
         previous = point
     _interleave(runs, config)
-    for run in runs:
-        point = run.point
+    for point in points:
         if point.status == "ok":
             log(f"{kind:>14} L={point.length:>6}  fwd {point.forward_s:8.3f}s  fwd+bwd "
                 f"{point.forward_backward_s:8.3f}s  peak fwd {point.forward_peak_mib:8.1f} MiB  "
                 f"fwd+bwd {point.forward_backward_peak_mib:8.1f} MiB")
         yield point
-
-
-def _no_call() -> None:
-    """Placeholder call of a skipped point (never timed: it is not quick)."""
 
 
 # -- analysis ----------------------------------------------------------------------------------

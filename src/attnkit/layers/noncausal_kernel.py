@@ -10,7 +10,7 @@ With positive features phi (``linear``, ``performer``)::
 
 Keys are read in chunks of C rows and folded into ``kv``; queries then read it chunk by chunk.
 No (L, M) or (S, M) map is ever whole. Forward stores only q, k, v, the output, the per-row
-denominators and ``kv``, and backward recomputes each chunk's features once:
+1 / den and ``kv``, and backward recomputes each chunk's features once:
 
     query chunk:  dboth = [dout / den | -(dout . out) / den]      (C, E), 0 where den == 0
                   d kv^T += phi(q)^T dboth,   d phi(q) = dboth kv
@@ -18,7 +18,7 @@ denominators and ``kv``, and backward recomputes each chunk's features once:
 
 and the feature map turns d phi into dq / dk with its own derivative (:class:`KernelFeatures`).
 Against autograd with activation checkpointing, this skips the second product of each query
-chunk in backward (``out`` and ``den`` are saved), the copies autograd makes of strided views,
+chunk in backward (``out`` and 1 / den are saved), the copies autograd makes of strided views,
 and the per-chunk gradient buffers: dq, dk and dv are each written once into a whole tensor.
 
 Numerical range: key chunks may be scaled by ``exp(-shift_c)`` (one detached shift per (B, Hkv)
@@ -38,7 +38,7 @@ from torch.autograd.function import once_differentiable
 
 from attnkit.functional.math import expand_kv
 
-__all__ = ["KernelFeatures", "chunked_kernel_attention"]
+__all__ = ["KernelFeatures", "chunked_kernel_attention", "inverse_or_zero"]
 
 
 class KernelFeatures(ABC):
@@ -75,7 +75,7 @@ class KernelFeatures(ABC):
         shift is a constant."""
 
 
-def _inverse_or_zero(den: Tensor) -> Tensor:
+def inverse_or_zero(den: Tensor) -> Tensor:
     """1 / den, 0 where den == 0 (a query that sees no key)."""
     ok = den > 0
     return torch.where(ok, 1.0 / torch.where(ok, den, torch.ones_like(den)),
@@ -138,25 +138,25 @@ class _ChunkedKernelAttention(torch.autograd.Function):
         dv = v.shape[-1]
         kv = top = None
         if not (k.shape[1] and length):  # no keys (every row is zero) or no queries
-            out, den = q.new_zeros(b, length, heads, dv), q.new_zeros(b, length, heads, 1)
+            out, inverse = q.new_zeros(b, length, heads, dv), q.new_zeros(b, length, heads, 1)
         else:
-            out, den = q.new_empty(b, length, heads, dv), q.new_empty(b, length, heads, 1)
+            out, inverse = q.new_empty(b, length, heads, dv), q.new_empty(b, length, heads, 1)
             kv, top = _fold_keys(features, k, v, valid, chunk)
             kv_t = expand_kv(kv, heads).transpose(-1, -2)  # (B, H, M, E)
             for start in range(0, length, chunk):
                 rows = slice(start, start + chunk)
                 both = features.queries(q[:, rows].transpose(1, 2).contiguous()) @ kv_t
-                den_c = both[..., dv:]  # (B, H, C, 1)
-                out[:, rows] = (both[..., :dv] * _inverse_or_zero(den_c)).transpose(1, 2)
-                den[:, rows] = den_c.transpose(1, 2)
+                inverse_c = inverse_or_zero(both[..., dv:])  # (B, H, C, 1): 1 / den or 0
+                out[:, rows] = (both[..., :dv] * inverse_c).transpose(1, 2)
+                inverse[:, rows] = inverse_c.transpose(1, 2)
         ctx.features, ctx.chunk = features, chunk
-        ctx.save_for_backward(q, k, v, valid, out, den, kv, top)
+        ctx.save_for_backward(q, k, v, valid, out, inverse, kv, top)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        q, k, v, valid, out, den, kv, top = ctx.saved_tensors
+        q, k, v, valid, out, inverse, kv, top = ctx.saved_tensors
         features: KernelFeatures = ctx.features
         chunk: int = ctx.chunk
         need_q, need_k, need_v = ctx.needs_input_grad[:3]
@@ -174,9 +174,8 @@ class _ChunkedKernelAttention(torch.autograd.Function):
             rows = slice(start, start + chunk)
             q_c = q[:, rows].transpose(1, 2).contiguous()  # (B, H, C, Dh)
             phi = features.queries(q_c)
-            inverse = _inverse_or_zero(den[:, rows].transpose(1, 2))  # (B, H, C, 1)
             grad_c = grad_out[:, rows].transpose(1, 2)  # (B, H, C, Dv)
-            grad_num = grad_c * inverse
+            grad_num = grad_c * inverse[:, rows].transpose(1, 2)
             grad_den = (grad_num * out[:, rows].transpose(1, 2)).sum(-1, keepdim=True).neg_()
             grad_both = torch.cat([grad_num, grad_den], -1)  # (B, H, C, E)
             if grad_kv_t is not None:
