@@ -101,13 +101,13 @@ def test_fused_matches_reference_float64(case, heads, d, bq, bk, seed) -> None:
        bk=st.integers(1, 9), piece_windows=st.integers(1, 3), seed=st.integers(0, 2**16))
 def test_backward_in_pieces_matches_reference_float64(case, heads, bq, bk, piece_windows,
                                                       seed) -> None:
-    """The backward splits each group of same-shape kernel calls into pieces (one to three
-    windows here, so groups split at every offset, the last piece short)."""
+    """Forward and backward split each group of same-shape kernel calls into pieces (one to
+    three windows here in the backward, so groups split at every offset, the last piece short)."""
     mask, b, lq, lk = case
     q, k, v = _inputs(b, heads[0], heads[1], lq, lk, 8, torch.float64, seed)
-    # piece = BACKWARD_PIECE_ELEMENTS // (H * k_len * D); k_len <= 9 * bk here.
+    # piece = PIECE_ELEMENTS // (H * k_len * D); k_len <= 9 * bk here.
     elements = piece_windows * heads[0] * 8 * bk
-    with mock.patch.object(blocked_fused, "BACKWARD_PIECE_ELEMENTS", elements):
+    with mock.patch.object(blocked_fused, "PIECE_ELEMENTS", elements):
         _compare(q, k, v, mask=mask, tiles=TileSizes(bq, bk))
 
 
@@ -153,6 +153,95 @@ def test_structured_plan_matches_reference_float64(case, heads, seed) -> None:
     mask, lq, lk = case
     q, k, v = _inputs(2, heads[0], heads[1], lq, lk, 8, torch.float64, seed)
     _compare(q, k, v, mask=mask)
+
+
+@st.composite
+def _band_case(draw: st.DrawFn) -> tuple[object, int, int]:
+    """Two-sided bands (what the band plan takes) with offsets, ends that clip the first and
+    last blocks, rows with no key, and an empty intersection."""
+    lq = draw(st.integers(1, 60))
+    lk = draw(st.one_of(st.just(lq), st.integers(1, 60)))
+    offset = draw(st.one_of(st.none(), st.integers(-20, 20)))
+    left, right = draw(st.integers(0, 12)), draw(st.integers(0, 12))
+    mask = masks.sliding_window(left, right, offset=offset)
+    extra = draw(st.sampled_from(["none", "causal", "window"]))
+    if extra == "causal":
+        mask = mask & masks.causal()
+    elif extra == "window":  # may leave no key at all (lo > hi)
+        mask = mask & masks.sliding_window(draw(st.integers(0, 6)), 0,
+                                           offset=draw(st.integers(-30, 30)))
+    return mask, lq, lk
+
+
+@settings(max_examples=50, deadline=None)
+@given(case=_band_case(), heads=st.sampled_from([(1, 1), (4, 2)]), block=st.integers(1, 9),
+       backward_block=st.integers(1, 9), piece_windows=st.integers(1, 3),
+       seed=st.integers(0, 2**16))
+def test_band_plan_matches_reference_float64(case, heads, block, backward_block, piece_windows,
+                                             seed) -> None:
+    """Narrow two-sided bands run in blocks of BAND_BLOCK rows (BAND_BLOCK_BACKWARD in the
+    backward) with exact key ranges and one shared mask (forced small here, with small pieces)
+    against the float64 reference."""
+    mask, lq, lk = case
+    q, k, v = _inputs(2, heads[0], heads[1], lq, lk, 8, torch.float64, seed)
+    with mock.patch.object(blocked_fused, "BAND_BLOCK", block), \
+            mock.patch.object(blocked_fused, "BAND_BLOCK_BACKWARD", backward_block), \
+            mock.patch.object(blocked_fused, "PIECE_ELEMENTS", piece_windows * heads[0] * 8 * 9):
+        _compare(q, k, v, mask=mask)
+
+
+def test_band_plan_calls_and_evaluates_one_mask(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sliding window at default tiles: interior blocks of BAND_BLOCK rows see exactly the
+    keys they reach, all with one (1, 1, q, k) mask, and the mask is evaluated for a few blocks
+    only (its first interior block and the clipped ones at the ends), not for every block."""
+    calls: list[tuple[tuple[int, ...], tuple[int, ...] | None]] = []
+    real = blocked_fused._fwd_op()
+
+    def counting(q, k, v, *args, attn_mask=None, **kwargs):
+        calls.append((tuple(q.shape), None if attn_mask is None else tuple(attn_mask.shape)))
+        return real(q, k, v, *args, attn_mask=attn_mask, **kwargs)
+
+    evaluated: list[int] = []
+    window = masks.sliding_window(64, 64)
+    real_allowed = type(window).allowed
+
+    def counting_allowed(self, b, h, q, k, lq, lk):
+        out = real_allowed(self, b, h, q, k, lq, lk)
+        evaluated.append(torch.broadcast_shapes(q.shape, k.shape).numel())
+        return out
+
+    monkeypatch.setattr(blocked_fused, "_fwd_op", lambda: counting)
+    monkeypatch.setattr(type(window), "allowed", counting_allowed)
+    length, block, width = 4096, blocked_fused.BAND_BLOCK, 129
+    q, k, v = (t.detach() for t in _inputs(1, 2, 2, length, length, 8, torch.float32, 2))
+    spec = validate(q, k, v, mask=window, bias=None, scale=None, softcap=None, dropout_p=0.0)
+    out = blocked_attention(spec)
+    interior = [c for c in calls if c[0][2:] == (block, 8) and c[1] == (1, 1, block,
+                                                                     block + width - 1)]
+    blocks_seen = sum(c[0][0] for c in calls)
+    assert blocks_seen == length // block, calls
+    assert sum(c[0][0] for c in interior) >= length // block - 2 * (width // block + 1), calls
+    assert sum(evaluated) <= 12 * block * (block + width), sum(evaluated)
+    torch.testing.assert_close(out, blocked_attention(spec, TileSizes(16, 16)), atol=2e-5,
+                               rtol=0)
+
+
+def test_band_backward_runs_larger_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backward of a band plan runs blocks of BAND_BLOCK_BACKWARD rows (the forward's
+    BAND_BLOCK rows would write dk / dv more often), with the exact gradients."""
+    rows: list[int] = []
+    real = blocked_fused._bwd_op()
+
+    def counting(grad, q, *args, **kwargs):
+        rows.extend([q.shape[2]] * q.shape[0])
+        return real(grad, q, *args, **kwargs)
+
+    monkeypatch.setattr(blocked_fused, "_bwd_op", lambda: counting)
+    q, k, v = _inputs(1, 2, 2, 1024, 1024, 8, torch.float64, 3)
+    _compare(q, k, v, mask=masks.sliding_window(100, 60))
+    interior = [r for r in rows if r == blocked_fused.BAND_BLOCK_BACKWARD]
+    assert blocked_fused.BAND_BLOCK_BACKWARD != blocked_fused.BAND_BLOCK
+    assert sum(rows) == 1024 and len(interior) >= len(rows) - 4, rows
 
 
 def test_structured_plan_makes_one_call_per_causal_square(monkeypatch: pytest.MonkeyPatch

@@ -50,8 +50,9 @@ class TileSizes:
     how finely masked work is skipped (default 128 x 128); the pure PyTorch loop pays Python
     overhead per tile (default 256 x 512). Larger tiles mean fewer steps, smaller ones skip masked
     work better. With no size given, the fused path plans some masks by their structure
-    instead: a causal mask as one causal kernel call, packed documents as one call per document;
-    giving a size asks for the tile plan for every mask.
+    instead: a causal mask as one causal kernel call, packed documents as one call per document,
+    a narrow two-sided band (sliding window) as blocks of 32 query rows with exactly the keys they
+    reach; giving a size asks for the tile plan for every mask.
     """
 
     block_q: int | None = None  # query rows per tile

@@ -12,7 +12,13 @@ item (the whole of a plain or document-interior attention is one call).
 
 Some masks are planned by their structure instead of by tiles (``by_structure``): a causal band
 becomes one ``is_causal`` call over the causal square (the kernel skips the key chunks above
-each query block itself), and packed documents one square call per document.
+each query block itself), packed documents one square call per document, and a narrow two-sided
+band (a sliding window) blocks of ``BAND_BLOCK`` query rows, each with exactly the keys its rows
+reach rather than whole key tiles.
+
+A band mask depends only on ``k - q``, so items whose key range moves with their query range
+share one additive mask, built from the first item alone. Kernel calls run in pieces of about
+``PIECE_ELEMENTS`` output elements, so their outputs come from reused heap memory (see there).
 
 Items of one query block are merged exactly with their log-sum-exp (FlashAttention's rescaling)::
 
@@ -35,12 +41,12 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
-from attnkit.functional.masks import EMPTY, FULL, Mask
+from attnkit.functional.masks import EMPTY, FULL, PARTIAL, Mask
 from attnkit.functional.math import AttentionSpec, expand_kv
 
 __all__ = ["FusedPlan", "fused_backward", "fused_forward", "fused_kernel_available",
@@ -52,6 +58,20 @@ _FUSED_DTYPES = (torch.float32, torch.float64)
 _MIN_FULL_TILES_TO_SPLIT = 4
 # Upper bound on mask elements built for one kernel call (bool + float: ~5 bytes each).
 _MAX_MASK_ELEMENTS = 1 << 24
+#: Query rows per item of a narrow two-sided band. Each block computes its rows' reach,
+#: ``BAND_BLOCK + width - 1`` keys, so smaller blocks waste less; the kernel's speed per score
+#: drops below 32 rows. At L = 16k, D = 64, 8 heads, one thread, the forward kernel took
+#: 0.100 / 0.100 / 0.119 / 0.167 s with 16 / 32 / 64 / 128 rows for width 65, and
+#: 0.249 / 0.275 / 0.313 s with 32 / 64 / 128 rows for width 257 (2026-11-28, this 2-core VM).
+BAND_BLOCK = 32
+#: The same for the backward, whose cost per block is dk / dv over the block's whole key range:
+#: larger blocks write them fewer times. Width 513, L = 16k, one thread, backward alone: 1236 /
+#: 1180 / 1141 ms with 32 / 64 / 128 rows (2026-11-28, this 2-core VM).
+BAND_BLOCK_BACKWARD = 128
+#: Widest band planned in ``BAND_BLOCK`` rows; wider ones go to tiles, whose unmasked middles
+#: need no mask and where the block size stops mattering (width 2049: 1.86 s with 32 rows,
+#: 1.78 s with 128, same setting as above).
+BAND_MAX_WIDTH = 1024
 
 
 @functools.lru_cache(maxsize=1)
@@ -148,8 +168,9 @@ def _causal_items(hi: int, lq: int, lk: int) -> list[_Item] | None:
     keys' end; the tile plan takes those.
 
     ``attnkit bench tiles`` compares it with 128-row tiles (docs/benchmarks.md). Two-sided bands
-    (sliding windows) stay on tiles: torch's kernel skips causal work in 512-key chunks only, so
-    their edge triangles would cost about full squares (tried and removed).
+    (sliding windows) do not use ``is_causal``: torch's kernel skips causal work in 512-key
+    chunks only, so their edge triangles would cost about full squares (tried and removed); see
+    :func:`_band_items` instead.
     """
     if hi < 0 or lq + hi > lk:
         return None
@@ -160,16 +181,32 @@ def _causal_items(hi: int, lq: int, lk: int) -> list[_Item] | None:
     return items
 
 
-def _plan(states: list[list[int]], bq: int, bk: int, lq: int, lk: int) -> list[_Group]:
+def _band_items(lo: int, hi: int, lq: int, lk: int, bk: int, block: int) -> list[_Item]:
+    """Items for the band ``q + lo <= k <= q + hi``: blocks of ``block`` query rows, each
+    with the keys its rows reach, clipped to the sequence (rows that reach none get no item).
+    All of the range is masked: each item's ``pattern`` marks every ``bk`` columns partial."""
+    items = []
+    for q0 in range(0, lq, block):
+        q_len = min(block, lq - q0)
+        k0, k1 = max(0, q0 + lo), min(lk, q0 + q_len + hi)
+        if k1 > k0:
+            items.append(_Item(q0, q_len, k0, k1 - k0, True, 0,
+                               (PARTIAL,) * math.ceil((k1 - k0) / bk)))
+    return items
+
+
+def _plan(states: list[list[int]], bq: int, bk: int, lq: int, lk: int,
+          relative: bool) -> list[_Group]:
     """Work items for one batch element, grouped into kernel calls, level 0 first."""
     items: list[_Item] = []
     for qi, row in enumerate(states):
         items.extend(_row_items(row, qi, bq, bk, lq, lk))
-    return _group_items(items)
+    return _group_items(items, relative)
 
 
-def _group_items(items: list[_Item]) -> list[_Group]:
-    """Merge and group items into kernel calls, level 0 first."""
+def _group_items(items: list[_Item], relative: bool) -> list[_Group]:
+    """Merge and group items into kernel calls, level 0 first. ``relative``: the mask depends
+    only on ``k - q`` (a band), so a group whose keys move with its queries has one mask."""
     # Merge consecutive query blocks that see the same unmasked key range into one item.
     merged: list[_Item] = []
     for it in items:
@@ -192,7 +229,8 @@ def _group_items(items: list[_Item]) -> list[_Group]:
             step = it.k0 - last_k0 if g.n == 1 else g.k_step
             fits = ((it.level, it.masked, it.causal, it.q_len, it.k_len, it.pattern)
                     == (f.level, f.masked, f.causal, f.q_len, f.k_len, f.pattern))
-            within = not f.masked or (g.n + 1) * f.q_len * f.k_len <= _MAX_MASK_ELEMENTS
+            within = (not f.masked or (relative and step == f.q_len)
+                      or (g.n + 1) * f.q_len * f.k_len <= _MAX_MASK_ELEMENTS)
             if fits and within and it.q0 == g.rows[1] and it.k0 - last_k0 == step and step >= 0:
                 groups[-1] = _Group(f, g.n + 1, step)
                 continue
@@ -208,13 +246,16 @@ def _windows(x: Tensor, start: int, n: int, step: int, length: int) -> Tensor:
 
 
 def _group_mask(mask: Mask, group: _Group, batch_index: int, lq: int, lk: int, bk: int,
-                dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+                dtype: torch.dtype, relative: bool) -> tuple[Tensor, Tensor | None]:
     """Additive mask (n|1, H|1, q, k) of a masked group, and which rows have a key (or None).
 
     Only the partial tiles are evaluated (full tiles stay 0). A mask that is the same for every
-    item (bands: sliding windows, the causal diagonal) is kept once and broadcast.
+    item (bands: sliding windows, the causal diagonal) is kept once and broadcast; with
+    ``relative`` (the mask depends on k - q only) and keys that move with the queries, that is
+    known without evaluating more than the first item.
     """
-    f, n = group.first, group.n
+    f = group.first
+    n = 1 if relative and group.k_step == f.q_len else group.n
     q_idx = (f.q0 + f.q_len * torch.arange(n))[:, None] + torch.arange(f.q_len)  # (n, q)
     k_starts = (f.k0 + group.k_step * torch.arange(n))[:, None]  # (n, 1)
     b = torch.full((1, 1, 1, 1), batch_index)
@@ -248,23 +289,30 @@ class FusedPlan:
     """
 
     def __init__(self, mask: Mask | None, lq: int, lk: int, block_q: int, block_k: int,
-                 dtype: torch.dtype, *, by_structure: bool = True) -> None:
+                 dtype: torch.dtype, *, by_structure: bool = True,
+                 band_block: int | None = None) -> None:
+        self._args = (mask, lq, lk, block_q, block_k, dtype, by_structure)
         self.mask, self.lq, self.lk, self.bk, self.dtype = mask, lq, lk, block_k, dtype
+        self.band_block: int | None = None  # query rows per block when planned as a band
         n_q, n_k = math.ceil(lq / block_q), math.ceil(lk / block_k)
-        band = mask.band(lq, lk) if mask is not None and by_structure else None
+        band = mask.band(lq, lk) if mask is not None else None
         if band == (None, None):  # the mask allows everything
             mask = self.mask = None
             band = None
-        band_items = (_causal_items(band[1], lq, lk)
-                      if band is not None and band[0] is None and band[1] is not None else None)
+        self.relative = band is not None  # the mask depends on k - q only
+        lo, hi = band if band is not None and by_structure else (None, None)
         diagonal = (mask.block_diagonal(lq, lk)
-                    if band_items is None and mask is not None and by_structure else None)
-        if band_items is not None:
-            self.groups = [_group_items(band_items)]
+                    if band is None and mask is not None and by_structure else None)
+        if hi is not None and lo is None and (causal := _causal_items(hi, lq, lk)) is not None:
+            self.groups = [_group_items(causal, self.relative)]
+        elif lo is not None and hi is not None and hi - lo + 1 <= BAND_MAX_WIDTH:
+            self.band_block = band_block or BAND_BLOCK
+            self.groups = [_group_items(_band_items(lo, hi, lq, lk, block_k, self.band_block),
+                                        self.relative)]
         elif diagonal is not None:  # packed documents: one square call per document
-            runs, causal = diagonal
-            self.groups = [_group_items([_Item(a, b - a, a, b - a, False, 0, (), causal)
-                                         for a, b in row]) for row in runs]
+            runs, causal_runs = diagonal
+            self.groups = [_group_items([_Item(a, b - a, a, b - a, False, 0, (), causal_runs)
+                                         for a, b in row], False) for row in runs]
         else:
             if mask is None:
                 states = [[[FULL] * n_k for _ in range(n_q)]]
@@ -274,8 +322,17 @@ class FusedPlan:
                 merged = torch.where((s == EMPTY).all(1), EMPTY,
                                      torch.where((s == FULL).all(1), FULL, 1))  # (B|1, nQ, nK)
                 states = merged.tolist()
-            self.groups = [_plan(st, block_q, block_k, lq, lk) for st in states]
+            self.groups = [_plan(st, block_q, block_k, lq, lk, self.relative) for st in states]
         self._masks: dict[tuple[int, int], tuple[Tensor, Tensor | None]] = {}
+
+    def for_backward(self) -> FusedPlan:
+        """The plan the backward runs: this one, except that a band runs in blocks of
+        ``BAND_BLOCK_BACKWARD`` rows (any split of the rows gives the exact gradients)."""
+        if self.band_block is None or self.band_block == BAND_BLOCK_BACKWARD:
+            return self
+        mask, lq, lk, block_q, block_k, dtype, by_structure = self._args
+        return FusedPlan(mask, lq, lk, block_q, block_k, dtype, by_structure=by_structure,
+                         band_block=BAND_BLOCK_BACKWARD)
 
     def for_batch(self, b: int) -> tuple[int, list[_Group]]:
         """(batch index the mask uses, kernel calls) for batch element ``b``."""
@@ -290,7 +347,7 @@ class FusedPlan:
         key = (mb, index)
         if key not in self._masks:
             self._masks[key] = _group_mask(self.mask, group, mb, self.lq, self.lk, self.bk,
-                                           self.dtype)
+                                           self.dtype, self.relative)
         return self._masks[key]
 
 
@@ -304,9 +361,27 @@ def make_plan(spec: AttentionSpec, block_q: int, block_k: int, *,
                      by_structure=by_structure)
 
 
-#: Largest gradient block (elements of one of the kernel's dk / dv outputs) per backward call.
-#: 2**21 float32 = 8 MiB: below glibc's mmap threshold once it has adapted, so reused.
-BACKWARD_PIECE_ELEMENTS = 1 << 21
+#: Largest kernel output (elements of one output tensor: out in the forward, dk or dv in the
+#: backward) per kernel call. The kernel returns fresh zeroed tensors; for all windows of a long
+#: sequence at once that was hundreds of MiB, which malloc maps and zero-faults anew on every
+#: call (on this VM ~3 us per 4 KiB page: 1.1 s of local's forward+backward at 32k). 2**21
+#: float32 = 8 MiB stays below glibc's mmap threshold once it has adapted, so it is reused.
+PIECE_ELEMENTS = 1 << 21
+
+
+def _pieces(group: _Group, item_elements: int) -> list[tuple[int, int]]:
+    """(first item, items) of consecutive runs of ``group`` with outputs of about
+    PIECE_ELEMENTS, given one item's output elements."""
+    per_piece = max(1, PIECE_ELEMENTS // item_elements)
+    return [(i0, min(per_piece, group.n - i0)) for i0 in range(0, group.n, per_piece)]
+
+
+_MaskPart = TypeVar("_MaskPart", Tensor, Tensor | None)
+
+
+def _mask_rows(mask: _MaskPart, i0: int, n: int) -> _MaskPart:
+    """The part of a group's (n|1, ...) mask or row flags for items [i0, i0 + n)."""
+    return mask if mask is None or mask.shape[0] == 1 else mask[i0:i0 + n]
 
 
 def _fwd_op() -> Any:
@@ -331,22 +406,25 @@ def fused_forward(spec: AttentionSpec, plan: FusedPlan) -> tuple[Tensor, Tensor]
         for index, g in enumerate(groups):
             f = g.first
             additive, row_has_key = plan.mask_of(mb, index)
-            o, l = _fwd_op()(
-                _windows(q[b], f.q0, g.n, f.q_len, f.q_len),
-                _windows(k[b], f.k0, g.n, g.k_step, f.k_len),
-                _windows(v[b], f.k0, g.n, g.k_step, f.k_len),
-                0.0, f.causal, attn_mask=additive, scale=spec.scale)  # (n, H, q, Dv), (n, H, q)
-            l = l.to(q.dtype)
-            if row_has_key is not None:  # the kernel gives lse 0 to rows with no key
-                l = l.masked_fill(~row_has_key, float("-inf"))
-            r0, r1 = g.rows
-            o = o.transpose(1, 2).reshape(-1, o.shape[1], o.shape[-1])  # (n*q, H, Dv), a view
-            l = l.transpose(0, 1).reshape(l.shape[1], -1)  # (H, n*q)
-            if f.level == 0:
-                rows_first[b, r0:r1] = o
-                lse[b, :, r0:r1] = l
-            else:
-                _merge_into(rows_first[b, r0:r1], lse[b, :, r0:r1].T, o, l.T)
+            for i0, n in _pieces(g, spec.heads * f.q_len * v.shape[-1]):
+                q0, k0 = f.q0 + i0 * f.q_len, f.k0 + i0 * g.k_step
+                o, l = _fwd_op()(
+                    _windows(q[b], q0, n, f.q_len, f.q_len),
+                    _windows(k[b], k0, n, g.k_step, f.k_len),
+                    _windows(v[b], k0, n, g.k_step, f.k_len),
+                    0.0, f.causal, attn_mask=_mask_rows(additive, i0, n),
+                    scale=spec.scale)  # (n, H, q, Dv), (n, H, q)
+                l = l.to(q.dtype)
+                if row_has_key is not None:  # the kernel gives lse 0 to rows with no key
+                    l = l.masked_fill(~_mask_rows(row_has_key, i0, n), float("-inf"))
+                r0, r1 = q0, q0 + n * f.q_len
+                o = o.transpose(1, 2).reshape(-1, o.shape[1], o.shape[-1])  # (n*q, H, Dv) view
+                l = l.transpose(0, 1).reshape(l.shape[1], -1)  # (H, n*q)
+                if f.level == 0:
+                    rows_first[b, r0:r1] = o
+                    lse[b, :, r0:r1] = l
+                else:
+                    _merge_into(rows_first[b, r0:r1], lse[b, :, r0:r1].T, o, l.T)
     return out, lse
 
 
@@ -369,6 +447,7 @@ def fused_backward(spec: AttentionSpec, plan: FusedPlan, out: Tensor, lse: Tenso
     k, v = expand_kv(spec.k, spec.heads), expand_kv(spec.v, spec.heads)  # (B, H, Lk, D|Dv)
     # Rows with no key: lse +inf makes their P = exp(S - lse) exactly 0, so no gradient.
     lse = torch.where(torch.isfinite(lse), lse, torch.full_like(lse, float("inf")))
+    plan = plan.for_backward()
     dq = torch.zeros_like(q)
     dk, dv = torch.zeros_like(k), torch.zeros_like(v)
     for b in range(spec.batch):
@@ -376,13 +455,7 @@ def fused_backward(spec: AttentionSpec, plan: FusedPlan, out: Tensor, lse: Tenso
         for index, g in enumerate(groups):
             f = g.first
             additive, _ = plan.mask_of(mb, index)
-            # The kernel returns fresh zeroed (n, H, k_len, D) gradients per call. A whole group
-            # (all sliding windows of a long sequence) made them hundreds of MiB, which malloc
-            # maps and zero-faults anew on every call; pieces of about BACKWARD_PIECE_ELEMENTS
-            # come from reused heap memory instead.
-            piece = max(1, BACKWARD_PIECE_ELEMENTS // (spec.heads * f.k_len * q.shape[-1]))
-            for i0 in range(0, g.n, piece):
-                n = min(piece, g.n - i0)
+            for i0, n in _pieces(g, spec.heads * f.k_len * q.shape[-1]):
                 q0, k0 = f.q0 + i0 * f.q_len, f.k0 + i0 * g.k_step
                 gq, gk, gv = _bwd_op()(
                     _windows(grad_out[b], q0, n, f.q_len, f.q_len),
@@ -392,8 +465,7 @@ def fused_backward(spec: AttentionSpec, plan: FusedPlan, out: Tensor, lse: Tenso
                     _windows(out[b], q0, n, f.q_len, f.q_len),
                     _windows(lse[b, :, :, None], q0, n, f.q_len, f.q_len)[..., 0],
                     0.0, f.causal, scale=spec.scale,
-                    attn_mask=additive if additive is None or additive.shape[0] == 1
-                    else additive[i0:i0 + n])
+                    attn_mask=_mask_rows(additive, i0, n))
                 dq[b, :, q0:q0 + n * f.q_len] += gq.transpose(0, 1).reshape(
                     gq.shape[1], -1, gq.shape[-1])
                 if n == 1:
