@@ -145,9 +145,11 @@ class _ChunkedKernelAttention(torch.autograd.Function):
             kv_t = expand_kv(kv, heads).transpose(-1, -2)  # (B, H, M, E)
             for start in range(0, length, chunk):
                 rows = slice(start, start + chunk)
-                both = features.queries(q[:, rows].transpose(1, 2).contiguous()) @ kv_t
-                inverse_c = inverse_or_zero(both[..., dv:])  # (B, H, C, 1): 1 / den or 0
-                out[:, rows] = (both[..., :dv] * inverse_c).transpose(1, 2)
+                phi = features.queries(q[:, rows].transpose(1, 2).contiguous())  # (B, H, C, M)
+                # Numerator and denominator as two products: a GEMM 64 wide plus a GEMV ran
+                # ~15% faster than one 65 wide at M = 256 (a one-off timing on this CPU).
+                inverse_c = inverse_or_zero(phi @ kv_t[..., dv:])  # (B, H, C, 1): 1 / den or 0
+                out[:, rows] = (phi @ kv_t[..., :dv]).mul_(inverse_c).transpose(1, 2)
                 inverse[:, rows] = inverse_c.transpose(1, 2)
         ctx.features, ctx.chunk = features, chunk
         ctx.save_for_backward(q, k, v, valid, out, inverse, kv, top)

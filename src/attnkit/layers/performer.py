@@ -66,13 +66,8 @@ class FavorFeatures(KernelFeatures):
         d = projection.shape[1]
         self.num_features = num_features
         self.weight = projection * d ** -0.25  # W / d^(1/4): the input scaling folded in, (M, d)
-        # Keys: w.k' - |k'|^2 / 2 as ONE GEMM, [k | |k|^2] @ [w' | -c]^T with c = d^(-1/2) / 2;
-        # the concatenation is the copy of the strided key chunk that the GEMM needs anyway, so
-        # the norm term costs no pass over the (S, M) map.
-        self.key_weight = torch.cat([self.weight, self.weight.new_full((num_features, 1),
-                                                                       -0.5 / math.sqrt(d))], 1)
         self.weight_log2 = self.weight * _LOG2_E
-        self.key_weight_log2 = self.key_weight * _LOG2_E
+        self.half_norm_factor = 0.5 / math.sqrt(d)  # |x'|^2 / 2 = |x|^2 * this
 
     def queries(self, q: Tensor) -> Tensor:
         # Every factor of phi(q) but exp(w.q') is the same across a row's features and cancels
@@ -83,26 +78,33 @@ class FavorFeatures(KernelFeatures):
 
     def keys(self, k: Tensor, valid: Tensor | None = None, *, shift: bool = False
              ) -> tuple[Tensor, Tensor | None]:
-        square = torch.linalg.vector_norm(k, dim=-1, keepdim=True).square()  # (B, Hkv, S, 1)
-        log2_phi = torch.cat([k, square], -1) @ self.key_weight_log2.T  # (B, Hkv, S, M)
-        if valid is not None:  # padded keys: phi = exp(-inf) = 0, and they set no shift
-            log2_phi.masked_fill_(~valid[:, None, :, None], float("-inf"))
+        # The norm term is one number per key: it joins the pass that subtracts the shift, so
+        # the GEMM stays d wide (65 wide, with the norm as an extra column, ran slower).
+        row_term = torch.linalg.vector_norm(k, dim=-1, keepdim=True).square()
+        row_term = row_term.mul_(self.half_norm_factor * _LOG2_E)  # (B, Hkv, S, 1)
+        if valid is not None:  # padded keys: phi = exp2(-inf) = 0, and they set no shift
+            row_term.masked_fill_(~valid[:, None, :, None], float("inf"))
+        log2_phi = k @ self.weight_log2.T  # (B, Hkv, S, M), without the norm term
         if not shift:
             # Causal / decoding: raw exponents so a state stays consistent across calls.
-            return log2_phi.sub_(0.5 * math.log2(self.num_features)).exp2_(), None
+            row_term += 0.5 * math.log2(self.num_features)
+            return log2_phi.sub_(row_term).exp2_(), None
         # Non-causal: one detached maximum per (B, Hkv) (a factor that cancels in num / den)
-        # keeps exp() in range; log(M) / 2 is such a factor too.
-        top = log2_phi.detach().amax((-1, -2))  # (B, Hkv); -inf if no key is valid
+        # keeps exp() in range. The row term is constant along a row, so the maximum of
+        # (row max - row term) is the maximum of the whole exponent map.
+        top = (log2_phi.detach().amax(-1, keepdim=True) - row_term.detach()).amax((-1, -2))
         ref = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-        return log2_phi.sub_(ref[..., None, None]).exp2_(), top / _LOG2_E
+        return log2_phi.sub_(row_term.add_(ref[..., None, None])).exp2_(), top / _LOG2_E
 
     def queries_backward(self, q: Tensor, phi: Tensor, grad_phi: Tensor) -> Tensor:
         return (grad_phi * phi) @ self.weight
 
     def keys_backward(self, k: Tensor, phi: Tensor, grad_phi: Tensor) -> Tensor:
-        grad_ext = (grad_phi * phi) @ self.key_weight  # (B, Hkv, C, d + 1): d/dk and d/d|k|^2
-        d = k.shape[-1]
-        return grad_ext[..., :d].addcmul_(k, grad_ext[..., d:], value=2.0)
+        # d/dk (w.k' - |k'|^2 / 2) = w' - 2 c k with c = half_norm_factor, for every feature.
+        grad_exponent = grad_phi * phi  # (B, Hkv, C, M)
+        grad = grad_exponent @ self.weight
+        return grad.addcmul_(k, grad_exponent.sum(-1, keepdim=True),
+                             value=-2.0 * self.half_norm_factor)
 
 
 class PerformerAttention(KernelizedAttention):
