@@ -81,6 +81,12 @@ def test_tiny_run_writes_csv_plot_and_summary(tmp_path: Path) -> None:
     assert (tmp_path / "kinds.png").stat().st_size > 0
     assert "targets at L=64" in (tmp_path / "summary.txt").read_text()
     assert {s.kind for s in summaries} == {"mha", "linear"}
+    # the side-by-side rounds at the largest length: linear next to mha, both modes, 3 rounds
+    rounds = list(csv.DictReader((tmp_path / "side_by_side.csv").open()))
+    assert len(rounds) == 6 and {r["kind"] for r in rounds} == {"linear"}
+    assert all(float(r["speedup"]) > 0 for r in rounds)
+    assert {s.kind: s.rounds for s in summaries} == {"mha": 0, "linear": 3}
+    assert "median over 3 rounds" in (tmp_path / "summary.txt").read_text()
 
 
 def test_unknown_kind_is_named() -> None:

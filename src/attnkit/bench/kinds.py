@@ -12,6 +12,11 @@ then fits the log-log slope of time and memory against L over the largest length
 length where each kind becomes faster than exact attention (``mha``), and writes a CSV, a
 log-log PNG and a text summary. Points whose projected time (from the previous length, assuming
 quadratic growth) exceeds a budget are skipped and marked, except for ``mha``, the reference.
+
+The speed-ups that the targets are checked on come from rounds at the largest length in which
+the reference and each efficient kind are timed side by side (:mod:`attnkit.bench.side_by_side`;
+the sweep measures them minutes apart, and this VM's speed drifts); the sweep's ratios are
+printed next to them.
 """
 
 from __future__ import annotations
@@ -30,6 +35,14 @@ from typing import Any
 import torch
 
 from attnkit.bench.harness import measure, time_call, write_csv
+from attnkit.bench.side_by_side import (
+    Calls,
+    RoundTiming,
+    median_speedups,
+    read_timings_csv,
+    run_rounds,
+    write_timings_csv,
+)
 from attnkit.layers import build_attention, list_attention_kinds
 
 __all__ = ["KindsBenchConfig", "Measurement", "register", "run_kinds_benchmark"]
@@ -49,6 +62,7 @@ LINEAR_COST_KINDS = ("local", "linear", "performer", "linformer", "nystrom")
 #: slope target applies; their speed-up is bounded by the band's share of the scores (reported).
 BANDED_KINDS = ("adaptive_span",)
 REFERENCE_KIND = "mha"
+SIDE_BY_SIDE_CSV = "side_by_side.csv"
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,8 @@ class KindsBenchConfig:
     point_budget_s: float | None = 240.0  # skip a point projected to take longer (not mha)
     fit_points: int = 3  # the slope is fitted over this many largest measured lengths
     interleaved_rounds: int = 2  # extra timed calls per quick point, taken round-robin over L
+    side_by_side_rounds: int = 3  # rounds timing mha and each efficient kind together at max L
+    side_by_side_calls: int = 3  # a kind's calls per round (median); mha gets one per round
     seed: int = 0  # seed of inputs and weights
     out_dir: Path = Path("bench_results/kinds")  # where CSV, PNG and summary go
 
@@ -92,6 +108,12 @@ class KindSummary:
     slopes: dict[str, float] = field(default_factory=dict)  # metric -> log-log slope
     crossover: dict[str, str] = field(default_factory=dict)  # metric -> length where < mha
     speedup: dict[str, float] = field(default_factory=dict)  # metric -> mha / kind at max L
+    side_by_side: dict[str, float] = field(default_factory=dict)  # time metric -> median ratio
+    rounds: int = 0  # side-by-side rounds behind ``side_by_side``
+
+    def target_speedup(self, metric: str) -> float:
+        """The side-by-side speed-up where rounds were run, else the sweep's."""
+        return self.side_by_side.get(metric, self.speedup.get(metric, math.nan))
 
 
 # -- measuring ---------------------------------------------------------------------------------
@@ -157,17 +179,17 @@ def measure_point(layer: torch.nn.Module, kind: str, length: int, config: KindsB
     return _run_point(layer, kind, length, config, expected, growth).point
 
 
-def _run_point(layer: torch.nn.Module, kind: str, length: int, config: KindsBenchConfig,
-               expected: Measurement | None = None,
-               growth: tuple[float, float] = (2.0, 2.0)) -> _PointRun:
-    """Forward and forward+backward time and peak memory of ``layer`` at length ``length``.
-
-    ``expected`` (the previous point) and ``growth`` (its log-log slopes, forward and
-    forward+backward) give the guess that decides between repeated and single calls."""
+def _inputs(length: int, config: KindsBenchConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (B, L, dim) input and the output gradient used at length ``length``."""
     gen = torch.Generator(device=config.device).manual_seed(config.seed + length)
     x = torch.randn(config.batch, length, config.dim, generator=gen, device=config.device,
                     dtype=config.dtype)
     grad = torch.randn(x.shape, generator=gen, device=config.device, dtype=config.dtype)
+    return x, grad
+
+
+def _calls(layer: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Calls:
+    """The timed calls: forward without autograd, and forward+backward into input and weights."""
 
     def forward() -> None:
         with torch.no_grad():
@@ -178,6 +200,17 @@ def _run_point(layer: torch.nn.Module, kind: str, length: int, config: KindsBenc
         inp = x.detach().requires_grad_(True)
         layer(inp).backward(grad)
 
+    return forward, forward_backward
+
+
+def _run_point(layer: torch.nn.Module, kind: str, length: int, config: KindsBenchConfig,
+               expected: Measurement | None = None,
+               growth: tuple[float, float] = (2.0, 2.0)) -> _PointRun:
+    """Forward and forward+backward time and peak memory of ``layer`` at length ``length``.
+
+    ``expected`` (the previous point) and ``growth`` (its log-log slopes, forward and
+    forward+backward) give the guess that decides between repeated and single calls."""
+    forward, forward_backward = _calls(layer, *_inputs(length, config))
     result = Measurement(kind, length)
     fwd_guess = both_guess = 0.0
     if expected is not None:
@@ -261,7 +294,11 @@ def crossover_length(lengths: Sequence[int], kind_values: Sequence[float],
     return f"> {pts[-1][0]}"
 
 
-def summarize(points: Sequence[Measurement], config: KindsBenchConfig) -> list[KindSummary]:
+def summarize(points: Sequence[Measurement], config: KindsBenchConfig,
+              timings: Sequence[RoundTiming] = ()) -> list[KindSummary]:
+    """Slopes, crossovers and speed-ups per kind; ``timings`` are side-by-side rounds, if any."""
+    side_by_side = median_speedups(timings)
+    rounds = {t.kind: len({u.round for u in timings if u.kind == t.kind}) for t in timings}
     by_kind: dict[str, dict[int, Measurement]] = {}
     for p in points:
         by_kind.setdefault(p.kind, {})[p.length] = p
@@ -283,28 +320,36 @@ def summarize(points: Sequence[Measurement], config: KindsBenchConfig) -> list[K
                 if top is not None:
                     mine, theirs = getattr(rows[top], metric), getattr(ref[top], metric)
                     summary.speedup[metric] = theirs / mine if mine > 0 else math.nan
+        summary.side_by_side = side_by_side.get(kind, {})
+        summary.rounds = rounds.get(kind, 0)
         summaries.append(summary)
     return summaries
 
 
 def format_summary(summaries: Sequence[KindSummary], config: KindsBenchConfig) -> str:
     top = max(config.lengths)
+    rounds = max((s.rounds for s in summaries), default=0)
     lines = [f"slopes fitted over the {config.fit_points} largest measured lengths; speed-up = "
              f"mha / kind at L={top}; crossover = length where the kind becomes cheaper than mha",
+             f"sweep: the length sweep's medians (mha and each kind run at different times); "
+             f"side by side: median over {rounds} rounds of mha and the kind timed together "
+             f"(the targets use it where present)" if rounds else
+             "sweep: the length sweep's medians (no side-by-side rounds were run)",
              f"{'kind':>14} | {'slope t_fwd':>11} {'t_fwd+bwd':>9} {'mem_fwd':>8} "
-             f"{'mem_f+b':>8} | {'x fwd':>7} {'x f+b':>7} | crossover fwd / fwd+bwd"]
+             f"{'mem_f+b':>8} | {'sweep x fwd':>11} {'x f+b':>6} | {'side x fwd':>10} "
+             f"{'x f+b':>6} | crossover fwd / fwd+bwd"]
     for s in summaries:
         sl = [s.slopes.get(m, math.nan) for m in METRICS]
         sp = [s.speedup.get(m, math.nan) for m in ("forward_s", "forward_backward_s")]
+        sbs = [s.side_by_side.get(m, math.nan) for m in ("forward_s", "forward_backward_s")]
         cross = " / ".join(s.crossover.get(m, "-") for m in ("forward_s", "forward_backward_s"))
         lines.append(f"{s.kind:>14} | {sl[0]:11.2f} {sl[1]:9.2f} {sl[2]:8.2f} {sl[3]:8.2f} | "
-                     f"{sp[0]:7.1f} {sp[1]:7.1f} | {cross}")
+                     f"{sp[0]:11.1f} {sp[1]:6.1f} | {sbs[0]:10.1f} {sbs[1]:6.1f} | {cross}")
     targets, banded = [], []
     for s in summaries:
         flat = all(s.slopes.get(m, math.inf) <= 1.15 for m in METRICS)
         if s.kind in LINEAR_COST_KINDS:
-            fast = s.speedup.get("forward_backward_s", math.nan) >= 20 and \
-                s.speedup.get("forward_s", math.nan) >= 20
+            fast = all(s.target_speedup(m) >= 20 for m in ("forward_s", "forward_backward_s"))
             targets.append(f"{s.kind}: >=20x {'yes' if fast else 'NO'}, slopes<=1.15 "
                            f"{'yes' if flat else 'NO'}")
         elif s.kind in BANDED_KINDS:
@@ -382,9 +427,10 @@ def read_points_csv(path: Path) -> list[Measurement]:
 
 
 def report(points: Sequence[Measurement], config: KindsBenchConfig, header: str,
-           log: Callable[[str], None] = print) -> list[KindSummary]:
+           log: Callable[[str], None] = print, timings: Sequence[RoundTiming] = ()
+           ) -> list[KindSummary]:
     """Slopes, crossovers and targets; writes summary.txt and kinds.png under ``out_dir``."""
-    summaries = summarize(points, config)
+    summaries = summarize(points, config, timings)
     text = format_summary(summaries, config)
     log(text)
     config.out_dir.mkdir(parents=True, exist_ok=True)
@@ -422,7 +468,29 @@ def run_kinds_benchmark(config: KindsBenchConfig, *, log: Callable[[str], None] 
             points.append(point)
             write_points_csv(points, config.out_dir / "kinds.csv")  # partial results survive a stop
     log(f"wrote {config.out_dir / 'kinds.csv'}")
-    return points, report(points, config, header, log)
+    timings = _side_by_side(points, config, log)
+    return points, report(points, config, header, log, timings)
+
+
+def _side_by_side(points: Sequence[Measurement], config: KindsBenchConfig,
+                  log: Callable[[str], None]) -> list[RoundTiming]:
+    """Rounds at the largest length over the kinds with a target; writes side_by_side.csv."""
+    top = max(config.lengths)
+    measured = {p.kind for p in points if p.length == top and p.status == "ok"}
+    compared = [k for k in (*LINEAR_COST_KINDS, *BANDED_KINDS) if k in measured]
+    if config.side_by_side_rounds < 1 or REFERENCE_KIND not in measured or not compared:
+        return []
+    log(f"side by side at L={top}: {REFERENCE_KIND} and {', '.join(compared)}, "
+        f"{config.side_by_side_rounds} rounds")
+    x, grad = _inputs(top, config)
+    layers = {kind: _build(kind, config).train() for kind in (REFERENCE_KIND, *compared)}
+    calls = {kind: _calls(layer, x, grad) for kind, layer in layers.items()}
+    reference = calls.pop(REFERENCE_KIND)
+    timings = run_rounds(reference, calls, rounds=config.side_by_side_rounds,
+                         calls=config.side_by_side_calls, device=config.device, log=log)
+    write_timings_csv(timings, config.out_dir / SIDE_BY_SIDE_CSV)
+    log(f"wrote {config.out_dir / SIDE_BY_SIDE_CSV}")
+    return timings
 
 
 # -- command line ------------------------------------------------------------------------------
@@ -459,6 +527,11 @@ def register(bench_subparsers: Any) -> None:
     p.add_argument("--interleaved-rounds", type=int, default=2,
                    help="extra timed calls per quick point, taken in turn over the lengths "
                         "(default 2)")
+    p.add_argument("--side-by-side-rounds", type=int, default=3,
+                   help="rounds at the largest length timing mha and each efficient kind "
+                        "together; the targets use their median ratio (default 3, 0: none)")
+    p.add_argument("--side-by-side-calls", type=int, default=3,
+                   help="a kind's timed calls per side-by-side round, median (default 3)")
     p.add_argument("--point-budget", type=float, default=240.0,
                    help="skip points projected to take longer, in seconds (0: never skip)")
     p.add_argument("--out", type=Path, default=Path("bench_results/kinds"))
@@ -474,12 +547,15 @@ def _run_from_args(args: argparse.Namespace) -> int:
         lengths=tuple(lengths), dim=dim, num_heads=args.heads, batch=args.batch,
         device=args.device, kinds=tuple(args.kinds.split(",")) if args.kinds else None,
         repeats=args.repeats, interleaved_rounds=args.interleaved_rounds,
+        side_by_side_rounds=args.side_by_side_rounds, side_by_side_calls=args.side_by_side_calls,
         point_budget_s=args.point_budget or None, out_dir=args.out)
     if args.from_csv is not None:
         points = read_points_csv(args.from_csv)
+        rounds_csv = args.from_csv.parent / SIDE_BY_SIDE_CSV
+        timings = read_timings_csv(rounds_csv) if rounds_csv.exists() else []
         config = KindsBenchConfig(lengths=tuple(sorted({p.length for p in points})),
                                   out_dir=args.out)
-        report(points, config, f"attnkit bench kinds (from {args.from_csv})")
+        report(points, config, f"attnkit bench kinds (from {args.from_csv})", timings=timings)
         return 0
     run_kinds_benchmark(config, log=lambda line: print(line, flush=True))
     return 0
