@@ -36,6 +36,7 @@ import torch
 
 from attnkit.bench.harness import measure, time_call, write_csv
 from attnkit.bench.side_by_side import (
+    MODES,
     Calls,
     RoundTiming,
     median_speedups,
@@ -298,7 +299,9 @@ def summarize(points: Sequence[Measurement], config: KindsBenchConfig,
               timings: Sequence[RoundTiming] = ()) -> list[KindSummary]:
     """Slopes, crossovers and speed-ups per kind; ``timings`` are side-by-side rounds, if any."""
     side_by_side = median_speedups(timings)
-    rounds = {t.kind: len({u.round for u in timings if u.kind == t.kind}) for t in timings}
+    rounds: dict[str, set[int]] = {}
+    for t in timings:
+        rounds.setdefault(t.kind, set()).add(t.round)
     by_kind: dict[str, dict[int, Measurement]] = {}
     for p in points:
         by_kind.setdefault(p.kind, {})[p.length] = p
@@ -321,7 +324,7 @@ def summarize(points: Sequence[Measurement], config: KindsBenchConfig,
                     mine, theirs = getattr(rows[top], metric), getattr(ref[top], metric)
                     summary.speedup[metric] = theirs / mine if mine > 0 else math.nan
         summary.side_by_side = side_by_side.get(kind, {})
-        summary.rounds = rounds.get(kind, 0)
+        summary.rounds = len(rounds.get(kind, ()))
         summaries.append(summary)
     return summaries
 
@@ -340,16 +343,16 @@ def format_summary(summaries: Sequence[KindSummary], config: KindsBenchConfig) -
              f"{'x f+b':>6} | crossover fwd / fwd+bwd"]
     for s in summaries:
         sl = [s.slopes.get(m, math.nan) for m in METRICS]
-        sp = [s.speedup.get(m, math.nan) for m in ("forward_s", "forward_backward_s")]
-        sbs = [s.side_by_side.get(m, math.nan) for m in ("forward_s", "forward_backward_s")]
-        cross = " / ".join(s.crossover.get(m, "-") for m in ("forward_s", "forward_backward_s"))
+        sp = [s.speedup.get(m, math.nan) for m in MODES]
+        sbs = [s.side_by_side.get(m, math.nan) for m in MODES]
+        cross = " / ".join(s.crossover.get(m, "-") for m in MODES)
         lines.append(f"{s.kind:>14} | {sl[0]:11.2f} {sl[1]:9.2f} {sl[2]:8.2f} {sl[3]:8.2f} | "
                      f"{sp[0]:11.1f} {sp[1]:6.1f} | {sbs[0]:10.1f} {sbs[1]:6.1f} | {cross}")
     targets, banded = [], []
     for s in summaries:
         flat = all(s.slopes.get(m, math.inf) <= 1.15 for m in METRICS)
         if s.kind in LINEAR_COST_KINDS:
-            fast = all(s.target_speedup(m) >= 20 for m in ("forward_s", "forward_backward_s"))
+            fast = all(s.target_speedup(m) >= 20 for m in MODES)
             targets.append(f"{s.kind}: >=20x {'yes' if fast else 'NO'}, slopes<=1.15 "
                            f"{'yes' if flat else 'NO'}")
         elif s.kind in BANDED_KINDS:
@@ -474,7 +477,8 @@ def run_kinds_benchmark(config: KindsBenchConfig, *, log: Callable[[str], None] 
 
 def _side_by_side(points: Sequence[Measurement], config: KindsBenchConfig,
                   log: Callable[[str], None]) -> list[RoundTiming]:
-    """Rounds at the largest length over the kinds with a target; writes side_by_side.csv."""
+    """Rounds at the largest length over the kinds with a target or a bound (efficient and
+    banded kinds); writes side_by_side.csv."""
     top = max(config.lengths)
     measured = {p.kind for p in points if p.length == top and p.status == "ok"}
     compared = [k for k in (*LINEAR_COST_KINDS, *BANDED_KINDS) if k in measured]
