@@ -1,4 +1,4 @@
-"""The docs stay true: the README's Python blocks run, and every relative link points to a file.
+"""The docs stay true: the README's Python blocks run, quoted commands parse, links resolve.
 
 A Python block that cannot run as it stands (it needs a trained run, a dataset or minutes of
 CPU) is marked by an HTML comment on the line before its fence::
@@ -8,11 +8,20 @@ CPU) is marked by an HTML comment on the line before its fence::
 and is then only parsed, never run. Every other ``python`` block of README.md runs in a fresh
 interpreter, as a reader would paste it; the Python blocks of the other pages are parsed
 (``compile``), so a syntax error is caught there too.
+
+Every ``attnkit ...`` line of a shell block (no language, ``bash``, ``sh``, ``console``) must be
+accepted by the CLI's own argument parser, so a renamed subcommand or option shows up here.
+Optional parts may be written in brackets (``[--png DIR]``) and ``...`` stands for more of the
+same; both are dropped before parsing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import re
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -21,12 +30,17 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
+from attnkit.cli import build_parser
+
 markdown_it = pytest.importorskip(
     "markdown_it", reason="needs markdown-it-py: pip install 'attnkit[test]'")
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 SKIP_MARKER = "docs-test: skip"
+SHELL_LANGUAGES = {"", "bash", "sh", "console", "shell"}
+# `attnkit ARGS`, also as `python -m attnkit.cli ARGS` or under torchrun (`-m attnkit.cli ARGS`).
+COMMAND = re.compile(r"(?:^|\s)(?:attnkit|-m attnkit\.cli)\s+(?P<args>.*)")
 
 
 def markdown_pages() -> list[Path]:
@@ -65,6 +79,33 @@ def code_blocks(page: Path) -> list[CodeBlock]:
         language = token.info.split()[0] if token.info.strip() else ""
         blocks.append(CodeBlock(page, token.map[0] + 1, language, token.content, skip_reason))
     return blocks
+
+
+def cli_commands(page: Path) -> list[tuple[int, str]]:
+    """(line of the block, arguments) of every ``attnkit`` command in the page's shell blocks."""
+    commands = []
+    for block in code_blocks(page):
+        if block.language not in SHELL_LANGUAGES:
+            continue
+        for line in block.source.replace("\\\n", " ").splitlines():
+            line = line.split(" #")[0].strip()
+            match = COMMAND.search(line)
+            if match and not line.startswith("#"):
+                commands.append((block.line, match.group("args")))
+    return commands
+
+
+def cli_error(arguments: str) -> str | None:
+    """The parser's complaint about ``attnkit ARGUMENTS``, or None when it accepts them."""
+    argv = [a for a in shlex.split(arguments.replace("[", " ").replace("]", " ")) if a != "..."]
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+            build_parser().parse_args(argv)
+    except SystemExit as exit_:
+        if exit_.code:  # --help exits with 0
+            return stderr.getvalue().strip().splitlines()[-1]
+    return None
 
 
 def relative_links(page: Path) -> list[str]:
@@ -116,6 +157,14 @@ def test_every_relative_link_points_to_an_existing_file(page: Path) -> None:
     assert broken_links(page) == [], f"{page.relative_to(ROOT)} links to missing files"
 
 
+@pytest.mark.parametrize("page", markdown_pages(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_quoted_command_is_accepted_by_the_cli(page: Path) -> None:
+    errors = [f"line {line}: attnkit {args}\n    {error}" for line, args in cli_commands(page)
+              if (error := cli_error(args)) is not None]
+    assert errors == [], f"{page.relative_to(ROOT)} quotes commands the CLI refuses:\n" + (
+        "\n".join(errors))
+
+
 def test_the_readme_links_every_docs_page() -> None:
     linked = {(README.parent / t).resolve() for t in relative_links(README)}
     missing = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "docs").glob("*.md"))
@@ -126,7 +175,7 @@ def test_the_readme_links_every_docs_page() -> None:
 # The checks above must be able to fail: run them on pages written to fail them.
 
 
-def test_a_missing_link_target_and_a_failing_block_are_caught(tmp_path: Path) -> None:
+def test_the_checks_catch_a_missing_link_a_failing_block_and_a_bad_command(tmp_path: Path) -> None:
     (tmp_path / "there.md").write_text("x\n")
     page = tmp_path / "page.md"
     page.write_text(
@@ -134,11 +183,18 @@ def test_a_missing_link_target_and_a_failing_block_are_caught(tmp_path: Path) ->
         " [anchor](#top) [ok with anchor](there.md#x)\n\n"
         "<!-- docs-test: skip (needs a trained run) -->\n"
         "```python\nload_run('runs/x')\n```\n\n"
-        "```python\nraise SystemExit(3)\n```\n",
+        "```python\nraise SystemExit(3)\n```\n\n"
+        "```bash\nOMP_NUM_THREADS=1 attnkit bench kinds --small \\\n    --no-such-option 1\n"
+        "attnkit explain RUN_DIR [--png DIR]   # fine\n```\n",
         encoding="utf-8")
     assert broken_links(page) == ["missing.csv", "plots/none.png"]
-    skipped, runnable = code_blocks(page)
+    skipped, runnable, _shell = code_blocks(page)
     assert skipped.skip_reason == "docs-test: skip (needs a trained run)"
     assert runnable.skip_reason is None and runnable.line == 8
+    commands = cli_commands(page)
+    assert [args for _, args in commands] == [
+        "bench kinds --small      --no-such-option 1", "explain RUN_DIR [--png DIR]"]
+    assert "--no-such-option" in (cli_error(commands[0][1]) or "")
+    assert cli_error(commands[1][1]) is None
     result = subprocess.run([sys.executable, "-c", runnable.source], capture_output=True)
     assert result.returncode == 3
