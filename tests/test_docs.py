@@ -10,6 +10,10 @@ before its fence::
 and is then only parsed (``compile``). A block whose task data is not installed skips with the
 install command that attnkit's ``MissingDataError`` names, as the task tests do.
 
+A repository path quoted in code (``tests/test_masks.py``, ``layers/registry.py``,
+``configs/listops.yaml``) on a reference page must exist, so a moved or renamed file shows up
+here; CHANGELOG.md is history and may name files that are gone.
+
 Every ``attnkit ...`` line of a shell block (no language, ``bash``, ``sh``, ``console``) must be
 accepted by the CLI's own argument parser, so a renamed subcommand or option shows up here.
 Optional parts may be written in brackets (``[--png DIR]``) and ``...`` stands for more of the
@@ -40,6 +44,10 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 SKIP_MARKER = "docs-test: skip"
 SHELL_LANGUAGES = {"", "bash", "sh", "console", "shell"}
+# A quoted repository path: a word with a slash and a file extension.
+QUOTED_PATH = re.compile(r"^[\w./-]+/[\w.-]+\.(?:py|yaml|yml|md|csv|png|txt|toml|json)$")
+# Quoted paths inside a run directory written by `attnkit train`, not in the repository.
+RUN_DIR_PARTS = ("checkpoints/", "best/", "runs/", "RUN_DIR/", "tensorboard/")
 # `attnkit ARGS`, also as `python -m attnkit.cli ARGS` or under torchrun (`-m attnkit.cli ARGS`).
 COMMAND = re.compile(r"(?:^|\s)(?:attnkit|-m attnkit\.cli)\s+(?P<args>.*)")
 
@@ -129,6 +137,23 @@ def broken_links(page: Path) -> list[str]:
     return [t for t in relative_links(page) if not (page.parent / t).exists()]
 
 
+def quoted_paths(page: Path) -> list[str]:
+    """Repository paths written in the page's inline code spans."""
+    paths = []
+    for token in _parse(page.read_text(encoding="utf-8")):
+        for child in token.children or []:
+            if child.type == "code_inline":
+                paths += [word for word in re.split(r"[\s:,()]+", child.content)
+                          if QUOTED_PATH.match(word) and not word.startswith(RUN_DIR_PARTS)]
+    return paths
+
+
+def missing_quoted_paths(page: Path) -> list[str]:
+    """Quoted paths found neither from the repository root, nor ``src/attnkit``, nor the page."""
+    bases = (ROOT, ROOT / "src" / "attnkit", ROOT / "src", page.parent)
+    return [p for p in quoted_paths(page) if not any((base / p).exists() for base in bases)]
+
+
 PYTHON_BLOCKS = [b for page in markdown_pages() for b in code_blocks(page)
                  if b.language == "python"]
 
@@ -160,6 +185,13 @@ def test_every_relative_link_points_to_an_existing_file(page: Path) -> None:
     assert broken_links(page) == [], f"{page.relative_to(ROOT)} links to missing files"
 
 
+@pytest.mark.parametrize("page", [p for p in markdown_pages() if p.name != "CHANGELOG.md"],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_quoted_repository_path_exists(page: Path) -> None:
+    assert missing_quoted_paths(page) == [], (
+        f"{page.relative_to(ROOT)} names files that do not exist (moved or renamed?)")
+
+
 @pytest.mark.parametrize("page", markdown_pages(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_quoted_command_is_accepted_by_the_cli(page: Path) -> None:
     errors = [f"line {line}: attnkit {args}\n    {error}" for line, args in cli_commands(page)
@@ -188,7 +220,8 @@ def test_the_checks_catch_a_missing_link_a_failing_block_and_a_bad_command(tmp_p
         "```python\nload_run('runs/x')\n```\n\n"
         "```python\nraise SystemExit(3)\n```\n\n"
         "```bash\nOMP_NUM_THREADS=1 attnkit bench kinds --small \\\n    --no-such-option 1\n"
-        "attnkit explain RUN_DIR [--png DIR]   # fine\n```\n",
+        "attnkit explain RUN_DIR [--png DIR]   # fine\n```\n\n"
+        "See `layers/registry.py`, `layers/gone.py`, `RUN_DIR/best/model.safetensors`.\n",
         encoding="utf-8")
     assert broken_links(page) == ["missing.csv", "plots/none.png"]
     skipped, runnable, _shell = code_blocks(page)
@@ -199,5 +232,6 @@ def test_the_checks_catch_a_missing_link_a_failing_block_and_a_bad_command(tmp_p
         "bench kinds --small      --no-such-option 1", "explain RUN_DIR [--png DIR]"]
     assert "--no-such-option" in (cli_error(commands[0][1]) or "")
     assert cli_error(commands[1][1]) is None
+    assert missing_quoted_paths(page) == ["layers/gone.py"]
     result = subprocess.run([sys.executable, "-c", runnable.source], capture_output=True)
     assert result.returncode == 3
