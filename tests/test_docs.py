@@ -200,6 +200,15 @@ def test_every_quoted_command_is_accepted_by_the_cli(page: Path) -> None:
         "\n".join(errors))
 
 
+def test_every_result_file_under_docs_is_linked_from_a_page() -> None:
+    """docs/ keeps only what a page cites; superseded runs are deleted (git keeps them)."""
+    linked = {(page.parent / t).resolve() for page in markdown_pages()
+              for t in relative_links(page)}
+    orphans = [str(f.relative_to(ROOT)) for f in sorted((ROOT / "docs").rglob("*"))
+               if f.is_file() and f.parent != ROOT / "docs" and f.resolve() not in linked]
+    assert orphans == [], f"files under docs/ that no page links (delete or cite them): {orphans}"
+
+
 def test_the_readme_links_every_docs_page() -> None:
     linked = {(README.parent / t).resolve() for t in relative_links(README)}
     missing = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "docs").glob("*.md"))
