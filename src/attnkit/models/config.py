@@ -22,7 +22,8 @@ class ModelConfig:
     mlp_dropout: float | None = None  # dropout on the MLP hidden layer (None: same as dropout)
     attention_dropout: float = 0.0  # dropout on attention weights (passed to the layer if > 0)
     norm: str = "layernorm"  # "layernorm" or "rmsnorm"
-    mlp: str = "gelu"  # "gelu" (Linear-GELU-Linear) or "swiglu" (Shazeer, 2020)
+    norm_eps: float = 1e-5  # epsilon of every norm (BERT / ViT checkpoints: 1e-12)
+    mlp: str = "gelu"  # "gelu" (erf), "gelu_tanh" (GPT-2) or "swiglu" (Shazeer, 2020)
     norm_first: bool = True  # pre-norm residual blocks; False = post-norm (Vaswani et al., 2017)
     attention: str | list[str] = "mha"  # attention kind, or one kind per layer
     attention_options: dict[str, Any] = field(default_factory=dict)  # extra build_attention kwargs
