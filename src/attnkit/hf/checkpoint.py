@@ -73,15 +73,19 @@ def _read_folder(folder: Path) -> HFCheckpoint:
 
 
 def _read_live(model: nn.Module) -> HFCheckpoint:
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(config, "to_dict"):
-        raise TypeError(f"expected a transformers PreTrainedModel (with .config), got "
-                        f"{type(model).__name__}")
-    as_dict: dict[str, Any] = config.to_dict()
-    if not as_dict.get("architectures"):
-        as_dict["architectures"] = [type(model).__name__]
-    tensors = {k: v.detach() for k, v in model.state_dict().items()}
-    return HFCheckpoint(config=as_dict, tensors=tensors)
+    """A live transformers model, through the names ``save_pretrained`` writes.
+
+    Recent transformers renames some modules in memory (e.g. ViT's ``attention.attention.query``
+    becomes ``attention.q_proj``) and converts back when saving, so the on-disk names are the
+    stable contract: the model is written to a temporary folder and read back from it.
+    """
+    save_pretrained = getattr(model, "save_pretrained", None)
+    if not callable(save_pretrained) or not hasattr(model, "config"):
+        raise TypeError(f"expected a transformers PreTrainedModel (with .config and "
+                        f".save_pretrained), got {type(model).__name__}")
+    with tempfile.TemporaryDirectory(prefix="attnkit-hf-") as folder:
+        save_pretrained(folder)
+        return _read_folder(Path(folder))
 
 
 def read_checkpoint(source: str | os.PathLike[str] | nn.Module) -> HFCheckpoint:

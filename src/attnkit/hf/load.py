@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from attnkit.hf import gpt2
+from attnkit.hf import bert, gpt2, vit
 from attnkit.hf.checkpoint import HFCheckpoint, read_checkpoint
 
 __all__ = ["CONVERTERS", "load"]
@@ -22,13 +22,17 @@ __all__ = ["CONVERTERS", "load"]
 #: model_type (from config.json) -> converter to an attnkit model.
 CONVERTERS: dict[str, Callable[[HFCheckpoint], nn.Module]] = {
     "gpt2": gpt2.from_hf,
+    "bert": bert.from_hf,
+    "vit": vit.from_hf,
 }
 
 
 def load(source: str | os.PathLike[str] | nn.Module) -> nn.Module:
     """A checkpoint folder (``config.json`` + safetensors) or a transformers model -> attnkit.
 
-    GPT-2 -> :class:`~attnkit.models.DecoderLM`. Unsupported architectures or config options
+    GPT-2 -> :class:`~attnkit.models.DecoderLM`; BERT and ViT ->
+    :class:`~attnkit.models.TransformerClassifier` (with the classification head when the
+    checkpoint has one, else the pooled output). Unsupported architectures or config options
     raise ``ValueError`` naming them and what is supported.
     """
     checkpoint = read_checkpoint(source)

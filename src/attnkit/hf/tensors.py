@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import Tensor
 
-__all__ = ["TensorTaker", "require_options"]
+__all__ = ["NamePairs", "TensorTaker", "affine_pairs", "block_pairs", "require_options"]
 
 
 class TensorTaker:
@@ -62,3 +62,21 @@ def require_options(config: dict[str, Any], what: str, rules: dict[str, tuple[An
             bad.append(f"{option}={value!r} (supported: {', '.join(map(repr, supported))})")
     if bad:
         raise ValueError(f"{what}: unsupported config option(s): {'; '.join(bad)}")
+
+
+#: (attnkit name, Hugging Face name) pairs; each pair is expanded to .weight and .bias.
+NamePairs = list[tuple[str, str]]
+
+
+def block_pairs(per_block: NamePairs, *, num_layers: int, ours: str, theirs: str) -> NamePairs:
+    """Full (attnkit, Hugging Face) tensor names for every block's weights and biases.
+
+    ``ours`` / ``theirs``: per-block prefixes with ``{i}`` for the layer index.
+    """
+    return [(f"{ours.format(i=i)}{a}.{p}", f"{theirs.format(i=i)}{b}.{p}")
+            for i in range(num_layers) for a, b in per_block for p in ("weight", "bias")]
+
+
+def affine_pairs(pairs: NamePairs) -> NamePairs:
+    """Expand (attnkit module, Hugging Face module) pairs to their .weight and .bias tensors."""
+    return [(f"{a}.{p}", f"{b}.{p}") for a, b in pairs for p in ("weight", "bias")]

@@ -30,7 +30,7 @@ class ModelConfig:
     cross_attention: str = "mha"  # seq2seq: attention kind of the decoder's cross-attention
     positional: str = "learned"  # "learned" | "sinusoidal" | "rope" | "none"
     max_length: int = 512  # longest sequence the position table covers (token / audio inputs)
-    pooling: str = "cls"  # classifiers: "cls" (prepended class token) or "mean" over valid tokens
+    pooling: str = "cls"  # classifiers: "cls" (prepended class token), "first" token or "mean"
     patch_size: int = 2  # ViT: side of a square image patch
     patch_stem: str = "linear"  # ViT: "linear" (one projection per patch) or "conv" (3x3 stem)
     tie_embeddings: bool = True  # LM / seq2seq: output projection shares the token embedding
