@@ -69,3 +69,25 @@ def padded_batch(vocab: int, lengths: list[int], seed: int = 0) -> tuple[torch.T
     ids = torch.randint(1, vocab, (len(lengths), longest), generator=generator)
     mask = torch.arange(longest)[None, :] < torch.tensor(lengths)[:, None]
     return ids.masked_fill(~mask, 0), mask.long(), torch.tensor(lengths)
+
+
+WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran", "far", "away", "and", "slept"]
+
+
+def word_tokenizer(folder: Path, *, bert: bool) -> Any:
+    """A word-level tokenizer built locally with the tokenizers library (no download), saved
+    into ``folder`` as transformers expects; BERT-style adds [CLS] ... [SEP]."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    vocab = {w: i for i, w in enumerate(specials + WORDS)}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    if bert:
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]",
+        cls_token="[CLS]" if bert else None, sep_token="[SEP]" if bert else None)
+    fast.save_pretrained(folder)
+    return fast

@@ -7,6 +7,7 @@ needs only safetensors; transformers is needed for live models and for tokenizer
 """
 
 from attnkit.hf.load import load
+from attnkit.hf.preprocess import load_image, load_image_processor, load_tokenizer
 from attnkit.hf.save import save
 
-__all__ = ["load", "save"]
+__all__ = ["load", "load_image", "load_image_processor", "load_tokenizer", "save"]
