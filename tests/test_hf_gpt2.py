@@ -21,6 +21,14 @@ def test_folder_logits_match(tmp_path):
     assert relative_error(ours, theirs) < 1e-4
 
 
+def test_parity_compare_measures_the_loaded_model():
+    from attnkit.hf.parity import compare
+
+    hf = tiny_gpt2()
+    tokens = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(5))
+    assert compare(hf, input_ids=tokens) < 1e-4
+
+
 def test_live_model_and_untied_head(tmp_path):
     hf = tiny_gpt2(tie_word_embeddings=False, activation_function="gelu", layer_norm_epsilon=1e-6)
     model = attnkit.hf.load(hf)

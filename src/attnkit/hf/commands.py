@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from attnkit.hf.load import load
+
 __all__ = ["register"]
 
 Handler = Callable[[argparse.Namespace], int]
@@ -29,19 +31,12 @@ def _is_run_dir(path: str) -> bool:
     return (Path(path) / "config.yaml").is_file()
 
 
-def _model(path: str) -> Any:
-    from attnkit.hf.load import load
-    from attnkit.train.run import load_run
-
-    return load_run(path).model if _is_run_dir(path) else load(path)
-
-
 def _explain(args: argparse.Namespace) -> int:
     from attnkit.explain.one_call import explain
     from attnkit.hf.preprocess import load_image, load_image_processor, load_tokenizer
 
     out = Path(args.out) if args.out else Path(args.hf) / "explain.html"
-    model = _model(args.hf)
+    model = load(args.hf)
     if args.image:
         pixels = load_image(args.image, load_image_processor(args.hf))
         report = explain(model, pixels, method=args.method, top_k=args.top_k,
@@ -74,7 +69,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     if not args.task:
         raise ValueError("--hf needs --task NAME: the task whose split to evaluate on")
-    model, task = _model(args.hf), get_task(args.task)
+    model, task = load(args.hf), get_task(args.task)
     check_fits_task(model, task)
     metrics = evaluate(model, getattr(task, args.split), task, batch_size=args.batch_size)
     print(json.dumps({"hf": args.hf, "task": task.name, "split": args.split,
@@ -89,7 +84,7 @@ def _generate(args: argparse.Namespace) -> int:
     from attnkit.hf.preprocess import load_tokenizer
     from attnkit.models import DecoderLM, SamplingConfig
 
-    model = _model(args.hf)
+    model = load(args.hf)
     if not isinstance(model, DecoderLM):
         raise ValueError(f"{args.hf!r} holds a {type(model).__name__}; generate needs a "
                          f"language model (GPT-2)")
@@ -133,6 +128,9 @@ def _route(hf_handler: Handler, own: Handler | None, needs_run_dir: bool
         if getattr(args, "hf", None):
             if getattr(args, "run_dir", None):
                 raise ValueError("give RUN_DIR or --hf PATH, not both")
+            if needs_run_dir and own is not None and _is_run_dir(args.hf):
+                args.run_dir = args.hf  # a run directory: the command's own path
+                return own(args)
             return hf_handler(args)
         if needs_run_dir and not getattr(args, "run_dir", None):
             raise ValueError("give RUN_DIR (a run of 'attnkit train') or --hf PATH (a Hugging "

@@ -20,7 +20,6 @@ from typing import Any
 
 from torch import nn
 
-from attnkit.hf.checkpoint import CONFIG, INDEX, WEIGHTS
 from attnkit.hf.load import load
 from attnkit.hf.save import save
 from attnkit.models.classifier import ClassifierHead, TransformerClassifier
@@ -84,17 +83,22 @@ def fit_head(model: nn.Module, num_classes: int) -> nn.Module:
     return model
 
 
+#: Files of a tokenizer or image processor that travel with the weights.
+PREPROCESSING_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                       "vocab.txt", "vocab.json", "merges.txt", "added_tokens.json",
+                       "preprocessor_config.json", "spiece.model", "tokenizer.model")
+
+
 def _copy_preprocessing(source: Path, target: Path) -> None:
-    """Tokenizer / image-processor files travel with the weights."""
-    for item in source.iterdir():
-        if item.is_file() and item.name not in (CONFIG, WEIGHTS, INDEX) and \
-                item.suffix in (".json", ".txt", ".model"):
-            shutil.copy2(item, target / item.name)
+    for name in PREPROCESSING_FILES:
+        if (source / name).is_file():
+            shutil.copy2(source / name, target / name)
 
 
 def finetune(source: str | os.PathLike[str], *, task: str,
              overrides: list[str] | None = None, name: str | None = None) -> Any:
-    """Train the checkpoint at ``source`` on ``task``; returns the TrainResult.
+    """Train the checkpoint at ``source`` (a Hugging Face folder or an attnkit run directory)
+    on ``task``; returns the TrainResult.
 
     ``overrides``: ``KEY=VALUE`` run settings as for ``attnkit train --set`` (train.* and
     out_dir; model numbers come from the checkpoint). Single process (no torchrun).
@@ -104,7 +108,8 @@ def finetune(source: str | os.PathLike[str], *, task: str,
     from attnkit.train.run import HF_FOLDER, load_run
 
     source = Path(source)
-    model = load(source)
+    is_run = (source / "config.yaml").is_file()  # an attnkit run directory as the start
+    model = load_run(source).model if is_run else load(source)
     raw = apply_overrides({"task": {"name": task}}, overrides or [])
     bad = [k for k in (raw.get("model") or {}) if k != "family"]
     if bad:

@@ -63,16 +63,18 @@ def _rows(length: int, batch: int, seed: int) -> list[tuple[str, str, float, flo
     lengths = torch.randint(length // 4, length + 1, (batch,), generator=generator)
     lengths[0] = length
     mask = (torch.arange(length)[None, :] < lengths[:, None]).long()
+    bert, vit = transformers.BertConfig(), transformers.ViTConfig()
+    bert.num_labels, vit.num_labels = 3, 10  # (PretrainedConfig's generic keyword)
     cases: list[tuple[str, Any, dict[str, Tensor]]] = [
         ("GPT-2 small (GPT2LMHeadModel)", transformers.GPT2LMHeadModel(
             transformers.GPT2Config()),
          {"input_ids": torch.randint(0, 50257, (batch, length), generator=generator)}),
         ("BERT base (BertForSequenceClassification), padded batch",
-         transformers.BertForSequenceClassification(transformers.BertConfig(num_labels=3)),
+         transformers.BertForSequenceClassification(bert),
          {"input_ids": torch.randint(1, 30522, (batch, length), generator=generator) * mask,
           "attention_mask": mask}),
         ("ViT base/16, 224 px (ViTForImageClassification)",
-         transformers.ViTForImageClassification(transformers.ViTConfig(num_labels=10)),
+         transformers.ViTForImageClassification(vit),
          {"pixel_values": torch.randn(batch, 3, 224, 224, generator=generator)}),
     ]
     for name, model, inputs in cases:
