@@ -96,12 +96,27 @@ def test_unsupported_options_are_named(tmp_path, build, option, value):
         attnkit.hf.load(save(build(**{option: value}), tmp_path / "m"))
 
 
+def test_pretraining_checkpoint_loads_as_the_encoder(tmp_path):
+    from hf_builders import randomize
+
+    config = transformers.BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=24)
+    hf = randomize(transformers.BertForPreTraining(config))
+    model = attnkit.hf.load(save(hf, tmp_path / "bert"))
+    ids, mask, lengths = padded_batch(30, [9, 5], seed=6)
+    with torch.no_grad():
+        theirs = hf.bert(input_ids=ids, attention_mask=mask)
+        states, valid = model.hidden_states(ids, lengths)
+        assert relative_error(model(ids, lengths), theirs.pooler_output) < 1e-4
+    assert relative_error(states[valid], theirs.last_hidden_state[valid]) < 1e-4
+
+
 def test_refused_architectures_and_shapes(tmp_path):
-    masked_lm = transformers.BertForMaskedLM(transformers.BertConfig(
+    token_classifier = transformers.BertForTokenClassification(transformers.BertConfig(
         vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
         intermediate_size=16))
-    with pytest.raises(ValueError, match="BertForMaskedLM"):
-        attnkit.hf.load(masked_lm)
+    with pytest.raises(ValueError, match="BertForTokenClassification"):
+        attnkit.hf.load(token_classifier)
     mean_pooled = build_vit(ModelConfig(d_model=16, num_heads=2, num_layers=1, d_ff=16,
                                         patch_size=4, pooling="mean"),
                             image_shape=(1, 8, 8), num_classes=2)

@@ -35,6 +35,9 @@ from attnkit.models.encoder import TokenInput
 __all__ = ["ARCHITECTURES", "from_hf", "to_hf"]
 
 ARCHITECTURES = ("BertForSequenceClassification", "BertModel")
+#: Pretraining checkpoints (e.g. bert-base-uncased): their encoder loads, their ``cls.*``
+#: pretraining heads (masked LM, next sentence) are left out, as BertModel.from_pretrained does.
+PRETRAINING = ("BertForPreTraining", "BertForMaskedLM", "BertForNextSentencePrediction")
 _ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 _RULES: dict[str, tuple[Any, ...]] = {
     "hidden_act": tuple(_ACTIVATIONS),
@@ -81,12 +84,16 @@ def _config(hf: dict[str, Any]) -> ModelConfig:
 def from_hf(checkpoint: HFCheckpoint) -> TransformerClassifier:
     """A BERT checkpoint -> TransformerClassifier with the same weights (in eval mode)."""
     names = checkpoint.architectures
-    if names and not set(names) & set(ARCHITECTURES):
-        raise ValueError(f"BERT checkpoint of class {names}: supported are {list(ARCHITECTURES)}")
+    if names and not set(names) & set(ARCHITECTURES + PRETRAINING):
+        raise ValueError(f"BERT checkpoint of class {names}: supported are {list(ARCHITECTURES)}"
+                         f" and, as the bare encoder, {list(PRETRAINING)}")
     hf = checkpoint.config
     require_options(hf, "BERT", _RULES)
     config = _config(hf)
-    t = TensorTaker(checkpoint.tensors, ignore=(".position_ids", ".token_type_ids"))
+    tensors = checkpoint.tensors
+    if set(names) & set(PRETRAINING):
+        tensors = {k: v for k, v in tensors.items() if not k.startswith("cls.")}
+    t = TensorTaker(tensors, ignore=(".position_ids", ".token_type_ids"))
     bare = not any(k.startswith("bert.") for k in t.tensors)
     prefix = "" if bare else "bert."
     has_pooler = t.has(f"{prefix}pooler.dense.weight")
