@@ -95,3 +95,17 @@ def test_save_refuses_what_gpt2_cannot_express(tmp_path):
                                          positional="rope"), vocab_size=20)
     with pytest.raises(ValueError, match=r"rope|positions"):
         attnkit.hf.save(model, tmp_path / "x")
+
+
+def test_save_keeps_other_files_and_folders(tmp_path):
+    model = attnkit.hf.load(tiny_gpt2())
+    folder = tmp_path / "out"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "keep.txt").write_text("x")
+    (folder / "tokenizer.json").write_text("{}")
+    (folder / "model.safetensors.index.json").write_text("{}")  # from an older sharded save
+    attnkit.hf.save(model, folder)
+    assert (folder / "sub" / "keep.txt").read_text() == "x"
+    assert (folder / "tokenizer.json").is_file()
+    assert not (folder / "model.safetensors.index.json").exists()
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []

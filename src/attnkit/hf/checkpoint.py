@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,31 +98,29 @@ def read_checkpoint(source: str | os.PathLike[str] | nn.Module) -> HFCheckpoint:
     return _read_folder(folder)
 
 
-def write_checkpoint(checkpoint: HFCheckpoint, folder: str | os.PathLike[str]) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` into ``folder``, all or nothing.
-
-    The files are written into a temporary sibling folder that is renamed into place; an
-    existing folder's other files (a tokenizer, an image processor) are kept.
-    """
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+def _replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        if folder.is_dir():
-            for item in folder.iterdir():
-                if item.name not in (CONFIG, WEIGHTS, INDEX) and item.is_file():
-                    shutil.copy2(item, tmp / item.name)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in checkpoint.tensors.items()}
-        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
-        (tmp / CONFIG).write_text(json.dumps(checkpoint.config, indent=2, sort_keys=True) + "\n")
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def write_checkpoint(checkpoint: HFCheckpoint, folder: str | os.PathLike[str]) -> Path:
+    """Write ``model.safetensors`` then ``config.json`` into ``folder``, each file all or
+    nothing (temporary file + ``os.replace``). Other files there (a tokenizer) are kept; a
+    shard index left by an earlier sharded save is removed so the folder names one set of
+    weights."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in checkpoint.tensors.items()}
+    _replace_atomically(folder / WEIGHTS,
+                        lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    text = json.dumps(checkpoint.config, indent=2, sort_keys=True) + "\n"
+    _replace_atomically(folder / CONFIG, lambda tmp: tmp.write_text(text))
+    (folder / INDEX).unlink(missing_ok=True)
     return folder
