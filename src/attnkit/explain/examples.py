@@ -129,8 +129,9 @@ def example_from_inputs(model: nn.Module, data: Tensor, *, labels: Sequence[str]
     model.eval()
     name = title or type(model).__name__
     inputs = (data[None],)
-    if labels is not None and len(labels) != (data.shape[0] if data.dim() < 3 else -1):
-        raise ValueError(f"{len(labels)} labels for {data.shape[0]} input positions")
+    if labels is not None and (data.dim() > 2 or len(labels) != data.shape[0]):
+        raise ValueError(f"{len(labels)} labels for input {tuple(data.shape)}: give one label "
+                         f"per token or frame (image patches are labelled by their grid)")
     if isinstance(model, DecoderLM):
         if data.is_floating_point() or data.dim() != 1:
             raise ValueError(f"a language model explains token ids (L,), got {data.dtype} "
