@@ -136,3 +136,15 @@ def test_cli_errors_name_the_fix(tmp_path, capsys):
     assert "--image" in capsys.readouterr().err
     assert main(["eval", "--hf", str(folder), "--task", "listops"]) == 2
     assert "images" in capsys.readouterr().err
+
+
+def test_token_labels_are_readable_for_byte_level_bpe():
+    tokenizers = pytest.importorskip("tokenizers", reason="pip install 'attnkit[hf]'")
+    from attnkit.explain import tokenize
+
+    bpe = tokenizers.ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["the cat sat on the mat"] * 20, vocab_size=280, min_frequency=1,
+                            special_tokens=["<|endoftext|>"])
+    ids, labels = tokenize(bpe, "the cat sat<|endoftext|>")
+    assert labels == ["the", "␣cat", "␣sat", "<|endoftext|>"]
+    assert len(ids) == 4

@@ -26,7 +26,7 @@ from attnkit.explain.examples import example_from_inputs
 from attnkit.explain.render_html import html_report, write_html
 from attnkit.explain.report import METHODS, build_report
 
-__all__ = ["Report", "explain", "tokenize"]
+__all__ = ["Report", "explain", "token_labels", "tokenize"]
 
 
 @dataclass
@@ -50,26 +50,35 @@ class Report:
                 f'sandbox="allow-scripts" title="{html.escape(self.fields["title"])}"></iframe>')
 
 
-def tokenize(tokenizer: Any, text: str) -> tuple[list[int], list[str]]:
-    """Token ids and their labels for ``text``, with a transformers tokenizer (callable, with
-    ``convert_ids_to_tokens``) or a ``tokenizers.Tokenizer`` (``encode(text).ids/.tokens``)."""
-    if hasattr(tokenizer, "convert_ids_to_tokens"):
-        ids = list(tokenizer(text)["input_ids"])
-        return ids, [str(t) for t in tokenizer.convert_ids_to_tokens(ids)]
-    if hasattr(tokenizer, "encode"):
-        encoding = tokenizer.encode(text)
-        if hasattr(encoding, "ids") and hasattr(encoding, "tokens"):
-            return list(encoding.ids), [str(t) for t in encoding.tokens]
-    raise TypeError(f"cannot tokenize with {type(tokenizer).__name__}; pass a transformers "
+def _visible(text: str) -> str:
+    """A token's text with its spaces shown (a blank box says nothing)."""
+    shown = text.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥")
+    return shown or "∅"
+
+
+def token_labels(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    """One readable label per id: each token decoded on its own (byte-level BPE's "Ġcat" reads
+    "␣cat"; WordPiece keeps "##ing"), or the ids themselves without a tokenizer."""
+    if tokenizer is None:
+        return [str(int(i)) for i in ids]
+    if hasattr(tokenizer, "decode"):
+        return [_visible(str(tokenizer.decode([int(i)], skip_special_tokens=False)))
+                for i in ids]
+    raise TypeError(f"cannot decode ids with {type(tokenizer).__name__}; pass a transformers "
                     f"tokenizer or a tokenizers.Tokenizer")
 
 
-def _token_labels(tokenizer: Any, ids: Sequence[int]) -> list[str]:
-    if tokenizer is not None and hasattr(tokenizer, "convert_ids_to_tokens"):
-        return [str(t) for t in tokenizer.convert_ids_to_tokens(list(ids))]
-    if tokenizer is not None and hasattr(tokenizer, "id_to_token"):
-        return [str(tokenizer.id_to_token(i)) for i in ids]
-    return [str(i) for i in ids]
+def tokenize(tokenizer: Any, text: str) -> tuple[list[int], list[str]]:
+    """Token ids and their labels for ``text``, with a transformers tokenizer (called, returns
+    ``input_ids``) or a ``tokenizers.Tokenizer`` (``encode(text).ids``)."""
+    if hasattr(tokenizer, "convert_ids_to_tokens"):
+        ids = [int(i) for i in tokenizer(text)["input_ids"]]
+    elif hasattr(tokenizer, "encode") and hasattr(tokenizer.encode(text), "ids"):
+        ids = list(tokenizer.encode(text).ids)
+    else:
+        raise TypeError(f"cannot tokenize with {type(tokenizer).__name__}; pass a transformers "
+                        f"tokenizer or a tokenizers.Tokenizer")
+    return ids, token_labels(tokenizer, ids)
 
 
 def explain(model: nn.Module, inputs: str | Tensor, *, tokenizer: Any = None,
@@ -93,18 +102,18 @@ def explain(model: nn.Module, inputs: str | Tensor, *, tokenizer: Any = None,
     if isinstance(inputs, str):
         if tokenizer is None:
             raise ValueError("text input needs a tokenizer (e.g. attnkit.hf.load_tokenizer(path))")
-        ids, token_labels = tokenize(tokenizer, inputs)
+        ids, text_labels = tokenize(tokenizer, inputs)
         if not ids:
             raise ValueError(f"{inputs!r} tokenizes to no tokens")
         data = torch.tensor(ids)
-        labels = labels or token_labels
+        labels = labels or text_labels
         name = title or f"{type(model).__name__} · {inputs!r}"
     else:
         data = torch.as_tensor(inputs)
         if data.dim() in (2, 4) and data.shape[0] == 1:
             data = data[0]  # a batch of one
         if not data.is_floating_point() and labels is None:
-            labels = _token_labels(tokenizer, data.tolist())
+            labels = token_labels(tokenizer, data.tolist())
         name = title or type(model).__name__
     example = example_from_inputs(model, data, labels=labels, title=name, target=target)
     order = [method, *[m for m in METHODS if m != method]]
