@@ -56,7 +56,8 @@ def test_explain_vit_image_with_its_processor(vit_folder, tmp_path):
     out = tmp_path / "vit.html"
     image = _png(tmp_path / "x.png", 0)
     assert main(["explain", "--hf", str(vit_folder), "--image", str(image), "--out",
-                 str(out)]) == 0
+                 str(out), "--png", str(tmp_path / "png")]) == 0
+    assert (tmp_path / "png" / "relevance_overlay.png").is_file()
     page = _report_data(out)
     assert "patch 3,3" in page and "[CLS]" in page
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from attnkit.explain.examples import example_from_inputs
 from attnkit.explain.render_html import html_report, write_html
-from attnkit.explain.report import METHODS, build_report
+from attnkit.explain.report import METHODS, ExplainInput, build_report
 
 __all__ = ["Report", "explain", "token_labels", "tokenize"]
 
@@ -36,6 +36,7 @@ class Report:
     """
 
     fields: dict[str, Any]  # keyword arguments of attnkit.explain.render_html.html_report
+    example: ExplainInput | None = None  # the explained input (for PNG views: write_pngs)
 
     def html(self) -> str:
         return html_report(**self.fields)
@@ -117,4 +118,4 @@ def explain(model: nn.Module, inputs: str | Tensor, *, tokenizer: Any = None,
         name = title or type(model).__name__
     example = example_from_inputs(model, data, labels=labels, title=name, target=target)
     order = [method, *[m for m in METHODS if m != method]]
-    return Report(build_report(model, example, methods=order, top_k=top_k))
+    return Report(build_report(model, example, methods=order, top_k=top_k), example)

@@ -48,6 +48,11 @@ def _explain(args: argparse.Namespace) -> int:
     else:
         raise ValueError("--hf needs --text \"...\" (text models) or --image FILE (ViT)")
     print(report.save(out))
+    if args.png and report.example is not None:
+        from attnkit.explain.commands import write_pngs
+
+        for path in write_pngs(model, report.example, Path(args.png)):
+            print(path)
     return 0
 
 
