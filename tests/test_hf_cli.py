@@ -114,6 +114,8 @@ def test_eval_and_finetune_a_checkpoint_on_a_task(tmp_path, capsys):
     assert after["accuracy"] > before["accuracy"] + 0.3  # it learned from near chance
     hf = transformers.AutoModelForImageClassification.from_pretrained(result["hf"])
     assert hf.config.num_labels == 10
+    assert main(["train", "--resume", run_dir, "--set", "train.epochs=4", "--no-progress"]) == 0
+    assert "epoch 4" in capsys.readouterr().out  # resumed from RUN_DIR/hf + the checkpoint
     out = tmp_path / "run.html"  # --hf also takes a run directory
     assert main(["explain", "--hf", run_dir, "--input", "test:1", "--out", str(out)]) == 0
     assert "patch 1,1" in _report_data(out)
