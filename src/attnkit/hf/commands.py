@@ -35,18 +35,18 @@ def _explain(args: argparse.Namespace) -> int:
     from attnkit.explain.one_call import explain
     from attnkit.hf.preprocess import load_image, load_image_processor, load_tokenizer
 
+    if not (args.image or args.text):
+        raise ValueError("--hf needs --text \"...\" (text models) or --image FILE (ViT)")
     out = Path(args.out) if args.out else Path(args.hf) / "explain.html"
     model = load(args.hf)
     if args.image:
         pixels = load_image(args.image, load_image_processor(args.hf))
         report = explain(model, pixels, method=args.method, top_k=args.top_k,
                          title=f"{Path(args.hf).name} · {Path(args.image).name}")
-    elif args.text:
+    else:
         report = explain(model, args.text, tokenizer=load_tokenizer(args.hf),
                          method=args.method, top_k=args.top_k,
                          title=f"{Path(args.hf).name} · {args.text!r}")
-    else:
-        raise ValueError("--hf needs --text \"...\" (text models) or --image FILE (ViT)")
     print(report.save(out))
     if args.png and report.example is not None:
         from attnkit.explain.commands import write_pngs
