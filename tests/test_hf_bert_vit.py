@@ -7,7 +7,12 @@ import pytest
 import torch
 
 import attnkit.hf
-from attnkit.models import ModelConfig, TransformerClassifier, build_vit
+from attnkit.models import (
+    ModelConfig,
+    TransformerClassifier,
+    build_encoder_classifier,
+    build_vit,
+)
 from hf_builders import padded_batch, relative_error, save, tiny_bert, tiny_vit, transformers
 
 
@@ -122,3 +127,13 @@ def test_refused_architectures_and_shapes(tmp_path):
                             image_shape=(1, 8, 8), num_classes=2)
     with pytest.raises(ValueError, match="class token"):
         attnkit.hf.save(mean_pooled, tmp_path / "x")
+    conv_stem = build_vit(ModelConfig(d_model=16, num_heads=2, num_layers=1, d_ff=16,
+                                      patch_size=4, patch_stem="conv"),
+                          image_shape=(1, 8, 8), num_classes=2)
+    with pytest.raises(ValueError, match="ConvStem"):
+        attnkit.hf.save(conv_stem, tmp_path / "y")
+    encoder = build_encoder_classifier(ModelConfig(d_model=16, num_heads=2, num_layers=1,
+                                                   d_ff=16, pooling="mean"),
+                                       vocab_size=20, num_classes=2)
+    with pytest.raises(ValueError, match="first-token pooling"):
+        attnkit.hf.save(encoder, tmp_path / "z")

@@ -20,7 +20,7 @@ from attnkit.hf import bert, gpt2, vit
 from attnkit.hf.checkpoint import HFCheckpoint, write_checkpoint
 from attnkit.models.classifier import TransformerClassifier
 from attnkit.models.decoder import DecoderLM
-from attnkit.models.vit import PatchEmbedding
+from attnkit.models.encoder import TokenInput
 
 __all__ = ["save", "to_checkpoint"]
 
@@ -31,9 +31,9 @@ def to_checkpoint(model: nn.Module) -> HFCheckpoint:
     if isinstance(model, DecoderLM):
         return gpt2.to_hf(model)
     if isinstance(model, TransformerClassifier):
-        if isinstance(model.embed, PatchEmbedding):
-            return vit.to_hf(model)
-        return bert.to_hf(model)
+        if isinstance(model.embed, TokenInput):
+            return bert.to_hf(model)
+        return vit.to_hf(model)  # names the embedding when it is not linear patches
     raise ValueError(f"cannot write {type(model).__name__} as a Hugging Face checkpoint; "
                      f"supported: DecoderLM (as GPT-2), TransformerClassifier over tokens (as "
                      f"BERT) or image patches (as ViT)")
