@@ -46,13 +46,19 @@ def browser() -> Iterator[Any]:
             shutil.rmtree(profile, ignore_errors=True)
 
 
-def open_page(context: Any, path: Path) -> tuple[Any, list[str]]:
+def watched_page(context: Any) -> tuple[Any, list[str]]:
+    """A new page and the list its console errors, page errors and network requests go to."""
     page = context.new_page()
     errors: list[str] = []
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
     page.on("pageerror", lambda err: errors.append(str(err)))
     page.on("request", lambda req: None if req.url.startswith(("file:", "data:", "about:"))
             else errors.append(f"network request to {req.url}"))
+    return page, errors
+
+
+def open_page(context: Any, path: Path) -> tuple[Any, list[str]]:
+    page, errors = watched_page(context)
     page.goto(path.resolve().as_uri())
     page.wait_for_function("window.attnkit && window.attnkit.ready", timeout=20_000)
     return page, errors
@@ -165,12 +171,7 @@ def test_one_call_report_renders_inline_in_its_iframe_offline(browser: Any, tmp_
     notebook_cell = tmp_path / "cell.html"
     notebook_cell.write_text(f"<!DOCTYPE html><html><body><h1>cell</h1>"
                              f"{report._repr_html_()}</body></html>", encoding="utf-8")
-    page = browser.new_page()
-    errors: list[str] = []
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    page.on("pageerror", lambda err: errors.append(str(err)))
-    page.on("request", lambda req: None if req.url.startswith(("file:", "data:", "about:"))
-            else errors.append(f"network request to {req.url}"))
+    page, errors = watched_page(browser)
     page.goto(notebook_cell.resolve().as_uri())
     frame = page.frames[1]
     frame.wait_for_function("window.attnkit && window.attnkit.ready", timeout=20_000)
