@@ -46,13 +46,19 @@ def browser() -> Iterator[Any]:
             shutil.rmtree(profile, ignore_errors=True)
 
 
-def open_page(context: Any, path: Path) -> tuple[Any, list[str]]:
+def watched_page(context: Any) -> tuple[Any, list[str]]:
+    """A new page and the list its console errors, page errors and network requests go to."""
     page = context.new_page()
     errors: list[str] = []
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
     page.on("pageerror", lambda err: errors.append(str(err)))
     page.on("request", lambda req: None if req.url.startswith(("file:", "data:", "about:"))
             else errors.append(f"network request to {req.url}"))
+    return page, errors
+
+
+def open_page(context: Any, path: Path) -> tuple[Any, list[str]]:
+    page, errors = watched_page(context)
     page.goto(path.resolve().as_uri())
     page.wait_for_function("window.attnkit && window.attnkit.ready", timeout=20_000)
     return page, errors
@@ -151,4 +157,26 @@ def test_two_thousand_tokens_render_quickly(browser: Any, tmp_path: Path) -> Non
     page.screenshot(path=str(SCREENSHOTS / "attnkit_explain_2048.png"))
     assert load_seconds < 10, f"page took {load_seconds:.1f}s to load"
     assert switch_seconds < 3 and render_ms < 2000, (switch_seconds, render_ms)
+    assert errors == []
+
+
+def test_one_call_report_renders_inline_in_its_iframe_offline(browser: Any, tmp_path: Path) -> None:
+    from attnkit.explain import explain
+    from attnkit.models import ModelConfig, build_vit
+
+    torch.manual_seed(0)
+    model = build_vit(ModelConfig(d_model=16, num_heads=2, num_layers=2, d_ff=32,
+                                  patch_size=4), image_shape=(1, 8, 8), num_classes=3)
+    report = explain(model, torch.randn(1, 8, 8), method="rollout")
+    notebook_cell = tmp_path / "cell.html"
+    notebook_cell.write_text(f"<!DOCTYPE html><html><body><h1>cell</h1>"
+                             f"{report._repr_html_()}</body></html>", encoding="utf-8")
+    page, errors = watched_page(browser)
+    page.goto(notebook_cell.resolve().as_uri())
+    frame = page.frames[1]
+    frame.wait_for_function("window.attnkit && window.attnkit.ready", timeout=20_000)
+    chosen = frame.evaluate("document.getElementById('method').selectedOptions[0].textContent")
+    assert "rollout" in chosen  # the method asked for is shown first
+    drawn = frame.evaluate("document.getElementById('heatmap').toDataURL().length")
+    assert drawn > 1000  # a drawn heatmap, not an empty canvas
     assert errors == []

@@ -186,7 +186,7 @@ def register(subparsers: Any) -> None:
         description="Capture the attention of one example, compute rollout, gradient "
                     "relevance (Chefer et al. 2021), attention flow and input x gradient, and "
                     "write one self-contained HTML file (works offline).")
-    p.add_argument("run_dir", help="a run directory written by 'attnkit train'")
+    p.add_argument("run_dir", nargs="?", help="a run directory written by 'attnkit train'")
     p.add_argument("--input", default="test:0", metavar="SPLIT:INDEX",
                    help="which example to explain (default test:0)")
     p.add_argument("--text", help="explain this text instead (text tasks)")
@@ -202,7 +202,7 @@ def register(subparsers: Any) -> None:
         description="Blank image patches in the order each method ranks them and track "
                     "accuracy / class probability (positive, negative, deletion, insertion "
                     "AUC) against a random order; plus the cascading randomization check.")
-    f.add_argument("run_dir", help="a ViT run directory written by 'attnkit train'")
+    f.add_argument("run_dir", nargs="?", help="a ViT run directory written by 'attnkit train'")
     f.add_argument("--examples", type=int, default=300, help="test images used (default 300)")
     f.add_argument("--steps", type=int, default=16, help="perturbation steps (default 16)")
     f.add_argument("--out", help="also write the markdown table here")

@@ -8,6 +8,7 @@ token, if any, is found without knowing the model family.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -15,11 +16,12 @@ from torch import Tensor, nn
 
 from attnkit.explain.capture import capture
 from attnkit.explain.report import ExplainInput
+from attnkit.models.decoder import DecoderLM
 
 if TYPE_CHECKING:
     from attnkit.tasks.base import Task
 
-__all__ = ["example_from_task", "parse_input_spec"]
+__all__ = ["example_from_inputs", "example_from_task", "parse_input_spec"]
 
 
 def parse_input_spec(spec: str) -> tuple[str, int]:
@@ -79,27 +81,78 @@ def example_from_task(model: nn.Module, task: Task, x: Any, y: Any = None, *,
                             notes=["explains the next-token prediction after the last token"])
     image = grid = None
     if task.modality == "image":
-        rows, cols = data.shape[-2:]
-        patch = getattr(getattr(model, "embed", None), "patch_size", None)
-        if isinstance(patch, int):  # attnkit's ViT says its patch size (mean or class pooling)
-            side = patch
-        else:
-            patches = length - 1 if length > 1 else length
-            side = round((rows * cols / patches) ** 0.5)
-        grid = (rows // side, cols // side)
+        grid = _patch_grid(model, data, length)
         real = [f"patch {r},{c}" for r in range(grid[0]) for c in range(grid[1])]
         image = data
     elif task.modality == "audio":
         real = [f"frame {t}" for t in range(data.shape[0])]
     else:
         real = [_token_label(task, int(t)) for t in data]
+    true = f", true class {int(y)}" if y is not None and torch.as_tensor(y).numel() == 1 else ""
+    return _classifier_example(model, inputs, real, length, image=image, grid=grid,
+                               title=name + true)
+
+
+def _patch_grid(model: nn.Module, image: Tensor, length: int) -> tuple[int, int]:
+    """Patch grid (rows, cols) of ``image`` (C, H, W) for a model attending over ``length``."""
+    rows, cols = image.shape[-2:]
+    patch = getattr(getattr(model, "embed", None), "patch_size", None)
+    if isinstance(patch, int):  # attnkit's ViT says its patch size (mean or class pooling)
+        side = patch
+    else:
+        patches = length - 1 if length > 1 else length
+        side = round((rows * cols / patches) ** 0.5)
+    return rows // side, cols // side
+
+
+def _classifier_example(model: nn.Module, inputs: tuple[Any, ...], real: list[str], length: int,
+                        *, image: Tensor | None, grid: tuple[int, int] | None, title: str,
+                        target: int | None = None) -> ExplainInput:
+    """A classifier's example: a prepended class token is found from the attention length; the
+    prediction is read from the class token, the first token (BERT) or the mean of all rows."""
     first = length - len(real)
     if first not in (0, 1):
         raise ValueError(f"the model attends over {length} positions for {len(real)} inputs; "
                          f"expected the inputs plus at most one class token")
     labels = {"input": (["[CLS]"] if first else []) + real}
-    true = f", true class {int(y)}" if y is not None and torch.as_tensor(y).numel() == 1 else ""
-    return ExplainInput(inputs=inputs, labels=labels, explained_row=0 if first else None,
-                        first_input=first, image=image, grid=grid, title=name + true,
-                        notes=[] if first else ["mean-pooled model: attributions are the "
-                                                "mean over all query rows"])
+    reads_first = first == 1 or getattr(model, "pooling", None) == "first"
+    return ExplainInput(inputs=inputs, labels=labels, explained_row=0 if reads_first else None,
+                        first_input=first, image=image, grid=grid, title=title, target=target,
+                        notes=[] if reads_first else ["mean-pooled model: attributions are "
+                                                      "the mean over all query rows"])
+
+
+def example_from_inputs(model: nn.Module, data: Tensor, *, labels: Sequence[str] | None = None,
+                        title: str = "", target: int | None = None) -> ExplainInput:
+    """One unbatched input of any attnkit model (no task needed): token ids (L,), an image
+    (C, H, W) or audio frames (T, F). ``labels``: one per input position (default: the ids)."""
+    model.eval()
+    name = title or type(model).__name__
+    inputs = (data[None],)
+    if labels is not None and (data.dim() > 2 or len(labels) != data.shape[0]):
+        raise ValueError(f"{len(labels)} labels for input {tuple(data.shape)}: give one label "
+                         f"per token or frame (image patches are labelled by their grid)")
+    if isinstance(model, DecoderLM):
+        if data.is_floating_point() or data.dim() != 1:
+            raise ValueError(f"a language model explains token ids (L,), got {data.dtype} "
+                             f"{tuple(data.shape)}")
+        real = list(labels) if labels is not None else [str(int(t)) for t in data]
+        return ExplainInput(inputs=inputs, labels={"input": real}, explained_row=-1, title=name,
+                            target=target,
+                            notes=["explains the next-token prediction after the last token"])
+    length, cross = _attention_length(model, inputs)
+    if cross is not None:
+        raise ValueError("encoder-decoder models are explained from a run: attnkit explain "
+                         "RUN_DIR --text ...")
+    image = grid = None
+    if data.is_floating_point() and data.dim() == 3:
+        grid = _patch_grid(model, data, length)
+        real = [f"patch {r},{c}" for r in range(grid[0]) for c in range(grid[1])]
+        image = data
+    elif data.is_floating_point():
+        real = list(labels) if labels is not None else [f"frame {t}" for t in
+                                                         range(data.shape[0])]
+    else:
+        real = list(labels) if labels is not None else [str(int(t)) for t in data]
+    return _classifier_example(model, inputs, real, length, image=image, grid=grid, title=name,
+                               target=target)

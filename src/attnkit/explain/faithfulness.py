@@ -12,6 +12,10 @@ order, and the model is re-run:
 * insertion: patches added to a blank image, most relevant first, same probability (higher).
 
 A random ordering (several seeds, averaged) is the bar every method must clear.
+
+Text classifiers whose prediction is read from the first token (BERT's [CLS]) are scored the same
+way over their other tokens, which are removed by turning them into padding (masked out of
+attention): :func:`token_explanations` and :func:`mask_tokens`.
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ from attnkit.explain.metrics import SanityStep, cascading_randomization, perturb
 from attnkit.explain.relevance import gradient_relevance
 from attnkit.explain.rollout import attention_rollout, fuse_heads
 
-__all__ = ["FaithfulnessRow", "evaluate_faithfulness", "format_table", "patch_explanations",
-           "sanity_table"]
+__all__ = ["FaithfulnessRow", "evaluate_faithfulness", "format_table", "mask_tokens",
+           "patch_explanations", "sanity_table", "token_explanations"]
 
 PatchExplainer = Callable[[nn.Module, Tensor], Tensor]  # (model, images) -> (B, F)
 
@@ -75,6 +79,27 @@ def patch_explanations(grid: tuple[int, int]) -> dict[str, PatchExplainer]:
             "input x gradient": input_gradient_patches(grid)}
 
 
+def token_explanations() -> dict[str, PatchExplainer]:
+    """Every method for first-token classifiers, as (model, ids (B, L)) -> (B, L - 1) scores
+    of the tokens after the first."""
+    def input_gradient_tokens(model: nn.Module, ids: Tensor) -> Tensor:
+        return input_x_gradient(model, ids, position=0)[:, 1:]
+    return {"raw attention (last layer, CLS row)": raw_last_layer,
+            "attention rollout": rollout_cls,
+            "attention flow": flow_cls,
+            "gradient relevance (Chefer)": relevance_cls,
+            "input x gradient": input_gradient_tokens}
+
+
+def mask_tokens(pad_id: int) -> Callable[[Tensor, Tensor], Tensor]:
+    """Removal for token inputs: tokens after the first whose ``keep`` is False become
+    ``pad_id`` (the model masks padding out of attention); ids (B, L), keep (B, L - 1)."""
+    def remove(ids: Tensor, keep: Tensor) -> Tensor:
+        kept = torch.cat([keep.new_ones(keep.shape[0], 1), keep], dim=1)  # (B, L)
+        return ids.masked_fill(~kept, pad_id)
+    return remove
+
+
 @dataclass(frozen=True)
 class FaithfulnessRow:
     method: str
@@ -95,15 +120,29 @@ def _blank_patches(grid: tuple[int, int], background: float) -> Callable[[Tensor
 
 
 def evaluate_faithfulness(model: nn.Module, images: Tensor, labels: Tensor, *,
-                          grid: tuple[int, int], steps: int = 16, random_repeats: int = 5,
-                          background: float = 0.0, seed: int = 0,
-                          methods: dict[str, PatchExplainer] | None = None
+                          grid: tuple[int, int] | None = None, steps: int = 16,
+                          random_repeats: int = 5, background: float = 0.0, seed: int = 0,
+                          methods: dict[str, PatchExplainer] | None = None,
+                          remove: Callable[[Tensor, Tensor], Tensor] | None = None
                           ) -> list[FaithfulnessRow]:
-    """Perturbation AUCs of every method and of a random ordering on ``images``."""
+    """Perturbation AUCs of every method and of a random ordering on ``images``.
+
+    Images: give ``grid`` (patches are blanked to ``background``). Other inputs (token ids):
+    give ``methods`` and ``remove`` instead (e.g. :func:`token_explanations`,
+    :func:`mask_tokens`).
+    """
     model.eval()
     with torch.no_grad():
         predicted = model(images).argmax(-1)
-    remove = _blank_patches(grid, background)
+    if remove is None:
+        if grid is None:
+            raise ValueError("give the patch grid for images, or methods and remove for other "
+                             "inputs")
+        remove = _blank_patches(grid, background)
+    if methods is None:
+        if grid is None:
+            raise ValueError("give methods for inputs that are not images")
+        methods = patch_explanations(grid)
 
     def accuracy(x: Tensor) -> Tensor:
         return (model(x).argmax(-1) == labels).float()
@@ -119,22 +158,26 @@ def evaluate_faithfulness(model: nn.Module, images: Tensor, labels: Tensor, *,
             accuracy, most_relevant_first=False), mean_auc(probability),
             mean_auc(probability, insert=True))
 
-    rows = []
-    for name, explain in (methods or patch_explanations(grid)).items():
-        rows.append(row(name, [explain(model, images).detach()]))
+    scores = {name: explain(model, images).detach() for name, explain in methods.items()}
+    rows = [row(name, [value]) for name, value in scores.items()]
     generator = torch.Generator().manual_seed(seed)
-    features = grid[0] * grid[1]
+    features = next(iter(scores.values())).shape[-1]
     randoms = [torch.rand(images.shape[0], features, generator=generator)
                for _ in range(random_repeats)]
     rows.append(row(f"random order (mean of {random_repeats})", randoms))
     return rows
 
 
-def sanity_table(model: nn.Module, images: Tensor, *, grid: tuple[int, int],
+def sanity_table(model: nn.Module, images: Tensor, *, grid: tuple[int, int] | None = None,
                  methods: dict[str, PatchExplainer] | None = None
                  ) -> dict[str, list[SanityStep]]:
-    """Cascading randomization: method -> Spearman with the original map after each block."""
-    chosen = methods or {k: v for k, v in patch_explanations(grid).items() if "flow" not in k}
+    """Cascading randomization: method -> Spearman with the original map after each block.
+
+    ``grid`` for images (every patch method but flow); ``methods`` for other inputs."""
+    if methods is None and grid is None:
+        raise ValueError("give the patch grid for images, or methods for other inputs")
+    chosen = methods or {k: v for k, v in patch_explanations(grid or (1, 1)).items()
+                         if "flow" not in k}
     def on_images(explain: PatchExplainer) -> Callable[[nn.Module], Tensor]:
         return lambda m: explain(m, images)
 

@@ -171,7 +171,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("eval", help="evaluate a trained run",
                               description="Evaluate a run's best weights on a split; prints "
                                           "JSON metrics.")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", nargs="?")
     p.add_argument("--split", default="test", help="train, val or test (default test)")
     p.add_argument("--weights", default="best", choices=["best", "latest"])
     p.add_argument("--batch-size", type=int, default=256, dest="batch_size")
@@ -182,7 +182,7 @@ def register(subparsers: Any) -> None:
                                           "temperature, top-k, top-p; KV cache or streaming "
                                           "rolling cache) or translate it with a seq2seq run "
                                           "(greedy).")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", nargs="?")
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=200, dest="max_new_tokens")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from attnkit.layers import collect_auxiliary_losses
-from attnkit.models import build_model, default_family
+from attnkit.models import default_family
 from attnkit.train import distributed
 from attnkit.train.checkpoint import (
     latest_checkpoint,
@@ -38,6 +38,7 @@ from attnkit.train.config import RunConfig, TrainConfig
 from attnkit.train.data import epoch_batches, iterate, make_loader
 from attnkit.train.logging import RunLogger
 from attnkit.train.objectives import metrics_from_stats, objective_for
+from attnkit.train.run import build_run_model
 from attnkit.train.schedule import warmup_cosine
 
 if TYPE_CHECKING:
@@ -240,7 +241,7 @@ def _train(config: RunConfig, task: Task, run_dir: Path, info: distributed.DistI
     t = config.train
     device = info.device
     torch.manual_seed(t.seed)  # same initial weights on every process
-    model = build_model(config.model, task).to(device)
+    model = build_run_model(config, task, run_dir).to(device)
     torch.manual_seed(t.seed * 1000 + info.rank + 1)  # dropout differs per process
     optimizer = build_optimizer(model, config)
     progress = _Progress()

@@ -26,7 +26,11 @@ from attnkit.train.config import RunConfig, run_config_from_dict
 if TYPE_CHECKING:
     from attnkit.tasks.base import Task
 
-__all__ = ["LoadedRun", "load_run"]
+__all__ = ["HF_FOLDER", "LoadedRun", "build_run_model", "load_run"]
+
+#: A run fine-tuning a Hugging Face checkpoint keeps its starting point here (config.json +
+#: model.safetensors, see attnkit.hf.finetune); its config.json fixes the architecture.
+HF_FOLDER = "hf"
 
 
 @dataclass
@@ -39,6 +43,17 @@ class LoadedRun:
     run_dir: Path  # the run directory
     weights: Path  # which safetensors file the weights came from
     metrics: dict[str, Any] = field(default_factory=dict)  # RUN_DIR/metrics.json (may be empty)
+
+
+def build_run_model(config: RunConfig, task: Task, run_dir: str | Path) -> nn.Module:
+    """A run's model before training: built from ``config.model``, or, for a run fine-tuning a
+    Hugging Face checkpoint, loaded from ``RUN_DIR/hf``."""
+    folder = Path(run_dir) / HF_FOLDER
+    if (folder / "config.json").is_file():
+        from attnkit.hf import load
+
+        return load(folder)
+    return build_model(config.model, task)
 
 
 def load_run(run_dir: str | Path, *, weights: str = "best") -> LoadedRun:
@@ -62,7 +77,7 @@ def load_run(run_dir: str | Path, *, weights: str = "best") -> LoadedRun:
         raise ValueError(f"{str(config_path)!r} is not valid YAML: {err}") from None
     config = run_config_from_dict(raw)
     task = get_task(config.task.name, **config.task.options)
-    model = build_model(config.model, task)
+    model = build_run_model(config, task, run_dir)
     best = run_dir / "best" / "model.safetensors"
     path = best if weights == "best" and best.is_file() else None
     if path is None:
