@@ -60,17 +60,20 @@ def build_block(config: ModelConfig, *, kind: str, cross: bool = False,
     ``max_length``: the longest sequence the block sees, for kinds whose parameters depend on it.
     """
     d = config.d_model
+
+    def norm() -> nn.Module:
+        return build_norm(config.norm, d, bias=config.bias, eps=config.norm_eps)
+
     return TransformerBlock(
         attention=_attention(kind, config, self_attention=True, max_length=max_length),
         mlp=build_mlp(config.mlp, dim=d, hidden=config.d_ff,
                       dropout=config.dropout if config.mlp_dropout is None else config.mlp_dropout,
                       bias=config.bias),
-        attention_norm=build_norm(config.norm, d, bias=config.bias),
-        mlp_norm=build_norm(config.norm, d, bias=config.bias),
+        attention_norm=norm(), mlp_norm=norm(),
         dropout=config.dropout, norm_first=config.norm_first,
         cross_attention=(_attention(config.cross_attention, config, self_attention=False,
                                     max_length=max_length) if cross else None),
-        cross_norm=build_norm(config.norm, d, bias=config.bias) if cross else None)
+        cross_norm=norm() if cross else None)
 
 
 def build_stack(config: ModelConfig, *, num_layers: int, cross: bool = False,
@@ -86,6 +89,6 @@ def build_stack(config: ModelConfig, *, num_layers: int, cross: bool = False,
     length = config.max_length if max_length is None else max_length
     blocks = [build_block(config, kind=kind, cross=cross, max_length=length)
               for kind in config.attention_kinds(num_layers)]
-    final = build_norm(config.norm, config.d_model, bias=config.bias) if config.norm_first \
-        else nn.Identity()
+    final = (build_norm(config.norm, config.d_model, bias=config.bias, eps=config.norm_eps)
+             if config.norm_first else nn.Identity())
     return TransformerStack(blocks=blocks, final_norm=final)

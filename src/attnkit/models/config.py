@@ -22,14 +22,15 @@ class ModelConfig:
     mlp_dropout: float | None = None  # dropout on the MLP hidden layer (None: same as dropout)
     attention_dropout: float = 0.0  # dropout on attention weights (passed to the layer if > 0)
     norm: str = "layernorm"  # "layernorm" or "rmsnorm"
-    mlp: str = "gelu"  # "gelu" (Linear-GELU-Linear) or "swiglu" (Shazeer, 2020)
+    norm_eps: float = 1e-5  # epsilon of every norm (BERT / ViT checkpoints: 1e-12)
+    mlp: str = "gelu"  # "gelu" (erf), "gelu_tanh" (GPT-2) or "swiglu" (Shazeer, 2020)
     norm_first: bool = True  # pre-norm residual blocks; False = post-norm (Vaswani et al., 2017)
     attention: str | list[str] = "mha"  # attention kind, or one kind per layer
     attention_options: dict[str, Any] = field(default_factory=dict)  # extra build_attention kwargs
     cross_attention: str = "mha"  # seq2seq: attention kind of the decoder's cross-attention
     positional: str = "learned"  # "learned" | "sinusoidal" | "rope" | "none"
     max_length: int = 512  # longest sequence the position table covers (token / audio inputs)
-    pooling: str = "cls"  # classifiers: "cls" (prepended class token) or "mean" over valid tokens
+    pooling: str = "cls"  # classifiers: "cls" (prepended class token), "first" token or "mean"
     patch_size: int = 2  # ViT: side of a square image patch
     patch_stem: str = "linear"  # ViT: "linear" (one projection per patch) or "conv" (3x3 stem)
     tie_embeddings: bool = True  # LM / seq2seq: output projection shares the token embedding

@@ -12,8 +12,8 @@ from torch import Tensor, nn
 
 from attnkit.functional.positional import sinusoidal_table
 
-__all__ = ["LearnedPositions", "NoPositions", "SinusoidalPositions", "TokenEmbedding",
-           "build_positions"]
+__all__ = ["EmbeddingNorm", "LearnedPositions", "NoPositions", "SinusoidalPositions",
+           "TokenEmbedding", "build_positions"]
 
 
 class TokenEmbedding(nn.Module):
@@ -58,6 +58,18 @@ class LearnedPositions(nn.Module):
             raise ValueError(f"position {end - 1} is beyond the {self.table.shape[0]} learned "
                              f"positions; raise model.max_length or use positional=rope")
         return x + self.table[offset:end]
+
+
+class EmbeddingNorm(nn.Module):
+    """Positions added, then the summed embedding normalized (BERT: LayerNorm(word + position
+    + segment)); (B, L, D) -> (B, L, D)."""
+
+    def __init__(self, *, positions: nn.Module, norm: nn.Module) -> None:
+        super().__init__()
+        self.positions, self.norm = positions, norm
+
+    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+        return self.norm(self.positions(x, offset))
 
 
 class SinusoidalPositions(nn.Module):

@@ -5,6 +5,7 @@ Shape legend: B batch, L tokens, D model width, C classes.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from attnkit.models.blocks import TransformerStack
@@ -20,20 +21,34 @@ class TokenInput(nn.Module):
     """Token ids (B, L) -> (vectors (B, L, D), real-token mask (B, L)).
 
     Real tokens are the first ``lengths[b]`` when given, else every id other than ``pad_id``.
+    With ``segments`` (BERT's token-type embedding, one row per segment), each token also gets
+    its segment's vector: ``token_types`` (B, L) ids, all 0 (one segment) when not given.
     """
 
-    def __init__(self, *, vocab_size: int, dim: int, pad_id: int = 0) -> None:
+    def __init__(self, *, vocab_size: int, dim: int, pad_id: int = 0,
+                 segments: int | None = None) -> None:
         super().__init__()
         self.tokens = TokenEmbedding(vocab_size=vocab_size, dim=dim)
+        self.segments = nn.Embedding(segments, dim) if segments else None
         self.pad_id = pad_id
 
-    def forward(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, lengths: Tensor | None = None,
+                token_types: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         if x.dim() != 2:
             raise ValueError(f"token input must be (batch, length) ids, got {tuple(x.shape)}")
         valid = valid_from_lengths(lengths, x.shape[1], x.shape[0], x.device)
         if valid is None:
             valid = x != self.pad_id
-        return self.tokens(x), valid
+        h = self.tokens(x)  # (B, L, D)
+        if self.segments is not None:
+            types = torch.zeros_like(x) if token_types is None else token_types
+            if types.shape != x.shape:
+                raise ValueError(f"token_types {tuple(types.shape)} must match the token ids "
+                                 f"{tuple(x.shape)}")
+            h = h + self.segments(types)
+        elif token_types is not None:
+            raise ValueError("token_types given but this model has no segment embedding")
+        return h, valid
 
 
 def build_encoder_classifier(config: ModelConfig, *, vocab_size: int, num_classes: int,

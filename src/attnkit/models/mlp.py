@@ -6,6 +6,7 @@ Shape legend: B batch, L length, D model width, F hidden width.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -14,17 +15,29 @@ __all__ = ["MLPS", "GeluMLP", "SwiGLU", "build_mlp"]
 
 
 class GeluMLP(nn.Module):
-    """``W2 · dropout(GELU(W1 x))`` (Hendrycks & Gimpel, 2016; BERT / GPT-2 / ViT)."""
+    """``W2 · dropout(GELU(W1 x))`` (Hendrycks & Gimpel, 2016; BERT / GPT-2 / ViT).
 
-    def __init__(self, *, dim: int, hidden: int, dropout: float = 0.0, bias: bool = True) -> None:
+    ``approximate``: ``"none"`` (exact erf GELU: BERT, ViT) or ``"tanh"`` (the tanh
+    approximation GPT-2 was trained with, ``gelu_new`` in Hugging Face configs).
+    """
+
+    def __init__(self, *, dim: int, hidden: int, dropout: float = 0.0, bias: bool = True,
+                 approximate: str = "none") -> None:
         super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU approximate must be 'none' or 'tanh', got {approximate!r}")
         self.up = nn.Linear(dim, hidden, bias=bias)
         self.down = nn.Linear(hidden, dim, bias=bias)
         self.dropout = nn.Dropout(dropout)
+        self.approximate = approximate
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, L, D) -> (B, L, D)."""
-        return self.down(self.dropout(F.gelu(self.up(x))))  # hidden (B, L, F)
+        hidden = F.gelu(self.up(x), approximate=self.approximate)  # (B, L, F)
+        return self.down(self.dropout(hidden))
+
+    def extra_repr(self) -> str:
+        return f"approximate={self.approximate!r}"
 
 
 class SwiGLU(nn.Module):
@@ -42,7 +55,11 @@ class SwiGLU(nn.Module):
         return self.down(self.dropout(F.silu(self.gate(x)) * self.up(x)))  # hidden (B, L, F)
 
 
-MLPS: dict[str, Callable[..., nn.Module]] = {"gelu": GeluMLP, "swiglu": SwiGLU}
+MLPS: dict[str, Callable[..., nn.Module]] = {
+    "gelu": GeluMLP,
+    "gelu_tanh": partial(GeluMLP, approximate="tanh"),
+    "swiglu": SwiGLU,
+}
 
 
 def build_mlp(name: str, *, dim: int, hidden: int, dropout: float = 0.0,

@@ -27,16 +27,22 @@ class PatchEmbedding(nn.Module):
     """Cut (B, C, H, W) into P x P patches and project each linearly: (B, N, D).
 
     Equivalent plain math: ``x.unfold`` into patches, flatten each to C*P*P, multiply by W.
-    A strided convolution computes exactly that.
+    A strided convolution computes exactly that. ``image_size`` (H, W), when given, is the one
+    size the model's position table was built for; other sizes are refused with it named.
     """
 
-    def __init__(self, *, channels: int, patch_size: int, dim: int) -> None:
+    def __init__(self, *, channels: int, patch_size: int, dim: int,
+                 image_size: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.patch_size = patch_size
+        self.image_size = image_size
         self.proj = nn.Conv2d(channels, dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, None]:
         _check_images(x)
+        if self.image_size is not None and tuple(x.shape[-2:]) != self.image_size:
+            raise ValueError(f"images are {tuple(x.shape[-2:])} but this ViT was built for "
+                             f"{self.image_size}; resize them (the image processor does)")
         p = self.patch_size
         if x.shape[-1] % p or x.shape[-2] % p:
             raise ValueError(f"image {tuple(x.shape[-2:])} is not divisible into {p}x{p} "
@@ -91,7 +97,8 @@ def build_vit(config: ModelConfig, *, image_shape: tuple[int, ...], num_classes:
     elif config.patch_stem == "linear":
         if p < 1 or height % p or width % p:
             raise ValueError(f"patch_size={p} must divide the image size {height}x{width}")
-        embed = PatchEmbedding(channels=channels, patch_size=p, dim=config.d_model)
+        embed = PatchEmbedding(channels=channels, patch_size=p, dim=config.d_model,
+                               image_size=(height, width))
         num_patches = (height // p) * (width // p)
     else:
         raise ValueError(f"model.patch_stem must be 'linear' or 'conv', got "
