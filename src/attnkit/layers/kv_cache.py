@@ -72,8 +72,9 @@ class StaticKVCache(KVCache):
                              f"or use RollingKVCache")
         if self.keys is None or self.values is None:
             b, h, _, d = k.shape
-            self.keys = k.new_zeros(b, h, self.max_length, d)
-            self.values = v.new_zeros(b, h, self.max_length, v.shape[-1])
+            # empty, not zeros: only the written slots [:position] are ever read
+            self.keys = k.new_empty(b, h, self.max_length, d)
+            self.values = v.new_empty(b, h, self.max_length, v.shape[-1])
         for name, given, held in (("keys", k, self.keys), ("values", v, self.values)):
             # Assignment would silently broadcast a batch of 1 over the cached batch.
             if given.shape[:2] + given.shape[3:] != held.shape[:2] + held.shape[3:]:

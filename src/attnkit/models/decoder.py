@@ -200,30 +200,33 @@ class DecoderLM(nn.Module):
         longest = int(batch.lengths.max())
         total = longest + max_new_tokens
         learned = isinstance(self.positions, LearnedPositions)
+        context = self.max_length
+        if context is None and isinstance(self.positions, LearnedPositions):
+            context = int(self.positions.table.shape[0])  # built without max_length (hf.load)
         if cache == "rolling":
-            if learned and self.max_length is not None and total > self.max_length:
+            if learned and context is not None and total > context:
                 raise ValueError(
                     f"the longest prompt has {longest} tokens and max_new_tokens is "
                     f"{max_new_tokens}: {total} positions, but this model has "
-                    f"{self.max_length} learned positions and none beyond, so cache='rolling' "
+                    f"{context} learned positions and none beyond, so cache='rolling' "
                     f"cannot stream past them; lower max_new_tokens to "
-                    f"{max(0, self.max_length - longest)}, or build the model with "
+                    f"{max(0, context - longest)}, or build the model with "
                     f"positional='rope' (or 'none' with ALiBi) to stream")
             if window is None:
-                if self.max_length is None:
+                if context is None:
                     raise ValueError("cache='rolling' needs a window (how many recent tokens "
                                      "to keep); this model sets no max_length to default it")
-                window = max(1, self.max_length - sink)
+                window = max(1, context - sink)
             return window
-        if self.max_length is not None and total > self.max_length:
-            fix = (f"lower max_new_tokens to {self.max_length - longest}" if longest
-                   < self.max_length else f"shorten the prompt below {self.max_length} tokens")
+        if context is not None and total > context:
+            fix = (f"lower max_new_tokens to {context - longest}" if longest
+                   < context else f"shorten the prompt below {context} tokens")
             if not learned:
                 fix += (", or use cache='rolling' to stream past the context with constant "
                         "memory")
             raise ValueError(f"the longest prompt has {longest} tokens and max_new_tokens is "
                              f"{max_new_tokens}: {total} positions, beyond the model's "
-                             f"max_length {self.max_length}; {fix}")
+                             f"max_length {context}; {fix}")
         return window
 
 
