@@ -25,14 +25,14 @@ POSITIONALS = {"learned": ("learned", {}), "sinusoidal": ("sinusoidal", {}),
 
 
 def lm(positional: str = "learned", *, max_length: int = 64, num_kv_heads: int | None = None,
-       seed: int = 0) -> DecoderLM:
+       seed: int = 0, attention: str = "mha") -> DecoderLM:
     """A 2-layer float64 LM whose random weights give varied (non-repeating) continuations."""
     kind, options = POSITIONALS[positional]
     if num_kv_heads is not None:
         options = {**options, "num_kv_heads": num_kv_heads}
     config = dataclasses.replace(get_preset("tiny"), num_layers=2, num_heads=4,
                                  positional=kind, attention_options=options,
-                                 max_length=max_length)
+                                 max_length=max_length, attention=attention)
     torch.manual_seed(seed)
     model = build_decoder_lm(config, vocab_size=VOCAB).double().eval()
     with torch.no_grad():
@@ -71,6 +71,20 @@ def test_batched_prompts_give_each_prompt_its_own_tokens(lengths: list[int], new
         expected = alone(model, p, new)
         assert out[b, :len(p) + new].tolist() == expected, f"row {b} of {lengths}"
         assert (out[b, len(p) + new:] == 0).all(), "shorter rows are right-padded with pad_id"
+
+
+@pytest.mark.parametrize("kind", ["gated", "differential", "adaptive_span", "topk", "ssmax",
+                                  "local"])
+@pytest.mark.parametrize("cache", ["static", "none"])
+def test_every_cached_kind_batches_exactly(kind: str, cache: str) -> None:
+    """Kinds built on MultiHeadAttention take the padded batch through the cache's pad mask;
+    cache='none' decodes row by row. Either way each prompt gets its own tokens."""
+    model = lm("learned", attention=kind, seed=1)
+    prompts = torch.randint(0, VOCAB, (3, 6), generator=torch.Generator().manual_seed(5))
+    lengths = [6, 2, 4]
+    out = model.generate(prompts, lengths=lengths, max_new_tokens=5, cache=cache)
+    for b, n in enumerate(lengths):
+        assert out[b, :n + 5].tolist() == alone(model, prompts[b, :n].tolist(), 5)
 
 
 def test_batched_prompts_take_the_batched_path() -> None:

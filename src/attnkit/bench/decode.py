@@ -52,8 +52,8 @@ from attnkit.bench.harness import (
     write_csv,
 )
 
-__all__ = ["DecodeBenchConfig", "StepClock", "quick_config", "register", "run_decode_bench",
-           "weight_streaming_seconds"]
+__all__ = ["DecodeBenchConfig", "StepClock", "check_identical", "quick_config", "register",
+           "run_decode_bench", "streamed_parameters", "weight_streaming_seconds"]
 
 INSTALL_HINT = "pip install 'attnkit[hf]'  (or: pip install transformers)"
 
@@ -138,8 +138,9 @@ def weight_streaming_seconds(numbers: int, *, width: int, repeats: int = 7) -> f
     return measure(lambda: torch.mv(matrix, vector), repeats=repeats, warmup=2).seconds
 
 
-def _check_identical(generators: dict[str, Callable[[Tensor, int], Tensor]], prompt: Tensor,
-                     n: int) -> None:
+def check_identical(generators: dict[str, Callable[[Tensor, int], Tensor]], prompt: Tensor,
+                    n: int) -> None:
+    """Refuse to time implementations whose greedy tokens differ (names the first place)."""
     ours, theirs = (generators[name](prompt, n) for name in IMPLEMENTATIONS)
     if not torch.equal(ours, theirs):
         differ = (ours != theirs).nonzero()
@@ -185,7 +186,7 @@ def _measure_case(generators: dict[str, Callable[[Tensor, int], Tensor]],
     """Rows (one per implementation) for one (batch, prompt length)."""
     batch, length = prompt.shape
     n = cfg.new_tokens
-    _check_identical(generators, prompt, n)
+    check_identical(generators, prompt, n)
     peak: dict[str, float] = {}
     for name in IMPLEMENTATIONS:  # warm-up call, which also gives the peak memory
         with PeakMemory() as memory:
