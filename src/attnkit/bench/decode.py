@@ -351,18 +351,3 @@ def register(suites: Any) -> None:
                           "attnkit vs Hugging Face GPT-2 (needs the hf extra)",
                           description=__doc__.split("\n\n")[0] if __doc__ else None)
     _add_arguments(p)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m attnkit.bench.decode")
-    _add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return _run(args)
-    except ImportError as err:
-        print(f"error: {err}")
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
