@@ -245,6 +245,10 @@ def run_decode_bench(cfg: DecodeBenchConfig, *, log: Callable[[str], None] = pri
              "hf_gpt2": models["hf_gpt2"].get_submodule("lm_head")}
     g = torch.Generator().manual_seed(cfg.seed)
     rows: list[dict[str, Any]] = []
+    report = {"config": {k: str(v) if isinstance(v, Path) else v
+                         for k, v in asdict(cfg).items()},
+              "environment": env, "streamed_parameters": numbers, "bound_s": bound_s,
+              "rows": rows}
     for length in cfg.prompts:
         for batch in cfg.batches:
             prompt = torch.randint(0, cfg.vocab_size, (batch, length), generator=g)
@@ -252,13 +256,10 @@ def run_decode_bench(cfg: DecodeBenchConfig, *, log: Callable[[str], None] = pri
                 row["bound_tokens_per_s"] = batch / bound_s
                 row["share_of_bound"] = row["tokens_per_s"] * bound_s / batch
                 rows.append(row)
-    report = {"config": {k: str(v) if isinstance(v, Path) else v
-                         for k, v in asdict(cfg).items()},
-              "environment": env, "streamed_parameters": numbers, "bound_s": bound_s,
-              "rows": rows}
+            if cfg.out_dir is not None:  # after every case: an interrupted run keeps the rest
+                write_reports(report, cfg.out_dir)
     log(format_table(rows, COLUMNS))
     if cfg.out_dir is not None:
-        write_reports(report, cfg.out_dir)
         log(f"wrote {cfg.out_dir}/decode.csv, decode.md, decode.png, decode.json")
     return report
 
