@@ -22,6 +22,7 @@ once, so ``share`` = (tokens/s) / (batch / bound time) says how close a decoder 
 
     attnkit bench decode                 # full run (about 10-20 min on 2 cores)
     attnkit bench decode --quick         # a tiny model, seconds (CI smoke test)
+    attnkit bench decode --profile       # where attnkit's decode step spends its time
 
 Writes ``decode.csv``, ``decode.md`` and ``decode.png`` to ``--out``. Needs the ``hf`` extra
 (``pip install 'attnkit[hf]'``).
@@ -52,8 +53,8 @@ from attnkit.bench.harness import (
     write_csv,
 )
 
-__all__ = ["DecodeBenchConfig", "StepClock", "check_identical", "quick_config", "register",
-           "run_decode_bench", "streamed_parameters", "weight_streaming_seconds"]
+__all__ = ["DecodeBenchConfig", "StepClock", "check_identical", "profile_decode", "quick_config",
+           "register", "run_decode_bench", "streamed_parameters", "weight_streaming_seconds"]
 
 INSTALL_HINT = "pip install 'attnkit[hf]'  (or: pip install transformers)"
 
@@ -264,6 +265,35 @@ def run_decode_bench(cfg: DecodeBenchConfig, *, log: Callable[[str], None] = pri
     return report
 
 
+def profile_decode(cfg: DecodeBenchConfig, *, batch: int = 1, prompt_length: int = 32,
+                   steps: int = 16, rows: int = 15) -> str:
+    """torch.profiler's table (self CPU time) of attnkit's decode steps after the prefill."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from attnkit.models.decoder import new_caches
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model = _models(cfg)["attnkit"]
+    prompt = torch.randint(0, cfg.vocab_size, (batch, prompt_length),
+                           generator=torch.Generator().manual_seed(cfg.seed))
+    with torch.inference_mode():
+        caches = new_caches(model.stack, cache="static",  # type: ignore[arg-type]
+                            max_length=prompt_length + steps + 3)
+
+        def step(tokens: Tensor) -> Tensor:
+            hidden = model.features(tokens, caches=caches)[:, -1]  # type: ignore[operator]
+            return model.head(hidden).argmax(-1)[:, None]  # type: ignore[operator]
+
+        token = step(prompt)
+        for _ in range(3):  # warm-up steps
+            token = step(token)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                token = step(token)
+    return str(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
 #: the columns of the printed and Markdown tables
 COLUMNS = ("implementation", "batch", "prompt", "tokens_per_s", "tokens_per_s_min",
            "tokens_per_s_max", "vs_hf", "share_of_bound", "step_ms", "prefill_s", "peak_mib")
@@ -331,6 +361,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=d.out_dir, help="folder for the reports")
     p.add_argument("--quick", action="store_true",
                    help="a tiny model and grid that runs in seconds (CI smoke test)")
+    p.add_argument("--profile", action="store_true",
+                   help="instead of the comparison: torch.profiler's table of 16 attnkit decode "
+                        "steps (first --batches and --prompts value; default B=1, prompt 32)")
     p.set_defaults(handler=_run)
 
 
@@ -342,6 +375,11 @@ def _run(args: argparse.Namespace) -> int:
                "threads": args.threads or None, "out_dir": args.out}
     cfg = replace(base, **{k: v for k, v in changes.items()
                            if v is not None or k == "threads"})
+    if args.profile:
+        print(environment())
+        print(profile_decode(cfg, batch=args.batches[0] if args.batches else 1,
+                             prompt_length=args.prompts[0] if args.prompts else 32))
+        return 0
     run_decode_bench(cfg)
     return 0
 
