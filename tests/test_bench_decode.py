@@ -82,3 +82,10 @@ def test_the_bound_reads_each_weight_once() -> None:
     total = sum(p.numel() for p in hf.parameters())  # tied lm_head is listed once
     assert streamed_parameters(ours) == total - 16 * 8  # minus the position table
     assert weight_streaming_seconds(4096, width=64, repeats=1) > 0
+
+
+def test_profile_prints_the_decode_step_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "decode", "--quick", "--profile", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "'threads': 1" in printed
+    assert "Self CPU" in printed and "aten::addmm" in printed  # the projections are there
