@@ -126,7 +126,7 @@ def test_static_cache_decoding_in_chunks() -> None:
 
 
 @pytest.mark.parametrize("window, sink", [(3, 2), (4, 0), (1, 1)])
-@pytest.mark.parametrize("name", ["plain", "gqa_rope", "mqa_qk_norm"])
+@pytest.mark.parametrize("name", ["plain", "gqa_rope", "mqa_qk_norm", "alibi_softcap"])
 @pytest.mark.parametrize("prefill", [0, 5])
 def test_rolling_cache_decoding_equals_its_equivalent_mask(window: int, sink: int, name: str,
                                                            prefill: int) -> None:
@@ -154,11 +154,33 @@ def test_rolling_cache_differs_from_full_attention() -> None:
     assert not torch.allclose(streamed[:, 3:], full[:, 3:])
 
 
+def test_rolling_alibi_uses_the_kept_positions() -> None:
+    """After eviction the slot index is not the distance: ALiBi comes from the kept positions
+    (slot distances would shrink the sinks' distance from 8 to 3 here)."""
+    layer = _layer({"alibi": True})
+    x = torch.randn(1, 9, 16, dtype=torch.float64)
+    cache = RollingKVCache(2, sink=2)
+    streamed = torch.cat([layer(x[:, t:t + 1], cache=cache) for t in range(9)], 1)
+    # sinks 0, 1; the window's previous key 7 and the new 8; 6 is still held but masked
+    assert cache.attended_positions.tolist() == [0, 1, 6, 7, 8]
+    full = layer(x, mask=cache.equivalent_mask())
+    torch.testing.assert_close(streamed, full, atol=1e-10, rtol=1e-8)
+
+
+def test_static_cache_pads_mask_and_shift_positions() -> None:
+    """Left-padded rows: pad slots are masked and positions count from each row's first token."""
+    cache = StaticKVCache(6)
+    cache.pads = torch.tensor([0, 2])
+    assert cache.query_positions(4).tolist() == [[0, 1, 2, 3], [0, 0, 0, 1]]
+    _, _, extra = cache.update(*kv(4))
+    assert extra is not None
+    assert extra.dense(4, 4)[:, 0, 0].tolist() == [[True] * 4, [False, False, True, True]]
+    assert cache.query_positions(1).tolist() == [[4], [2]]
+
+
 def test_cache_misuse_errors() -> None:
     layer = _layer({"alibi": True})
     x = torch.randn(1, 3, 16, dtype=torch.float64)
-    with pytest.raises(ValueError, match="ALiBi with a RollingKVCache is not supported"):
-        layer(x, cache=RollingKVCache(4))
     with pytest.raises(ValueError, match="KV cache is for self-attention"):
         layer(x, x, cache=StaticKVCache(8))
 

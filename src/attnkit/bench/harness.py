@@ -23,6 +23,8 @@ import ctypes
 import ctypes.util
 import gc
 import math
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -32,8 +34,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["Measurement", "PeakMemory", "format_table", "matmul_gflops", "measure", "time_call",
-           "write_csv"]
+__all__ = ["Measurement", "PeakMemory", "environment", "format_table", "markdown_table",
+           "matmul_gflops", "measure", "time_call", "write_csv"]
 
 _MIB = 1024 * 1024
 
@@ -213,3 +215,36 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
     return "\n".join(lines)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """``columns`` of ``rows`` as a Markdown table, cells formatted as in :func:`format_table`."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """What a reader needs to judge a timing: processor, torch, threads, and the machine's load
+    when the run started (on a shared machine other processes take CPU time)."""
+    device = torch.device(device)
+    info: dict[str, Any] = {
+        "cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "python": platform.python_version(),
+        "device": str(device)}
+    if hasattr(os, "getloadavg"):
+        info["load_1min"] = round(os.getloadavg()[0], 2)
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info

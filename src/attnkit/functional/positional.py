@@ -21,22 +21,27 @@ __all__ = ["RotaryEmbedding", "apply_rotary", "rotary_angles", "sinusoidal_table
 
 
 def rotary_angles(positions: Tensor, dim: int, base: float = 10000.0) -> Tensor:
-    """Rotation angles (L, D/2) for integer ``positions`` (L,), in float64 for accuracy."""
+    """Rotation angles (..., L, D/2) for integer ``positions`` (..., L), in float64 for accuracy.
+
+    ``positions`` is (L,) when every sequence shares them, or (B, L) (left-padded batches)."""
     if dim % 2:
         raise ValueError(f"rotary embeddings need an even head dim, got {dim}")
     inv_freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float64, device=positions.device)
                         / dim)
-    return positions.to(torch.float64)[:, None] * inv_freq[None, :]
+    return positions.to(torch.float64)[..., None] * inv_freq
 
 
 def apply_rotary(x: Tensor, angles: Tensor, *, interleaved: bool = False) -> Tensor:
-    """Rotate ``x`` (..., L, D) by ``angles`` (L, D/2).
+    """Rotate ``x`` (B, H, L, D) (or (..., L, D)) by ``angles`` (L, D/2), or per sequence by
+    ``angles`` (B, L, D/2).
 
     Equivalent plain math for the half-split convention::
 
         x1, x2 = x[..., :D//2], x[..., D//2:]
         out = cat(x1 * cos - x2 * sin, x2 * cos + x1 * sin)
     """
+    if angles.dim() == 3:
+        angles = angles[:, None]  # (B, 1, L, D/2): the same rotation for every head
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     if interleaved:
         x1, x2 = x[..., 0::2], x[..., 1::2]
@@ -57,7 +62,7 @@ class RotaryEmbedding(nn.Module):
         self.head_dim, self.base, self.interleaved = head_dim, base, interleaved
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
-        """x: (B, H, L, D); positions: (L,) absolute positions -> (B, H, L, D)."""
+        """x: (B, H, L, D); positions: (L,) or (B, L) absolute positions -> (B, H, L, D)."""
         return apply_rotary(x, rotary_angles(positions, self.head_dim, self.base),
                             interleaved=self.interleaved)
 

@@ -1,7 +1,9 @@
 """KV caches for incremental decoding.
 
-- :class:`StaticKVCache`: preallocated for ``max_length`` tokens; decoding token by token gives
-  exactly the full causal forward pass.
+- :class:`StaticKVCache`: preallocated for ``max_length`` tokens and written in place; decoding
+  token by token gives exactly the full causal forward pass. For a batch of prompts of different
+  lengths, set :attr:`StaticKVCache.pads` (left padding per row): the pad slots are masked out and
+  each row's positions start at 0 at its first real token.
 - :class:`RollingKVCache`: constant memory for endless streams (StreamingLLM, Xiao et al., 2023):
   keeps the first ``sink`` tokens ("attention sinks") and the ``window`` most recent ones. Keys keep
   their original positions, so decoding equals a full forward with the mask
@@ -26,6 +28,12 @@ class KVCache:
 
     position: int = 0
 
+    def query_positions(self, length: int, device: torch.device | None = None) -> Tensor:
+        """Absolute positions of the next ``length`` tokens: (L,), or (B, L) with padding.
+
+        Position-aware layers (RoPE, learned tables) read this before :meth:`update`."""
+        return torch.arange(self.position, self.position + length, device=device)
+
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Mask | None]:
         """Add new keys (B, Hkv, L, D) / values (B, Hkv, L, Dv); return what to attend to:
         keys, values and an extra mask over them (None if the caller's causal mask suffices)."""
@@ -45,6 +53,16 @@ class StaticKVCache(KVCache):
         self.keys: Tensor | None = None  # (B, Hkv, max_length, D)
         self.values: Tensor | None = None  # (B, Hkv, max_length, Dv)
         self.position = 0
+        # (B,) left-padding slots per row (None: no padding). Slot j of row b holds the token at
+        # position j - pads[b]; slots j < pads[b] are pads that no query may see.
+        self.pads: Tensor | None = None
+
+    def query_positions(self, length: int, device: torch.device | None = None) -> Tensor:
+        slots = super().query_positions(length, device)  # (L,)
+        if self.pads is None:
+            return slots
+        # Pad slots get position 0: their outputs are never used, only their keys are masked.
+        return (slots[None, :] - self.pads.to(slots.device)[:, None]).clamp(min=0)  # (B, L)
 
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Mask | None]:
         new = k.shape[2]
@@ -54,8 +72,9 @@ class StaticKVCache(KVCache):
                              f"or use RollingKVCache")
         if self.keys is None or self.values is None:
             b, h, _, d = k.shape
-            self.keys = k.new_zeros(b, h, self.max_length, d)
-            self.values = v.new_zeros(b, h, self.max_length, v.shape[-1])
+            # empty, not zeros: only the written slots [:position] are ever read
+            self.keys = k.new_empty(b, h, self.max_length, d)
+            self.values = v.new_empty(b, h, self.max_length, v.shape[-1])
         for name, given, held in (("keys", k, self.keys), ("values", v, self.values)):
             # Assignment would silently broadcast a batch of 1 over the cached batch.
             if given.shape[:2] + given.shape[3:] != held.shape[:2] + held.shape[3:]:
@@ -63,12 +82,18 @@ class StaticKVCache(KVCache):
                                  f"{tuple(held.shape)} (B, H, max_length, D); reset() the cache "
                                  f"to start another batch")
         end = self.position + new
-        self.keys[:, :, self.position:end] = k
+        self.keys[:, :, self.position:end] = k  # in place: no reallocation per token
         self.values[:, :, self.position:end] = v
         self.position = end
-        return self.keys[:, :, :end], self.values[:, :, :end], None
+        extra: Mask | None = None
+        if self.pads is not None:
+            # (B, S): True for real keys; the caller's causal mask does the rest.
+            real = torch.arange(end, device=k.device)[None, :] >= self.pads.to(k.device)[:, None]
+            extra = masks.padding(real)
+        return self.keys[:, :, :end], self.values[:, :, :end], extra
 
     def reset(self) -> None:
+        """Start over (same batch size); the padding is kept, set ``pads`` again to change it."""
         self.position = 0
 
 
@@ -84,7 +109,10 @@ class RollingKVCache(KVCache):
     def reset(self) -> None:
         self.keys: Tensor | None = None
         self.values: Tensor | None = None
-        self.key_positions = torch.zeros(0, dtype=torch.long)
+        self.key_positions = torch.zeros(0, dtype=torch.long)  # (S,) of the kept keys
+        # Positions of the keys the last update returned (kept + new), for distance biases
+        # such as ALiBi: after eviction the slot index no longer gives the distance.
+        self.attended_positions = torch.zeros(0, dtype=torch.long)
         self.position = 0
 
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Mask | None]:
@@ -102,6 +130,7 @@ class RollingKVCache(KVCache):
         keep = (key_pos < self.sink) | (key_pos > self.position - 1 - self.window)
         self.keys, self.values = keys[:, :, keep], values[:, :, keep]
         self.key_positions = key_pos[keep]
+        self.attended_positions = key_pos
         return keys, values, masks.dense(allowed.to(k.device))
 
     def equivalent_mask(self) -> Mask:

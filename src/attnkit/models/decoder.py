@@ -9,19 +9,23 @@ Shape legend: B batch, L tokens, D model width, V vocabulary.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnkit.functional import masks
 from attnkit.functional.masks import Mask
 from attnkit.layers.kv_cache import KVCache, RollingKVCache, StaticKVCache
+from attnkit.layers.multihead import MultiHeadAttention
 from attnkit.models.blocks import TransformerBlock, TransformerStack
 from attnkit.models.builders import build_stack
 from attnkit.models.config import ModelConfig
-from attnkit.models.embeddings import TokenEmbedding, build_positions
+from attnkit.models.embeddings import LearnedPositions, TokenEmbedding, build_positions
 from attnkit.models.generation import SamplingConfig, sample_next
+from attnkit.models.prompts import PromptBatch, stop_token_ids
 
 __all__ = ["DecoderLM", "build_decoder_lm", "new_caches"]
 
@@ -45,11 +49,15 @@ def new_caches(stack: TransformerStack, *, cache: str, max_length: int, window: 
 
 
 class DecoderLM(nn.Module):
-    """Causal language model: next-token logits for every position."""
+    """Causal language model: next-token logits for every position.
+
+    ``max_length`` is the context the model was built (and trained) for: learned positions end
+    there, and :meth:`generate` refuses to go past it except with ``cache="rolling"``.
+    """
 
     def __init__(self, *, embedding: TokenEmbedding, positions: nn.Module,
                  stack: TransformerStack, dim: int, vocab_size: int, tie_embeddings: bool = True,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, max_length: int | None = None) -> None:
         super().__init__()
         self.embedding, self.positions, self.stack = embedding, positions, stack
         self.dropout = nn.Dropout(dropout)
@@ -57,6 +65,7 @@ class DecoderLM(nn.Module):
         if tie_embeddings:
             self.head.weight = self.embedding.table.weight  # Press & Wolf (2017)
         self.vocab_size = vocab_size
+        self.max_length = max_length
 
     def forward(self, tokens: Tensor, lengths: Tensor | None = None, *, mask: Mask | None = None,
                 caches: list[Any] | None = None) -> Tensor:
@@ -64,51 +73,161 @@ class DecoderLM(nn.Module):
 
         Right padding needs no mask: under the causal mask real tokens never see later pads.
         """
-        offset = caches[0].position if caches else 0
+        return self.head(self.features(tokens, mask=mask, caches=caches))
+
+    def features(self, tokens: Tensor, *, mask: Mask | None = None,
+                 caches: list[Any] | None = None) -> Tensor:
+        """The final hidden states (B, L, D), before the output projection."""
+        offset: int | Tensor = 0
+        if caches:
+            # (L,) positions, or (B, L) for a left-padded batch
+            positions = caches[0].query_positions(tokens.shape[1], tokens.device)
+            offset = caches[0].position if positions.dim() == 1 else positions
+        if mask is None:
+            # One new query after the cached keys sees all of them: causal adds nothing, and
+            # without a mask the engine takes its fastest path. (Pad and window masks come
+            # from the caches themselves.)
+            mask = None if caches and tokens.shape[1] == 1 else masks.causal()
         h = self.dropout(self.positions(self.embedding(tokens), offset))  # (B, L, D)
-        h = self.stack(h, mask=masks.causal() if mask is None else mask, caches=caches)
-        return self.head(h)
+        return self.stack(h, mask=mask, caches=caches)
 
-    @torch.no_grad()
     def generate(self, prompt: Tensor, *, max_new_tokens: int,
+                 lengths: Tensor | list[int] | None = None, attention_mask: Tensor | None = None,
                  sampling: SamplingConfig | None = None, cache: str = "static",
-                 window: int | None = None, sink: int = 4, eos_id: int | None = None,
+                 window: int | None = None, sink: int = 4,
+                 eos_id: int | Collection[int] | None = None, pad_id: int | None = None,
                  generator: torch.Generator | None = None) -> Tensor:
-        """Continue ``prompt`` (B, L) by ``max_new_tokens`` tokens -> (B, L + new).
+        """Continue each prompt by up to ``max_new_tokens`` tokens.
 
-        ``cache``: ``static`` (KV cache, exact), ``rolling`` (streaming, constant memory:
-        attention sees the ``sink`` first and ``window`` latest tokens), ``none`` (re-run the
-        whole sequence each step; works for every attention kind). Generation stops early once
-        every sequence has produced ``eos_id``.
+        Args:
+            prompt: (B, L) token ids. Prompts of different lengths: right-padded with
+                ``lengths`` (B,), or padded on either side with ``attention_mask`` (B, L)
+                (1 = real token). Greedy decoding gives every prompt exactly the tokens it
+                gets alone; the batch runs left-padded with one KV cache.
+            cache: ``static`` (KV cache, exact; prompt + new tokens must fit ``max_length``),
+                ``rolling`` (streaming past ``max_length`` with constant memory: attention sees
+                the ``sink`` first and ``window`` latest tokens, window default
+                ``max_length - sink``; past ``max_length`` only with RoPE, ALiBi or no
+                positions: learned tables end there), ``none`` (re-run the
+                whole sequence each step; works for every attention kind).
+            eos_id: a stop token or a set of them. A row that produced one is finished: its
+                later tokens are ``pad_id``; generation ends when every row is finished.
+            pad_id: filler after a finished row and after shorter prompts (default: ``eos_id``
+                when it is a single id, else 0).
+
+        Returns:
+            (B, max(lengths) + N) ids, N <= ``max_new_tokens``: row b is its prompt, its new
+            tokens, then ``pad_id``. Without padding this is ``cat(prompt, new)``.
         """
-        if prompt.dim() != 2 or prompt.shape[1] < 1:
-            raise ValueError(f"prompt must be (batch, length>=1) token ids, got "
-                             f"{tuple(prompt.shape)}")
+        batch = PromptBatch.build(prompt, lengths=lengths, attention_mask=attention_mask)
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        stop = stop_token_ids(eos_id, prompt.device)
+        if pad_id is None:
+            pad_id = eos_id if isinstance(eos_id, int) else 0
+        window = self._check_length(batch, max_new_tokens, cache, window, sink)
         sampling = sampling or SamplingConfig()
         was_training = self.training
         self.eval()
         try:
-            out = prompt
-            done = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
-            caches = None if cache == "none" else new_caches(
-                self.stack, cache=cache, max_length=prompt.shape[1] + max_new_tokens,
-                window=window, sink=sink)
-            step_input = prompt
-            for _ in range(max_new_tokens):
-                logits = self(step_input if caches is not None else out, caches=caches)
-                token = sample_next(logits[:, -1], sampling, generator)  # (B,)
-                if eos_id is not None:
-                    token = token.masked_fill(done, eos_id)
-                    done = done | (token == eos_id)
-                out = torch.cat([out, token[:, None]], dim=1)
-                step_input = token[:, None]
-                if eos_id is not None and bool(done.all()):
-                    break
-            return out
+            # inference_mode skips autograd bookkeeping; the result is cloned outside it so
+            # callers may use the tokens in training code (inference tensors cannot be).
+            with torch.inference_mode():
+                if batch.uneven and not (cache == "static" and self._pads_supported()):
+                    # Kinds without padded caches, and rolling caches (whose sinks must be
+                    # each row's own first tokens), decode one prompt at a time.
+                    rows = [self._decode(batch.row(b), None, max_new_tokens, sampling, cache,
+                                         window, sink, stop, pad_id, generator)
+                            for b in range(prompt.shape[0])]
+                    width = max(r.shape[1] for r in rows)
+                    new = torch.cat([F.pad(r, (0, width - r.shape[1]), value=pad_id)
+                                     for r in rows])
+                else:
+                    new = self._decode(batch.tokens, batch.pads if batch.uneven else None,
+                                       max_new_tokens, sampling, cache, window, sink, stop,
+                                       pad_id, generator)
+                out = batch.assemble(new, pad_id)
+            return out.clone()
         finally:
             self.train(was_training)
+
+    def _decode(self, tokens: Tensor, pads: Tensor | None, max_new_tokens: int,
+                sampling: SamplingConfig, cache: str, window: int | None, sink: int,
+                stop: Tensor | None, pad_id: int, generator: torch.Generator | None) -> Tensor:
+        """New tokens (B, N) for left-padded ``tokens`` (B, L) with ``pads`` (B,) pad slots."""
+        batch = tokens.shape[0]
+        new = tokens.new_full((batch, max_new_tokens), pad_id)
+        if max_new_tokens == 0:
+            return new
+        done = torch.zeros(batch, dtype=torch.bool, device=tokens.device)
+        caches: list[Any] | None = None
+        if cache != "none":
+            caches = new_caches(self.stack, cache=cache,
+                                max_length=tokens.shape[1] + max_new_tokens, window=window,
+                                sink=sink)
+            for c in caches:
+                if isinstance(c, StaticKVCache):  # pads is None unless the batch is uneven
+                    c.pads = pads
+        # Prefill: the output projection only for the last position, the one that is sampled.
+        hidden = self.features(tokens, caches=caches)[:, -1]  # (B, D)
+        for step in range(max_new_tokens):
+            token = sample_next(self.head(hidden), sampling, generator)  # (B,)
+            if stop is None:
+                new[:, step] = token
+            else:
+                # A finished row records pad_id but keeps feeding its sampled token: pad_id
+                # need not be a valid input id, and that row's outputs are never used.
+                new[:, step] = token.masked_fill(done, pad_id)
+                done = done | torch.isin(token, stop)
+            if step == max_new_tokens - 1 or (stop is not None and bool(done.all())):
+                return new[:, :step + 1]
+            if caches is None:
+                tokens = torch.cat([tokens, token[:, None]], dim=1)
+                hidden = self.features(tokens)[:, -1]
+            else:
+                hidden = self.features(token[:, None], caches=caches)[:, -1]
+        return new
+
+    def _pads_supported(self) -> bool:
+        """Whether every layer takes a left-padded batch through a StaticKVCache's pads."""
+        return all(isinstance(getattr(block, "attention", None), MultiHeadAttention)
+                   for block in self.stack.blocks)
+
+    def _check_length(self, batch: PromptBatch, max_new_tokens: int, cache: str,
+                      window: int | None, sink: int) -> int | None:
+        """Refuse what exceeds the model's context with the numbers and the fix; returns the
+        rolling window (its default filled in)."""
+        longest = int(batch.lengths.max())
+        total = longest + max_new_tokens
+        learned = isinstance(self.positions, LearnedPositions)
+        context = self.max_length
+        if context is None and isinstance(self.positions, LearnedPositions):
+            context = int(self.positions.table.shape[0])  # built without max_length (hf.load)
+        if cache == "rolling":
+            if learned and context is not None and total > context:
+                raise ValueError(
+                    f"the longest prompt has {longest} tokens and max_new_tokens is "
+                    f"{max_new_tokens}: {total} positions, but this model has "
+                    f"{context} learned positions and none beyond, so cache='rolling' "
+                    f"cannot stream past them; lower max_new_tokens to "
+                    f"{max(0, context - longest)}, or build the model with "
+                    f"positional='rope' (or 'none' with ALiBi) to stream")
+            if window is None:
+                if context is None:
+                    raise ValueError("cache='rolling' needs a window (how many recent tokens "
+                                     "to keep); this model sets no max_length to default it")
+                window = max(1, context - sink)
+            return window
+        if context is not None and total > context:
+            fix = (f"lower max_new_tokens to {context - longest}" if longest
+                   < context else f"shorten the prompt below {context} tokens")
+            if not learned:
+                fix += (", or use cache='rolling' to stream past the context with constant "
+                        "memory")
+            raise ValueError(f"the longest prompt has {longest} tokens and max_new_tokens is "
+                             f"{max_new_tokens}: {total} positions, beyond the model's "
+                             f"max_length {context}; {fix}")
+        return window
 
 
 def build_decoder_lm(config: ModelConfig, *, vocab_size: int) -> DecoderLM:
@@ -119,4 +238,4 @@ def build_decoder_lm(config: ModelConfig, *, vocab_size: int) -> DecoderLM:
                                   dim=config.d_model),
         stack=build_stack(config, num_layers=config.num_layers),
         dim=config.d_model, vocab_size=vocab_size, tie_embeddings=config.tie_embeddings,
-        dropout=config.dropout)
+        dropout=config.dropout, max_length=config.max_length)

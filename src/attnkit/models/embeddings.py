@@ -44,8 +44,15 @@ class LearnedPositions(nn.Module):
         super().__init__()
         self.table = nn.Parameter(torch.randn(max_length, dim) * 0.02)
 
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
-        """x: (B, L, D) at positions offset..offset+L-1 -> (B, L, D)."""
+    def forward(self, x: Tensor, offset: int | Tensor = 0) -> Tensor:
+        """x: (B, L, D) at positions offset..offset+L-1, or at the positions ``offset`` (B, L)
+        (left-padded batches) -> (B, L, D)."""
+        if isinstance(offset, Tensor):
+            last = int(offset.max()) if offset.numel() else -1
+            if last >= self.table.shape[0]:
+                raise ValueError(f"position {last} is beyond the {self.table.shape[0]} learned "
+                                 f"positions; raise model.max_length or use positional=rope")
+            return x + self.table[offset]
         end = offset + x.shape[1]
         if end > self.table.shape[0]:
             raise ValueError(f"position {end - 1} is beyond the {self.table.shape[0]} learned "
@@ -72,18 +79,20 @@ class SinusoidalPositions(nn.Module):
         super().__init__()
         self.register_buffer("table", sinusoidal_table(max_length, dim), persistent=False)
 
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
-        end = offset + x.shape[1]
+    def forward(self, x: Tensor, offset: int | Tensor = 0) -> Tensor:
+        """x: (B, L, D) at positions offset.. or at the positions ``offset`` (B, L)."""
+        end = int(offset.max()) + 1 if isinstance(offset, Tensor) else offset + x.shape[1]
         table: Tensor = self.table  # type: ignore[assignment]
         if end > table.shape[0]:
             table = sinusoidal_table(end, x.shape[-1]).to(x.device)
-        return x + table[offset:end].to(x.dtype)
+        rows = table[offset] if isinstance(offset, Tensor) else table[offset:end]
+        return x + rows.to(x.dtype)
 
 
 class NoPositions(nn.Module):
     """No absolute positions (RoPE inside attention, or order-free inputs)."""
 
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+    def forward(self, x: Tensor, offset: int | Tensor = 0) -> Tensor:
         return x
 
 
