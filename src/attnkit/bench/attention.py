@@ -31,7 +31,7 @@ from torch import Tensor
 
 from attnkit import masks
 from attnkit.bench.harness import PeakMemory, format_table, matmul_gflops, measure, write_csv
-from attnkit.functional.attention import attention
+from attnkit.engine import attention
 from attnkit.functional.masks import Mask
 
 __all__ = ["PATTERNS", "AttentionBenchConfig", "run_attention_bench"]

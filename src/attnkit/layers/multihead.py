@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnkit.functional.attention import attention
+from attnkit.engine import attention
 from attnkit.functional.bias import Bias, alibi
 from attnkit.functional.masks import Mask
 from attnkit.functional.math import attention_weights, validate

@@ -35,8 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from attnkit.engine import attention
 from attnkit.functional import masks
-from attnkit.functional.attention import attention
 from attnkit.functional.masks import Mask
 from attnkit.functional.math import expand_kv, safe_softmax
 from attnkit.layers.base import check_input, reject_options

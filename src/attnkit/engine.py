@@ -1,20 +1,22 @@
 """The one entry point: ``attention(q, k, v, ...)``, dispatched to the best backend.
 
+The engine sits above :mod:`attnkit.functional` (the math and the mask / bias algebra) and
+:mod:`attnkit.backends` (the kernels): it validates a call, asks the dispatcher for a backend and
+runs it.
+
 Shape legend: B batch, Hq / Hkv query / key-value heads, Lq / Lk lengths, D / Dv head dims.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, overload
+from typing import Literal, overload
 
 from torch import Tensor
 
+from attnkit.backends.dispatch import DispatchReport, report, select_backend
 from attnkit.functional.bias import Bias
 from attnkit.functional.masks import Mask
 from attnkit.functional.math import attention_weights, validate
-
-if TYPE_CHECKING:  # backends import functional: import them lazily at run time
-    from attnkit.backends.dispatch import DispatchReport
 
 __all__ = ["attention", "dispatch_report"]
 
@@ -60,8 +62,6 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, mask: Mask | None = None,
         p = softmax(s.masked_fill(~mask, -inf), -1).nan_to_num(0)
         out = dropout(p) @ v.repeat_interleave(Hq // Hkv, 1)
     """
-    from attnkit.backends.dispatch import select_backend
-
     spec = validate(q, k, v, mask=mask, bias=bias, scale=scale, softcap=softcap,
                     dropout_p=dropout_p)
     out = select_backend(spec, backend).forward(spec)
@@ -75,8 +75,6 @@ def dispatch_report(q: Tensor, k: Tensor, v: Tensor, *, mask: Mask | None = None
                     softcap: float | None = None, dropout_p: float = 0.0,
                     backend: str = "auto") -> DispatchReport:
     """Which backend would run this call and every other backend's reasons (printable)."""
-    from attnkit.backends.dispatch import report
-
     spec = validate(q, k, v, mask=mask, bias=bias, scale=scale, softcap=softcap,
                     dropout_p=dropout_p)
     return report(spec, backend)
