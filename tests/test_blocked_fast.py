@@ -10,11 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attnkit import bias, masks
-from attnkit.backends import blocked_fused
+from attnkit.backends import blocked_fused, cpu_flash
 from attnkit.backends.blocked import BlockedBackend, TileSizes, blocked_attention
 from attnkit.functional.math import reference_attention, validate
 
-pytestmark = pytest.mark.skipif(not blocked_fused.fused_kernel_available(),
+pytestmark = pytest.mark.skipif(not cpu_flash.fused_kernel_available(),
                                 reason="this torch has no fused CPU flash kernel")
 
 
@@ -195,7 +195,7 @@ def test_band_plan_calls_and_evaluates_one_mask(monkeypatch: pytest.MonkeyPatch)
     keys they reach, all with one (1, 1, q, k) mask, and the mask is evaluated for a few blocks
     only (its first interior block and the clipped ones at the ends), not for every block."""
     calls: list[tuple[tuple[int, ...], tuple[int, ...] | None]] = []
-    real = blocked_fused._fwd_op()
+    real = cpu_flash.forward_op()
 
     def counting(q, k, v, *args, attn_mask=None, **kwargs):
         calls.append((tuple(q.shape), None if attn_mask is None else tuple(attn_mask.shape)))
@@ -210,7 +210,7 @@ def test_band_plan_calls_and_evaluates_one_mask(monkeypatch: pytest.MonkeyPatch)
         evaluated.append(torch.broadcast_shapes(q.shape, k.shape).numel())
         return out
 
-    monkeypatch.setattr(blocked_fused, "_fwd_op", lambda: counting)
+    monkeypatch.setattr(cpu_flash, "forward_op", lambda: counting)
     monkeypatch.setattr(type(window), "allowed", counting_allowed)
     length, block, width = 4096, blocked_fused.BAND_BLOCK, 129
     q, k, v = (t.detach() for t in _inputs(1, 2, 2, length, length, 8, torch.float32, 2))
@@ -230,13 +230,13 @@ def test_band_backward_runs_larger_blocks(monkeypatch: pytest.MonkeyPatch) -> No
     """The backward of a band plan runs blocks of BAND_BLOCK_BACKWARD rows (the forward's
     BAND_BLOCK rows would write dk / dv more often), with the exact gradients."""
     rows: list[int] = []
-    real = blocked_fused._bwd_op()
+    real = cpu_flash.backward_op()
 
     def counting(grad, q, *args, **kwargs):
         rows.extend([q.shape[2]] * q.shape[0])
         return real(grad, q, *args, **kwargs)
 
-    monkeypatch.setattr(blocked_fused, "_bwd_op", lambda: counting)
+    monkeypatch.setattr(cpu_flash, "backward_op", lambda: counting)
     q, k, v = _inputs(1, 2, 2, 1024, 1024, 8, torch.float64, 3)
     _compare(q, k, v, mask=masks.sliding_window(100, 60))
     interior = [r for r in rows if r == blocked_fused.BAND_BLOCK_BACKWARD]
@@ -249,13 +249,13 @@ def test_structured_plan_makes_one_call_per_causal_square(monkeypatch: pytest.Mo
     """Causal: one is_causal call over the whole sequence; packed causal documents: one
     is_causal call per document length (equal lengths batched); no additive masks."""
     calls: list[tuple[int, int, bool, bool]] = []  # (items, rows, is_causal, has a mask)
-    real = blocked_fused._fwd_op()
+    real = cpu_flash.forward_op()
 
     def counting(q, k, v, dropout, is_causal, *, attn_mask=None, scale=None):
         calls.append((q.shape[0], q.shape[2], is_causal, attn_mask is not None))
         return real(q, k, v, dropout, is_causal, attn_mask=attn_mask, scale=scale)
 
-    monkeypatch.setattr(blocked_fused, "_fwd_op", lambda: counting)
+    monkeypatch.setattr(cpu_flash, "forward_op", lambda: counting)
     q, k, v = _inputs(1, 2, 2, 1024, 1024, 8, torch.float32, 2)
     _compare(q, k, v, mask=masks.causal(), atol=2e-5)
     assert calls == [(1, 1024, True, False)]
@@ -284,13 +284,13 @@ def test_fully_masked_rows_give_zeros_and_finite_grads() -> None:
 def test_fused_path_is_used_and_batches_band_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
     """A sliding window runs as a few kernel calls over strided windows with one shared mask."""
     calls: list[tuple[tuple[int, ...], tuple[int, ...] | None]] = []
-    real = blocked_fused._fwd_op()
+    real = cpu_flash.forward_op()
 
     def counting(q, k, v, *args, attn_mask=None, **kwargs):
         calls.append((tuple(q.shape), None if attn_mask is None else tuple(attn_mask.shape)))
         return real(q, k, v, *args, attn_mask=attn_mask, **kwargs)
 
-    monkeypatch.setattr(blocked_fused, "_fwd_op", lambda: counting)
+    monkeypatch.setattr(cpu_flash, "forward_op", lambda: counting)
     q, k, v = (t.detach() for t in _inputs(1, 2, 2, 2048, 2048, 8, torch.float32, 2))
     spec = validate(q, k, v, mask=masks.sliding_window(256), bias=None, scale=None,
                     softcap=None, dropout_p=0.0)

@@ -14,11 +14,21 @@ from typing import Literal, overload
 from torch import Tensor
 
 from attnkit.backends.dispatch import DispatchReport, report, select_backend
+from attnkit.backends.kernelized import (
+    KernelFeatures,
+    kernel_attention,
+    kernel_attention_weights,
+    kernel_feature_maps,
+)
+from attnkit.backends.mask_parts import MaskParts, allowed_key_counts, split_mask
+from attnkit.backends.span_band import span_ramp_attention
 from attnkit.functional.bias import Bias
 from attnkit.functional.masks import Mask
 from attnkit.functional.math import attention_weights, validate
 
-__all__ = ["attention", "dispatch_report"]
+__all__ = ["KernelFeatures", "MaskParts", "allowed_key_counts", "attention", "dispatch_report",
+           "kernel_attention", "kernel_attention_weights", "kernel_feature_maps",
+           "span_ramp_attention", "split_mask"]
 
 
 @overload

@@ -28,7 +28,8 @@ The backward runs the fused backward kernel on the same items with the *global* 
 log-sum-exp: with ``P = exp(S - lse)`` and ``delta = rowsum(dO * O)`` the flash backward formulas
 give exactly each key range's share of dq and the range's dk, dv.
 
-The kernel is private to torch: :func:`fused_kernel_available` checks it once, and the pure
+The kernel is private to torch: :mod:`attnkit.backends.cpu_flash` wraps it and checks it once,
+and the pure
 PyTorch tile loop in :mod:`attnkit.backends.blocked` stays the fallback (other devices, biases,
 softcap, dtypes other than float32 / float64).
 
@@ -38,19 +39,18 @@ n items in a kernel call, q / k item lengths, D / Dv head dims.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
+from attnkit.backends import cpu_flash
 from attnkit.functional.masks import EMPTY, FULL, PARTIAL, Mask
 from attnkit.functional.math import AttentionSpec, expand_kv
 
-__all__ = ["FusedPlan", "fused_backward", "fused_forward", "fused_kernel_available",
-           "fused_supports", "make_plan"]
+__all__ = ["FusedPlan", "fused_backward", "fused_forward", "fused_supports", "make_plan"]
 
 _FUSED_DTYPES = (torch.float32, torch.float64)
 # Splitting a run into masked ends + an unmasked middle costs a merge; worth it from this many
@@ -74,28 +74,13 @@ BAND_BLOCK_BACKWARD = 128
 BAND_MAX_WIDTH = 1024
 
 
-@functools.lru_cache(maxsize=1)
-def fused_kernel_available() -> bool:
-    """Whether this torch has the fused CPU flash kernel with the signature used here."""
-    try:
-        fwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-        bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
-        # A private generator: the probe must not move torch's global RNG (dropout, resume).
-        q = torch.randn(1, 1, 2, 4, generator=torch.Generator().manual_seed(0))
-        out, lse = fwd(q, q, q, 0.0, False, attn_mask=torch.zeros(1, 1, 2, 2), scale=0.5)
-        bwd(out, q, q, q, out, lse, 0.0, False, attn_mask=None, scale=0.5)
-        return tuple(out.shape) == (1, 1, 2, 4) and tuple(lse.shape) == (1, 1, 2)
-    except (AttributeError, RuntimeError, TypeError):
-        return False
-
-
 def fused_supports(spec: AttentionSpec) -> bool:
     """Whether the fused path can compute ``spec`` exactly (else the pure tile loop runs)."""
     return (spec.q.device.type == "cpu" and spec.q.dtype in _FUSED_DTYPES
             and spec.bias is None and spec.softcap is None and spec.dropout_p == 0.0
             and spec.lq > 0 and spec.lk > 0
             # torch's fused CPU flash kernel needs Q/K/V of one head size (Dv == D).
-            and spec.q.shape[-1] == spec.v.shape[-1] and fused_kernel_available())
+            and spec.q.shape[-1] == spec.v.shape[-1] and cpu_flash.fused_kernel_available())
 
 
 @dataclass(frozen=True)
@@ -385,14 +370,6 @@ def _mask_rows(mask: _MaskPart, i0: int, n: int) -> _MaskPart:
     return mask if mask is None or mask.shape[0] == 1 else mask[i0:i0 + n]
 
 
-def _fwd_op() -> Any:
-    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-
-
-def _bwd_op() -> Any:
-    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
-
-
 def fused_forward(spec: AttentionSpec, plan: FusedPlan) -> tuple[Tensor, Tensor]:
     """Output (B, Hq, Lq, Dv) and row log-sum-exp (B, Hq, Lq), ``-inf`` for rows with no key."""
     q = spec.q
@@ -409,11 +386,11 @@ def fused_forward(spec: AttentionSpec, plan: FusedPlan) -> tuple[Tensor, Tensor]
             additive, row_has_key = plan.mask_of(mb, index)
             for i0, n in _pieces(g, spec.heads * f.q_len * v.shape[-1]):
                 q0, k0 = f.q0 + i0 * f.q_len, f.k0 + i0 * g.k_step
-                o, l = _fwd_op()(
+                o, l = cpu_flash.flash_forward(
                     _windows(q[b], q0, n, f.q_len, f.q_len),
                     _windows(k[b], k0, n, g.k_step, f.k_len),
                     _windows(v[b], k0, n, g.k_step, f.k_len),
-                    0.0, f.causal, attn_mask=_mask_rows(additive, i0, n),
+                    causal=f.causal, attn_mask=_mask_rows(additive, i0, n),
                     scale=spec.scale)  # (n, H, q, Dv), (n, H, q)
                 l = l.to(q.dtype)
                 if row_has_key is not None:  # the kernel gives lse 0 to rows with no key
@@ -458,14 +435,14 @@ def fused_backward(spec: AttentionSpec, plan: FusedPlan, out: Tensor, lse: Tenso
             additive, _ = plan.mask_of(mb, index)
             for i0, n in _pieces(g, spec.heads * f.k_len * q.shape[-1]):
                 q0, k0 = f.q0 + i0 * f.q_len, f.k0 + i0 * g.k_step
-                gq, gk, gv = _bwd_op()(
+                gq, gk, gv = cpu_flash.flash_backward(
                     _windows(grad_out[b], q0, n, f.q_len, f.q_len),
                     _windows(q[b], q0, n, f.q_len, f.q_len),
                     _windows(k[b], k0, n, g.k_step, f.k_len),
                     _windows(v[b], k0, n, g.k_step, f.k_len),
                     _windows(out[b], q0, n, f.q_len, f.q_len),
                     _windows(lse[b, :, :, None], q0, n, f.q_len, f.q_len)[..., 0],
-                    0.0, f.causal, scale=spec.scale,
+                    causal=f.causal, scale=spec.scale,
                     attn_mask=_mask_rows(additive, i0, n))
                 dq[b, :, q0:q0 + n * f.q_len] += gq.transpose(0, 1).reshape(
                     gq.shape[1], -1, gq.shape[-1])

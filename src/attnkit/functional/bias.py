@@ -22,7 +22,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Bias", "RelativeBucketBias", "alibi", "alibi_slopes", "dense", "relative_buckets"]
+__all__ = ["Bias", "RelativeBucketBias", "SpanRampBias", "alibi", "alibi_slopes", "dense",
+           "relative_buckets"]
 
 
 def _index_grid(lq_idx: Tensor, lk_idx: Tensor, batch: int, heads: int) -> tuple[Tensor, ...]:
@@ -271,3 +272,34 @@ def relative_buckets(num_heads: int, *, num_buckets: int = 32, max_distance: int
     """A learned T5-style relative position bias module (pass it as ``bias=``)."""
     return RelativeBucketBias(num_heads, num_buckets=num_buckets, max_distance=max_distance,
                               bidirectional=bidirectional)
+
+
+class SpanRampBias(Bias):
+    """Adaptive span's soft ramp (Sukhbaatar et al., 2019) as a score bias: ``log m_z(|i - j|)``
+    per head, ``m_z(x) = clamp((R + z_h - x) / R, 0, 1)`` with ``z_h = clamp(f_h, 0, 1) * max_span``
+    (``-inf`` where the ramp is 0). ``span_fraction`` (H,) may require grad.
+
+    :func:`attnkit.engine.span_ramp_attention` runs it over the band the ramp leaves open.
+    """
+
+    def __init__(self, span_fraction: Tensor, max_span: int, ramp: int) -> None:
+        self.span_fraction = span_fraction  # (H,) learned, clamped to [0, 1] when used
+        self.max_span, self.ramp = max_span, ramp
+        self.num_heads = int(span_fraction.shape[0])
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        return (self.span_fraction,)
+
+    def values(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int,
+               tensors: Sequence[Tensor] | None = None) -> Tensor:
+        fraction = self.span_fraction if tensors is None else tensors[0]
+        span = fraction.clamp(0.0, 1.0)[h] * self.max_span  # (1, H, 1, 1)
+        distance = (q + (lk - lq) - k).abs().to(span.dtype)
+        ramp = ((self.ramp + span - distance) / self.ramp).clamp(0.0, 1.0)
+        positive = ramp > 0
+        # log of 0 is -inf; the inner where keeps its gradient finite (no inf * 0).
+        return torch.where(positive, torch.log(torch.where(positive, ramp, 1.0)),
+                           float("-inf"))
+
+    def __repr__(self) -> str:
+        return f"span_ramp(heads={self.num_heads}, max_span={self.max_span}, ramp={self.ramp})"

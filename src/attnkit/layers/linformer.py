@@ -24,11 +24,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from attnkit.engine import attention
+from attnkit.engine import attention, split_mask
 from attnkit.functional.masks import Mask
 from attnkit.functional.math import expand_kv, safe_softmax
 from attnkit.layers.base import check_input, reject_options
-from attnkit.layers.mask_parts import split_mask
 from attnkit.layers.multihead import MultiHeadAttention
 
 __all__ = ["LinformerAttention"]
