@@ -37,7 +37,7 @@ from attnkit.backends.blocked_fused import (
     make_plan,
 )
 from attnkit.functional.masks import EMPTY, FULL
-from attnkit.functional.math import AttentionSpec
+from attnkit.functional.math import AttentionSpec, finite_or
 
 __all__ = ["BlockedBackend", "TileSizes", "blocked_attention"]
 
@@ -100,12 +100,7 @@ def _group(t: Tensor, spec: AttentionSpec) -> Tensor:
 def _tile_allowed(spec: AttentionSpec, q_idx: Tensor, k_idx: Tensor) -> Tensor:
     """Mask of a partial tile as (B|1, Hkv|1, G|1, bq, bk) bool."""
     assert spec.mask is not None
-    dev = q_idx.device
-    b = torch.arange(spec.mask.batch_size or 1, device=dev).view(-1, 1, 1, 1)
-    h = torch.arange(spec.mask.num_heads or 1, device=dev).view(1, -1, 1, 1)
-    allowed = spec.mask.allowed(b, h, q_idx.view(1, 1, -1, 1), k_idx.view(1, 1, 1, -1),
-                                spec.lq, spec.lk)
-    return _group(allowed.expand(b.shape[0], h.shape[1], q_idx.numel(), k_idx.numel()), spec)
+    return _group(spec.mask.tile(q_idx, k_idx, spec.lq, spec.lk), spec)
 
 
 class _Plan:
@@ -162,7 +157,7 @@ def _forward(spec: AttentionSpec, tiles: TileSizes, bias_tensors: Sequence[Tenso
             if needs_mask:
                 s = s.masked_fill(~_tile_allowed(spec, q_idx, k_idx), float("-inf"))
             m_new = torch.maximum(m, s.amax(-1))
-            m_safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
+            m_safe = finite_or(m_new)
             p = torch.exp(s - m_safe[..., None])
             correction = torch.exp(m - m_safe)
             l_sum = l_sum * correction + p.sum(-1)
@@ -184,7 +179,7 @@ def _backward(spec: AttentionSpec, tiles: TileSizes, bias_tensors: Sequence[Tens
     k, v = spec.k, spec.v
     dout = _grouped_q(grad_out, spec.kv_heads)  # (B, Hkv, G, Lq, Dv)
     lse = lse.unflatten(1, (spec.kv_heads, g))  # (B, Hkv, G, Lq)
-    lse_safe = torch.where(torch.isfinite(lse), lse, torch.full_like(lse, float("inf")))
+    lse_safe = finite_or(lse, float("inf"))
     delta = (dout * _grouped_q(out, spec.kv_heads)).sum(-1)  # (B, Hkv, G, Lq)
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     bias_grads = [torch.zeros_like(t) if w else None for t, w in zip(bias_tensors, wants_bias_grad)]

@@ -48,7 +48,7 @@ from torch import Tensor
 
 from attnkit.backends import cpu_flash
 from attnkit.functional.masks import EMPTY, FULL, PARTIAL, Mask
-from attnkit.functional.math import AttentionSpec, expand_kv
+from attnkit.functional.math import AttentionSpec, expand_kv, finite_or
 
 __all__ = ["FusedPlan", "fused_backward", "fused_forward", "fused_supports", "make_plan"]
 
@@ -411,7 +411,7 @@ def _merge_into(acc: Tensor, acc_lse: Tensor, new: Tensor, new_lse: Tensor) -> N
 
     acc / new (..., Dv), acc_lse / new_lse their leading dims (any matching layout)."""
     total = torch.logaddexp(acc_lse, new_lse)
-    safe = torch.where(torch.isfinite(total), total, torch.zeros_like(total))
+    safe = finite_or(total)
     w_acc = torch.exp(acc_lse - safe)[..., None]  # 0 where a part saw no key
     w_new = torch.exp(new_lse - safe)[..., None]
     acc.mul_(w_acc).add_(new * w_new)
@@ -424,7 +424,7 @@ def fused_backward(spec: AttentionSpec, plan: FusedPlan, out: Tensor, lse: Tenso
     q = spec.q
     k, v = expand_kv(spec.k, spec.heads), expand_kv(spec.v, spec.heads)  # (B, H, Lk, D|Dv)
     # Rows with no key: lse +inf makes their P = exp(S - lse) exactly 0, so no gradient.
-    lse = torch.where(torch.isfinite(lse), lse, torch.full_like(lse, float("inf")))
+    lse = finite_or(lse, float("inf"))
     plan = plan.for_backward()
     dq = torch.zeros_like(q)
     dk, dv = torch.zeros_like(k), torch.zeros_like(v)

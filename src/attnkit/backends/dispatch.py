@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from attnkit.backends import flex as _flex
 from attnkit.backends.base import Backend
 from attnkit.backends.blocked import BlockedBackend
-from attnkit.backends.flex import FlexBackend
+from attnkit.backends.flex import FlexBackend, allowed_in_auto
 from attnkit.backends.reference import ReferenceBackend
 from attnkit.backends.sdpa import SdpaBackend, SdpaDenseBackend
 from attnkit.functional.math import AttentionSpec
@@ -85,7 +84,7 @@ def prefers_dense_on_gpu(spec: AttentionSpec) -> bool:
 
 def _auto_reasons(name: str, backend: Backend, spec: AttentionSpec) -> list[str]:
     reasons = backend.not_supported_reasons(spec)
-    if name == "flex" and not _flex._ALLOW_IN_AUTO:
+    if name == "flex" and not allowed_in_auto():
         reasons = ["needs compilation: opt in with attnkit.backends.flex.allow_in_auto()",
                    *reasons]
     if name == "blocked" and not reasons and prefers_dense_on_gpu(spec):

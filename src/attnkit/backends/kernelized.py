@@ -45,9 +45,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from attnkit.functional.math import expand_kv
+from attnkit.functional.math import check_weights_size, expand_kv, finite_or
 
-__all__ = ["MAX_WEIGHTS_ELEMENTS", "KernelFeatures", "causal_kernel_attention",
+__all__ = ["KernelFeatures", "causal_kernel_attention",
            "chunked_kernel_attention", "inverse_or_zero", "kernel_attention",
            "kernel_attention_weights", "kernel_feature_maps"]
 
@@ -100,7 +100,7 @@ def _with_ones(v: Tensor) -> Tensor:
 
 def _reference_shift(top: Tensor) -> Tensor:
     """top with -inf (no valid key so far) replaced by 0, so exp(x - ref) stays finite."""
-    return torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    return finite_or(top)
 
 
 def _fold_keys(features: KernelFeatures, k_rows: Tensor, v_rows: Tensor,
@@ -232,8 +232,6 @@ def chunked_kernel_attention(q: Tensor, k: Tensor, v: Tensor, features: KernelFe
     return out.transpose(1, 2)
 
 
-#: Largest Lq * Lk for which the implied attention matrix is materialized on request.
-MAX_WEIGHTS_ELEMENTS = 4096 * 4096
 
 
 def _safe_divide(num: Tensor, den: Tensor) -> Tensor:
@@ -281,9 +279,7 @@ def causal_kernel_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor, *, chunk: i
 def kernel_attention_weights(phi_q: Tensor, phi_k: Tensor, causal: bool) -> Tensor:
     """The implied attention matrix (B, H, L, S): phi(q_i).phi(k_j) / sum_j' phi(q_i).phi(k_j')."""
     lq, lk = phi_q.shape[2], phi_k.shape[2]
-    if lq * lk > MAX_WEIGHTS_ELEMENTS:
-        raise ValueError(f"the implied attention matrix of {lq} x {lk} exceeds the "
-                         f"{MAX_WEIGHTS_ELEMENTS} element limit; capture shorter inputs")
+    check_weights_size(lq, lk)
     scores = phi_q @ phi_k.transpose(-1, -2)  # (B, H, L, S)
     if causal:
         keep = torch.ones(lq, lk, dtype=torch.bool, device=scores.device).tril(lk - lq)

@@ -13,17 +13,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnkit.backends.base import Backend, Capabilities
-from attnkit.functional.masks import _Band, _Full
+from attnkit.functional.masks import is_causal
 from attnkit.functional.math import AttentionSpec
 
 
 def is_native_causal(spec: AttentionSpec) -> bool:
     """Whether the mask is plain causal aligned the way SDPA's ``is_causal`` is (top left)."""
-    m = spec.mask
-    if not (isinstance(m, _Band) and m.left is None and m.right == 0):
-        return False
-    offset = spec.lk - spec.lq if m.offset is None else m.offset
-    return offset == 0
+    return is_causal(spec.mask, spec.lq, spec.lk, offset=0)
 
 
 def _sdpa(spec: AttentionSpec, attn_mask: Tensor | None, is_causal: bool) -> Tensor:
@@ -38,7 +34,8 @@ class SdpaBackend(Backend):
                                 notes=("native flags only: no mask, or causal with Lq == Lk",))
 
     def extra_reasons(self, spec: AttentionSpec) -> list[str]:
-        if spec.mask is None or isinstance(spec.mask, _Full) or is_native_causal(spec):
+        if (spec.mask is None or spec.mask.band(spec.lq, spec.lk) == (None, None)
+                or is_native_causal(spec)):
             return []
         return [f"mask {spec.mask!r} has no native SDPA flag (only causal with Lq == Lk)"]
 

@@ -36,7 +36,7 @@ from torch.utils.checkpoint import checkpoint
 from attnkit.backends import cpu_flash
 from attnkit.functional.bias import SpanRampBias
 from attnkit.functional.masks import Mask
-from attnkit.functional.math import expand_kv
+from attnkit.functional.math import expand_kv, finite_or
 
 __all__ = [
     "banded_span_attention",
@@ -133,9 +133,7 @@ def _block_bias(table: Tensor, band: _Band, q0: int, q1: int, k0: int, k1: int, 
             ramps[pattern] = bias
     if band.mask is None:  # every row sees itself (distance 0, ramp 1): no empty row
         return bias, None
-    b = torch.arange(band.mask.batch_size or 1, device=device).view(-1, 1, 1, 1)
-    h = torch.arange(band.mask.num_heads or 1, device=device).view(1, -1, 1, 1)
-    allowed = band.mask.allowed(b, h, q_idx.view(1, 1, -1, 1), k_idx.view(1, 1, 1, -1), lq, lk)
+    allowed = band.mask.tile(q_idx, k_idx, lq, lk)
     bias = bias.masked_fill(~allowed, float("-inf"))
     return bias, torch.isfinite(bias).any(-1)  # (B|1, H, C)
 
@@ -225,7 +223,7 @@ class _FusedSpanBand(torch.autograd.Function):
         slopes = ramp_slope_table(span_fraction.detach(), **options) if wants_span else None
         ramp_range = None if slopes is None else _ramp_range(slopes)  # None: no span gradient
         # Rows with no key: lse +inf makes their P = exp(S - lse) exactly 0, so no gradient.
-        lse = torch.where(torch.isfinite(lse), lse, torch.full_like(lse, float("inf")))
+        lse = finite_or(lse, float("inf"))
         delta = (grad_out * out).sum(-1)  # (B, H, L)
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         d_span = torch.zeros_like(span_fraction)
@@ -306,12 +304,7 @@ def banded_span_attention(q: Tensor, k: Tensor, v: Tensor, span_fraction: Tensor
         if k1 <= k0:
             pieces.append(q.new_zeros(*q.shape[:2], q1 - q0, v.shape[-1]))
             continue
-        allowed = None
-        if mask is not None:
-            b = torch.arange(mask.batch_size or 1, device=q.device).view(-1, 1, 1, 1)
-            h = torch.arange(mask.num_heads or 1, device=q.device).view(1, -1, 1, 1)
-            allowed = mask.allowed(b, h, q_idx.view(1, 1, -1, 1), k_idx.view(1, 1, 1, -1),
-                                   lq, lk)
+        allowed = None if mask is None else mask.tile(q_idx, k_idx, lq, lk)
         args = (q[:, :, q0:q1], k[:, :, k0:k1], v[:, :, k0:k1], table, q_idx + offset, k_idx,
                 allowed, dropout_p)
         if needs_grad:

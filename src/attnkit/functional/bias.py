@@ -22,16 +22,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from attnkit.functional.indexing import index_grid
+
 __all__ = ["Bias", "RelativeBucketBias", "SpanRampBias", "alibi", "alibi_slopes", "dense",
            "relative_buckets"]
-
-
-def _index_grid(lq_idx: Tensor, lk_idx: Tensor, batch: int, heads: int) -> tuple[Tensor, ...]:
-    """Broadcastable (b, h, q, k) index tensors for a tile of query and key positions."""
-    dev = lq_idx.device
-    return (torch.arange(batch, device=dev).view(-1, 1, 1, 1),
-            torch.arange(heads, device=dev).view(1, -1, 1, 1),
-            lq_idx.view(1, 1, -1, 1), lk_idx.view(1, 1, 1, -1))
 
 
 class Bias(ABC):
@@ -52,7 +46,7 @@ class Bias(ABC):
     def tile(self, q_idx: Tensor, k_idx: Tensor, lq: int, lk: int,
              tensors: Sequence[Tensor] | None = None) -> Tensor:
         """Bias for query positions ``q_idx`` (tq,) and keys ``k_idx`` (tk,): (B|1, H|1, tq, tk)."""
-        b, h, q, k = _index_grid(q_idx, k_idx, self.batch_size or 1, self.num_heads or 1)
+        b, h, q, k = index_grid(q_idx, k_idx, self.batch_size or 1, self.num_heads or 1)
         return self.values(b, h, q, k, lq, lk, tensors)
 
     def dense(self, lq: int, lk: int, device: torch.device | None = None) -> Tensor:

@@ -26,14 +26,12 @@ from torch import Tensor, nn
 
 from attnkit.engine import attention, split_mask
 from attnkit.functional.masks import Mask
-from attnkit.functional.math import expand_kv, safe_softmax
+from attnkit.functional.math import check_weights_size, expand_kv, safe_softmax
 from attnkit.layers.base import check_input, reject_options
 from attnkit.layers.multihead import MultiHeadAttention
 
 __all__ = ["LinformerAttention"]
 
-#: Largest Lq * Lk for which the implied attention matrix is materialized on request.
-MAX_WEIGHTS_ELEMENTS = 4096 * 4096
 
 
 class LinformerAttention(MultiHeadAttention):
@@ -94,9 +92,7 @@ class LinformerAttention(MultiHeadAttention):
         out = attention(q, k_short, v_short, dropout_p=dropout_p, backend=self.backend)
 
         def weights() -> Tensor:
-            if lq * lk > MAX_WEIGHTS_ELEMENTS:
-                raise ValueError(f"the implied attention matrix of {lq} x {lk} exceeds the "
-                                 f"{MAX_WEIGHTS_ELEMENTS} element limit; capture shorter inputs")
+            check_weights_size(lq, lk)
             scores = q @ expand_kv(k_short, q.shape[1]).transpose(-1, -2) * q.shape[-1] ** -0.5
             return safe_softmax(scores, None) @ f  # (B, H, L, S)
 
