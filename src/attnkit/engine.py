@@ -4,6 +4,13 @@ The engine sits above :mod:`attnkit.functional` (the math and the mask / bias al
 :mod:`attnkit.backends` (the kernels): it validates a call, asks the dispatcher for a backend and
 runs it.
 
+Kinds whose math is not softmax attention over a mask have their own explicit entry points,
+re-exported here so that layers call the engine only: :func:`kernel_attention` (kernel features,
+``linear`` / ``performer``), :func:`span_ramp_attention` (adaptive span's ramp bias over the band
+it leaves open) and :func:`split_mask` / :func:`allowed_key_counts` (what a kind that never forms
+scores can honour of a mask). :func:`current_tuning` gives the kernels' tuning constants in
+force (:mod:`attnkit.backends.tuning`, re-measured by ``attnkit bench tune``).
+
 Shape legend: B batch, Hq / Hkv query / key-value heads, Lq / Lk lengths, D / Dv head dims.
 """
 
@@ -22,11 +29,14 @@ from attnkit.backends.kernelized import (
 )
 from attnkit.backends.mask_parts import MaskParts, allowed_key_counts, split_mask
 from attnkit.backends.span_band import span_ramp_attention
+from attnkit.backends.tuning import Tuning
+from attnkit.backends.tuning import current as current_tuning
 from attnkit.functional.bias import Bias
 from attnkit.functional.masks import Mask
 from attnkit.functional.math import attention_weights, validate
 
-__all__ = ["KernelFeatures", "MaskParts", "allowed_key_counts", "attention", "dispatch_report",
+__all__ = ["KernelFeatures", "MaskParts", "Tuning", "allowed_key_counts", "attention",
+           "current_tuning", "dispatch_report",
            "kernel_attention", "kernel_attention_weights", "kernel_feature_maps",
            "span_ramp_attention", "split_mask"]
 

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from attnkit.backends import tuning
 from attnkit.backends.base import Backend, Capabilities
 from attnkit.backends.blocked_fused import (
     fused_backward,
@@ -48,7 +49,8 @@ class TileSizes:
 
     The fused CPU path calls torch's kernel once per run of non-empty tiles, so its tiles only set
     how finely masked work is skipped (default 128 x 128); the pure PyTorch loop pays Python
-    overhead per tile (default 256 x 512). Larger tiles mean fewer steps, smaller ones skip masked
+    overhead per tile (default 256 x 512); both defaults are tuning constants
+    (:mod:`attnkit.backends.tuning`). Larger tiles mean fewer steps, smaller ones skip masked
     work better. With no size given, the fused path plans some masks by their structure
     instead: a causal mask as one causal kernel call, packed documents as one call per document,
     a narrow two-sided band (sliding window) as blocks of 32 query rows with exactly the keys they
@@ -71,12 +73,9 @@ class TileSizes:
 
     def resolved(self, fused: bool) -> tuple[int, int]:
         """(block_q, block_k) for the fused path or the pure loop."""
-        dq, dk = (FUSED_DEFAULT if fused else PURE_DEFAULT)
+        t = tuning.current()
+        dq, dk = (t.fused_block_q, t.fused_block_k) if fused else (t.pure_block_q, t.pure_block_k)
         return (self.block_q or dq, self.block_k or dk)
-
-
-FUSED_DEFAULT = (128, 128)  # fused CPU kernel path: measured, see docs/benchmarks.md
-PURE_DEFAULT = (256, 512)  # pure PyTorch loop
 
 
 def _tile_mods(spec: AttentionSpec, scores: Tensor, q_idx: Tensor, k_idx: Tensor,

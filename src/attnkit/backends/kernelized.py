@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from attnkit.backends import tuning
 from attnkit.functional.math import check_weights_size, expand_kv, finite_or
 
 __all__ = ["KernelFeatures", "causal_kernel_attention",
@@ -242,7 +243,7 @@ def _safe_divide(num: Tensor, den: Tensor) -> Tensor:
     return num * inverse_or_zero(den)
 
 
-def causal_kernel_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor, *, chunk: int = 128,
+def causal_kernel_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor, *, chunk: int | None = None,
                             kv0: Tensor | None = None, normalizer0: Tensor | None = None
                             ) -> tuple[Tensor, Tensor, Tensor]:
     """Causal, chunked: query i sees keys j <= i (plus the initial state, if any).
@@ -250,6 +251,7 @@ def causal_kernel_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor, *, chunk: i
     phi_q / phi_k (B, H, L, M), v (B, H, L, Dv). Returns out (B, H, L, Dv) and the final
     state ``kv`` (B, H, M, Dv), ``normalizer`` (B, H, M).
     """
+    chunk = tuning.current().kernel_causal_chunk if chunk is None else chunk
     b, h, length, m = phi_q.shape
     dv = v.shape[-1]
     pad = (-length) % chunk

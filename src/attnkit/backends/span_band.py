@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from attnkit.backends import cpu_flash
+from attnkit.backends import cpu_flash, tuning
 from attnkit.functional.bias import SpanRampBias
 from attnkit.functional.masks import Mask
 from attnkit.functional.math import expand_kv, finite_or
@@ -280,11 +280,12 @@ def _span_block(q: Tensor, k: Tensor, v: Tensor, table: Tensor, q_idx: Tensor, k
 
 def banded_span_attention(q: Tensor, k: Tensor, v: Tensor, span_fraction: Tensor, *,
                           max_span: int, ramp: int, window: int, mask: Mask | None,
-                          block: int = 256, dropout_p: float = 0.0) -> Tensor:
+                          block: int | None = None, dropout_p: float = 0.0) -> Tensor:
     """softmax(q k^T / sqrt(D) + log m_z(|i - j|)) v over the band |i - j| <= window only.
 
     q (B, H, L, D), k / v (B, H, S, D|Dv) -> (B, H, L, Dv); positions bottom-right aligned.
     """
+    block = tuning.current().span_block if block is None else block
     lq, lk = q.shape[2], k.shape[2]
     offset = lk - lq
     if (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, span_fraction))

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from attnkit.engine import span_ramp_attention
+from attnkit.engine import current_tuning, span_ramp_attention
 from attnkit.functional import masks
 from attnkit.functional.bias import SpanRampBias
 from attnkit.functional.masks import Mask
@@ -54,12 +54,13 @@ class AdaptiveSpanAttention(MultiHeadAttention):
         span_init: initial span as a fraction of ``max_span`` (default 0.0, as the authors' code:
             every head starts seeing R keys and grows as the loss asks).
         span_loss: coefficient of the span penalty (default 2e-6, the paper's character-LM value).
-        block: query rows per block of the banded computation (default 256).
+        block: query rows per block of the banded computation (default 256, tuning
+            ``span_block``).
     :meth:`auxiliary_loss` returns the span penalty; :meth:`current_window` the computed band.
     """
 
     def __init__(self, dim: int, num_heads: int, *, max_span: int = 1024, ramp: int = 32,
-                 span_init: float = 0.0, span_loss: float = 2e-6, block: int = 256,
+                 span_init: float = 0.0, span_loss: float = 2e-6, block: int | None = None,
                  **mha_options: Any) -> None:
         reject_options("adaptive_span", mha_options, ("alibi", "softcap"),
                        "the span ramp is its score modification")
@@ -69,6 +70,7 @@ class AdaptiveSpanAttention(MultiHeadAttention):
                              f"ramp={ramp}")
         if not 0.0 <= span_init <= 1.0:
             raise ValueError(f"span_init is a fraction of max_span in [0, 1], got {span_init}")
+        block = current_tuning().span_block if block is None else block
         if block < 1:
             raise ValueError(f"block must be >= 1, got {block}")
         self.max_span, self.ramp, self.span_loss, self.block = max_span, ramp, span_loss, block

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from attnkit.engine import (
     KernelFeatures,
+    current_tuning,
     kernel_attention,
     kernel_attention_weights,
     kernel_feature_maps,
@@ -42,12 +43,6 @@ from attnkit.layers.base import check_input, reject_options
 from attnkit.layers.multihead import MultiHeadAttention
 
 __all__ = ["KernelFeatures", "KernelizedAttention", "RecurrentState"]
-
-#: Default chunk length of the non-causal path. At L = 32k, dim 512, 8 heads, one CPU thread,
-#: performer's chunked forward alone took 0.85-0.98 s (medians of 3) for chunks of 128 to 1024,
-#: within this machine's noise (one-off timing, side by side); 512 keeps the (C, M)
-#: temporaries small (4 MiB at 8 heads, M = 256).
-NONCAUSAL_CHUNK = 512
 
 
 class RecurrentState:
@@ -76,8 +71,9 @@ class KernelizedAttention(MultiHeadAttention):
     Subclasses implement :meth:`feature_map`, which returns this call's :class:`KernelFeatures`;
     :meth:`begin_forward` runs once per call before it. Masks: ``causal()`` and ``padding(...)``
     only (joined with ``&``). Cache: a :class:`RecurrentState` (causal decoding). Options shared
-    by subclasses: ``chunk`` (default 128), the chunk length of the causal parallel form;
-    ``noncausal_chunk`` (default 512), the key / query chunk length of the non-causal path; and
+    by subclasses: ``chunk`` (default 128, tuning ``kernel_causal_chunk``), the chunk length of
+    the causal parallel form; ``noncausal_chunk`` (default 512, tuning
+    ``kernel_noncausal_chunk``), the key / query chunk length of the non-causal path; and
     MHA's ``num_kv_heads``, ``head_dim``, ``context_dim``, ``bias``, ``qk_norm``. ``rope``,
     ``alibi``, ``softcap`` and ``dropout`` act on softmax scores that these kinds never form:
     rejected.
@@ -87,11 +83,15 @@ class KernelizedAttention(MultiHeadAttention):
     supports_arbitrary_masks = False
     kind_name = "kernelized"
 
-    def __init__(self, dim: int, num_heads: int, *, chunk: int = 128,
-                 noncausal_chunk: int = NONCAUSAL_CHUNK, **mha_options: Any) -> None:
+    def __init__(self, dim: int, num_heads: int, *, chunk: int | None = None,
+                 noncausal_chunk: int | None = None, **mha_options: Any) -> None:
         reject_options(f"{self.kind_name} attention", mha_options,
                        ("rope", "alibi", "softcap", "dropout"), "it never forms softmax scores")
         super().__init__(dim, num_heads, **mha_options)
+        defaults = current_tuning()
+        chunk = defaults.kernel_causal_chunk if chunk is None else chunk
+        if noncausal_chunk is None:
+            noncausal_chunk = defaults.kernel_noncausal_chunk
         for name, value in (("chunk", chunk), ("noncausal_chunk", noncausal_chunk)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
