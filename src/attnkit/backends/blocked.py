@@ -296,11 +296,9 @@ def blocked_attention(spec: AttentionSpec, tiles: TileSizes | None = None, *,
 
 class BlockedBackend(Backend):
     name = "blocked"
-    capabilities = Capabilities(
-        dropout=False,
-        notes=("tiles with online softmax; skips empty tiles",
-               "CPU float32/float64 without bias or softcap: torch's fused kernel per run of "
-               "tiles, merged by log-sum-exp"))
+    # Tiles with an online softmax, skipping empty tiles; on CPU (float32 / float64, no bias or
+    # softcap) torch's fused kernel per run of tiles, merged by log-sum-exp.
+    capabilities = Capabilities(dropout=False)
 
     def __init__(self, tiles: TileSizes | None = None, *, fused: bool | None = None) -> None:
         self.tiles = tiles or TileSizes()

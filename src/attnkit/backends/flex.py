@@ -77,7 +77,7 @@ class FlexBackend(Backend):
     name = "flex"
     capabilities = Capabilities(
         dtypes=frozenset({torch.float16, torch.bfloat16, torch.float32}), dropout=False,
-        bias_grad=False, notes=("torch.compile'd FlexAttention; opt-in",))
+        bias_grad=False)
 
     def extra_reasons(self, spec: AttentionSpec) -> list[str]:
         reasons = []

@@ -30,8 +30,8 @@ def _sdpa(spec: AttentionSpec, attn_mask: Tensor | None, is_causal: bool) -> Ten
 
 class SdpaBackend(Backend):
     name = "sdpa"
-    capabilities = Capabilities(bias=False, softcap=False,
-                                notes=("native flags only: no mask, or causal with Lq == Lk",))
+    # Native flags only: no mask, or causal with Lq == Lk.
+    capabilities = Capabilities(bias=False, softcap=False)
 
     def extra_reasons(self, spec: AttentionSpec) -> list[str]:
         if (spec.mask is None or spec.mask.band(spec.lq, spec.lk) == (None, None)
@@ -45,8 +45,7 @@ class SdpaBackend(Backend):
 
 class SdpaDenseBackend(Backend):
     name = "sdpa_dense"
-    capabilities = Capabilities(softcap=False,
-                                notes=("materializes a dense Lq x Lk float mask",))
+    capabilities = Capabilities(softcap=False)  # materializes a dense Lq x Lk float mask
 
     def forward(self, spec: AttentionSpec) -> Tensor:
         q = spec.q

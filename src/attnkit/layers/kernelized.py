@@ -80,7 +80,6 @@ class KernelizedAttention(MultiHeadAttention):
     """
 
     supports_cache = True
-    supports_arbitrary_masks = False
     kind_name = "kernelized"
 
     def __init__(self, dim: int, num_heads: int, *, chunk: int | None = None,

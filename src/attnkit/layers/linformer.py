@@ -47,7 +47,6 @@ class LinformerAttention(MultiHeadAttention):
     """
 
     supports_cache = False
-    supports_arbitrary_masks = False
 
     def __init__(self, dim: int, num_heads: int, *, max_length: int, projected_length: int = 256,
                  share_kv: bool = False, **mha_options: Any) -> None:

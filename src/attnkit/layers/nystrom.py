@@ -84,7 +84,6 @@ class NystromAttention(MultiHeadAttention):
     """
 
     supports_cache = False
-    supports_arbitrary_masks = False
 
     def __init__(self, dim: int, num_heads: int, *, num_landmarks: int = 64,
                  pinv_iterations: int = 6, conv_kernel: int | None = None,
