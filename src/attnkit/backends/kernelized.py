@@ -158,8 +158,8 @@ class _ChunkedKernelAttention(torch.autograd.Function):
             for start in range(0, length, chunk):
                 rows = slice(start, start + chunk)
                 phi = features.queries(q[:, rows].transpose(1, 2).contiguous())  # (B, H, C, M)
-                # Numerator and denominator as two products: a GEMM 64 wide plus a GEMV ran
-                # ~15% faster than one 65 wide at M = 256 (a one-off timing on this CPU).
+                # Numerator and denominator as two products: a GEMM Dv wide plus a GEMV ran
+                # faster than one Dv + 1 wide (docs/tuning.md).
                 inverse_c = inverse_or_zero(phi @ kv_t[..., dv:])  # (B, H, C, 1): 1 / den or 0
                 out[:, rows] = (phi @ kv_t[..., :dv]).mul_(inverse_c).transpose(1, 2)
                 inverse[:, rows] = inverse_c.transpose(1, 2)
