@@ -57,3 +57,14 @@ def test_private_name_detector_finds_both_forms(tmp_path: Path) -> None:
                       "x = flex._ALLOW_IN_AUTO\n")
     assert _private_imports(sample) == ["from attnkit.functional.masks import _Band",
                                         "flex._ALLOW_IN_AUTO"]
+
+
+def test_torch_private_flash_op_is_named_in_one_module() -> None:
+    """The private CPU flash op (and its backward) is wrapped once, in backends/cpu_flash.py;
+    layers neither reach for torch.ops nor define autograd Functions."""
+    naming = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+                    if "_scaled_dot_product_flash_attention_for_cpu" in p.read_text())
+    assert naming == ["backends/cpu_flash.py"]
+    for path in sorted((PACKAGE / "layers").glob("*.py")):
+        text = path.read_text()
+        assert "torch.ops" not in text and "autograd.Function" not in text, path.name

@@ -2,7 +2,7 @@
 
 The mask's tile states (EMPTY / PARTIAL / FULL, computed analytically) are turned into *work
 items*: for each query block, every contiguous run of non-empty key tiles becomes one call of
-torch's fused CPU kernel (``aten._scaled_dot_product_flash_attention_for_cpu``), with a small
+torch's fused CPU kernel (wrapped in :mod:`attnkit.backends.cpu_flash`), with a small
 additive mask only when the run holds partial tiles. A long run with partial tiles only at its
 ends is split into masked ends and an unmasked middle. Items of one shape whose query blocks are
 consecutive and whose key ranges move by a fixed step (a sliding window, the diagonal of a
