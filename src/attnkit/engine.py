@@ -20,7 +20,8 @@ from typing import Literal, overload
 
 from torch import Tensor
 
-from attnkit.backends.dispatch import DispatchReport, report, select_backend
+from attnkit.backends import dispatch
+from attnkit.backends.dispatch import DispatchReport
 from attnkit.backends.kernelized import (
     KernelFeatures,
     kernel_attention,
@@ -84,7 +85,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, mask: Mask | None = None,
     """
     spec = validate(q, k, v, mask=mask, bias=bias, scale=scale, softcap=softcap,
                     dropout_p=dropout_p)
-    out = select_backend(spec, backend).forward(spec)
+    out = dispatch.select_backend(spec, backend).forward(spec)
     if return_weights:
         return out, attention_weights(spec)
     return out
@@ -97,4 +98,4 @@ def dispatch_report(q: Tensor, k: Tensor, v: Tensor, *, mask: Mask | None = None
     """Which backend would run this call and every other backend's reasons (printable)."""
     spec = validate(q, k, v, mask=mask, bias=bias, scale=scale, softcap=softcap,
                     dropout_p=dropout_p)
-    return report(spec, backend)
+    return dispatch.report(spec, backend)
