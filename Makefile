@@ -28,6 +28,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check src tests
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 bench: $(STAMP)
 	$(PY) -m attnkit.cli bench attention

@@ -24,6 +24,9 @@ from attnkit.functional.bias import Bias
 from attnkit.functional.masks import Mask
 from attnkit.functional.math import reference_attention, validate
 
+# Tests run with the default tuning constants, whatever tuning file this machine has.
+os.environ["ATTNKIT_TUNING"] = os.path.join(os.path.dirname(__file__), "no-such-tuning.json")
+
 settings.register_profile(
     "attnkit", max_examples=25, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -7,10 +7,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from attnkit.backends import cpu_flash, span_band
+from attnkit.backends.span_band import banded_span_attention, log_ramp_table
 from attnkit.functional import masks
-from attnkit.layers import StaticKVCache, build_attention, span_band
-from attnkit.layers.adaptive_span import banded_span_attention
-from attnkit.layers.span_band import log_ramp_table
+from attnkit.layers import StaticKVCache, build_attention
 from kinds_reference import linear64, merge64, project64
 
 
@@ -61,14 +61,14 @@ def test_full_span_is_exact_attention() -> None:
 
 def _scored_pairs(layer, x: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> int:
     """Query-key pairs handed to the fused kernel in one training forward, over all calls."""
-    real = span_band._fwd_op()
+    real = cpu_flash.forward_op()
     pairs = []
 
     def recording(q, k, *args, **kwargs):
         pairs.append(q.shape[2] * k.shape[2])
         return real(q, k, *args, **kwargs)
 
-    monkeypatch.setattr(span_band, "_fwd_op", lambda: recording)
+    monkeypatch.setattr(cpu_flash, "forward_op", lambda: recording)
     layer(x)
     monkeypatch.undo()
     return sum(pairs)

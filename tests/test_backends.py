@@ -419,7 +419,7 @@ def test_unknown_backend_name() -> None:
 def test_a_newly_registered_backend_is_dispatchable() -> None:
     class PlainOnly(ReferenceBackend):
         name = "test_plain_only"
-        capabilities = Capabilities(masks=False, bias=False, notes=("test double",))
+        capabilities = Capabilities(masks=False, bias=False)
 
         def forward(self, spec: AttentionSpec) -> Tensor:
             return super().forward(spec)

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from unittest import mock
-
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attnkit import bias, masks
-from attnkit.backends import blocked_fused
+from attnkit.backends import blocked_fused, cpu_flash, tuning
 from attnkit.backends.blocked import BlockedBackend, TileSizes, blocked_attention
 from attnkit.functional.math import reference_attention, validate
 
-pytestmark = pytest.mark.skipif(not blocked_fused.fused_kernel_available(),
+pytestmark = pytest.mark.skipif(not cpu_flash.fused_kernel_available(),
                                 reason="this torch has no fused CPU flash kernel")
 
 
@@ -105,9 +103,9 @@ def test_backward_in_pieces_matches_reference_float64(case, heads, bq, bk, piece
     three windows here in the backward, so groups split at every offset, the last piece short)."""
     mask, b, lq, lk = case
     q, k, v = _inputs(b, heads[0], heads[1], lq, lk, 8, torch.float64, seed)
-    # piece = PIECE_ELEMENTS // (H * k_len * D); k_len <= 9 * bk here.
+    # piece = piece_elements // (H * k_len * D); k_len <= 9 * bk here.
     elements = piece_windows * heads[0] * 8 * bk
-    with mock.patch.object(blocked_fused, "PIECE_ELEMENTS", elements):
+    with tuning.override(piece_elements=elements):
         _compare(q, k, v, mask=mask, tiles=TileSizes(bq, bk))
 
 
@@ -179,23 +177,22 @@ def _band_case(draw: st.DrawFn) -> tuple[object, int, int]:
        seed=st.integers(0, 2**16))
 def test_band_plan_matches_reference_float64(case, heads, block, backward_block, piece_windows,
                                              seed) -> None:
-    """Narrow two-sided bands run in blocks of BAND_BLOCK rows (BAND_BLOCK_BACKWARD in the
+    """Narrow two-sided bands run in blocks of band_block rows (band_block_backward in the
     backward) with exact key ranges and one shared mask (forced small here, with small pieces)
     against the float64 reference."""
     mask, lq, lk = case
     q, k, v = _inputs(2, heads[0], heads[1], lq, lk, 8, torch.float64, seed)
-    with mock.patch.object(blocked_fused, "BAND_BLOCK", block), \
-            mock.patch.object(blocked_fused, "BAND_BLOCK_BACKWARD", backward_block), \
-            mock.patch.object(blocked_fused, "PIECE_ELEMENTS", piece_windows * heads[0] * 8 * 9):
+    with tuning.override(band_block=block, band_block_backward=backward_block,
+                         piece_elements=piece_windows * heads[0] * 8 * 9):
         _compare(q, k, v, mask=mask)
 
 
 def test_band_plan_calls_and_evaluates_one_mask(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A sliding window at default tiles: interior blocks of BAND_BLOCK rows see exactly the
+    """A sliding window at default tiles: interior blocks of band_block rows see exactly the
     keys they reach, all with one (1, 1, q, k) mask, and the mask is evaluated for a few blocks
     only (its first interior block and the clipped ones at the ends), not for every block."""
     calls: list[tuple[tuple[int, ...], tuple[int, ...] | None]] = []
-    real = blocked_fused._fwd_op()
+    real = cpu_flash.forward_op()
 
     def counting(q, k, v, *args, attn_mask=None, **kwargs):
         calls.append((tuple(q.shape), None if attn_mask is None else tuple(attn_mask.shape)))
@@ -210,9 +207,9 @@ def test_band_plan_calls_and_evaluates_one_mask(monkeypatch: pytest.MonkeyPatch)
         evaluated.append(torch.broadcast_shapes(q.shape, k.shape).numel())
         return out
 
-    monkeypatch.setattr(blocked_fused, "_fwd_op", lambda: counting)
+    monkeypatch.setattr(cpu_flash, "forward_op", lambda: counting)
     monkeypatch.setattr(type(window), "allowed", counting_allowed)
-    length, block, width = 4096, blocked_fused.BAND_BLOCK, 129
+    length, block, width = 4096, tuning.current().band_block, 129
     q, k, v = (t.detach() for t in _inputs(1, 2, 2, length, length, 8, torch.float32, 2))
     spec = validate(q, k, v, mask=window, bias=None, scale=None, softcap=None, dropout_p=0.0)
     out = blocked_attention(spec)
@@ -227,20 +224,20 @@ def test_band_plan_calls_and_evaluates_one_mask(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_band_backward_runs_larger_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The backward of a band plan runs blocks of BAND_BLOCK_BACKWARD rows (the forward's
-    BAND_BLOCK rows would write dk / dv more often), with the exact gradients."""
+    """The backward of a band plan runs blocks of band_block_backward rows (the forward's
+    band_block rows would write dk / dv more often), with the exact gradients."""
     rows: list[int] = []
-    real = blocked_fused._bwd_op()
+    real = cpu_flash.backward_op()
 
     def counting(grad, q, *args, **kwargs):
         rows.extend([q.shape[2]] * q.shape[0])
         return real(grad, q, *args, **kwargs)
 
-    monkeypatch.setattr(blocked_fused, "_bwd_op", lambda: counting)
+    monkeypatch.setattr(cpu_flash, "backward_op", lambda: counting)
     q, k, v = _inputs(1, 2, 2, 1024, 1024, 8, torch.float64, 3)
     _compare(q, k, v, mask=masks.sliding_window(100, 60))
-    interior = [r for r in rows if r == blocked_fused.BAND_BLOCK_BACKWARD]
-    assert blocked_fused.BAND_BLOCK_BACKWARD != blocked_fused.BAND_BLOCK
+    interior = [r for r in rows if r == tuning.current().band_block_backward]
+    assert tuning.current().band_block_backward != tuning.current().band_block
     assert sum(rows) == 1024 and len(interior) >= len(rows) - 4, rows
 
 
@@ -249,13 +246,13 @@ def test_structured_plan_makes_one_call_per_causal_square(monkeypatch: pytest.Mo
     """Causal: one is_causal call over the whole sequence; packed causal documents: one
     is_causal call per document length (equal lengths batched); no additive masks."""
     calls: list[tuple[int, int, bool, bool]] = []  # (items, rows, is_causal, has a mask)
-    real = blocked_fused._fwd_op()
+    real = cpu_flash.forward_op()
 
     def counting(q, k, v, dropout, is_causal, *, attn_mask=None, scale=None):
         calls.append((q.shape[0], q.shape[2], is_causal, attn_mask is not None))
         return real(q, k, v, dropout, is_causal, attn_mask=attn_mask, scale=scale)
 
-    monkeypatch.setattr(blocked_fused, "_fwd_op", lambda: counting)
+    monkeypatch.setattr(cpu_flash, "forward_op", lambda: counting)
     q, k, v = _inputs(1, 2, 2, 1024, 1024, 8, torch.float32, 2)
     _compare(q, k, v, mask=masks.causal(), atol=2e-5)
     assert calls == [(1, 1024, True, False)]
@@ -284,13 +281,13 @@ def test_fully_masked_rows_give_zeros_and_finite_grads() -> None:
 def test_fused_path_is_used_and_batches_band_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
     """A sliding window runs as a few kernel calls over strided windows with one shared mask."""
     calls: list[tuple[tuple[int, ...], tuple[int, ...] | None]] = []
-    real = blocked_fused._fwd_op()
+    real = cpu_flash.forward_op()
 
     def counting(q, k, v, *args, attn_mask=None, **kwargs):
         calls.append((tuple(q.shape), None if attn_mask is None else tuple(attn_mask.shape)))
         return real(q, k, v, *args, attn_mask=attn_mask, **kwargs)
 
-    monkeypatch.setattr(blocked_fused, "_fwd_op", lambda: counting)
+    monkeypatch.setattr(cpu_flash, "forward_op", lambda: counting)
     q, k, v = (t.detach() for t in _inputs(1, 2, 2, 2048, 2048, 8, torch.float32, 2))
     spec = validate(q, k, v, mask=masks.sliding_window(256), bias=None, scale=None,
                     softcap=None, dropout_p=0.0)
@@ -351,9 +348,7 @@ def test_tile_sizes_validate() -> None:
 
 
 def blocked_fused_default() -> tuple[int, int]:
-    from attnkit.backends.blocked import FUSED_DEFAULT
-
-    return FUSED_DEFAULT
+    return tuning.DEFAULTS.fused_block_q, tuning.DEFAULTS.fused_block_k
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -384,12 +379,8 @@ def test_auto_prefers_dense_mask_on_cuda_until_it_is_large() -> None:
     capped = validate(q, k, v, mask=masks.sliding_window(8), bias=None, scale=None, softcap=2.0,
                       dropout_p=0.0)
     assert dispatch.report(capped).chosen == "blocked"  # sdpa_dense has no softcap
-    old = dispatch.GPU_DENSE_MASK_MAX_ELEMENTS
-    try:
-        dispatch.GPU_DENSE_MASK_MAX_ELEMENTS = 64 * 64 - 1
+    with tuning.override(gpu_dense_mask_max_elements=64 * 64 - 1):
         assert dispatch.report(spec).chosen == "blocked"
-    finally:
-        dispatch.GPU_DENSE_MASK_MAX_ELEMENTS = old
 
 
 @settings(max_examples=15, deadline=None)

@@ -277,3 +277,69 @@ def test_block_diagonal_runs_of_packed_documents() -> None:
     for a, b in runs[1]:
         dense[a:b, a:b] = True
     assert torch.equal(masks.document(ids).dense(6, 6)[1, 0], dense)
+
+
+def _dense_from_structure(shape: masks.MaskStructure, batch: int, lq: int,
+                          lk: int) -> torch.Tensor | None:
+    """The (B, Lq, Lk) bool matrix a structure describes, built from its fields alone."""
+    rel = torch.arange(lk)[None, :] - torch.arange(lq)[:, None]  # k - q
+    out = torch.ones(batch, lq, lk, dtype=torch.bool)
+    if shape.kind in ("band", "padding", "full"):
+        if shape.lo is not None:
+            out &= rel >= shape.lo
+        if shape.hi is not None:
+            out &= rel <= shape.hi
+        if shape.key_valid is not None:
+            out &= shape.key_valid[:, None, :]
+        return out
+    if shape.kind == "documents":
+        assert shape.runs is not None
+        out = torch.zeros(batch, lq, lk, dtype=torch.bool)
+        for b, runs in enumerate(shape.runs):
+            for a, e in runs:
+                out[b, a:e, a:e] = True
+        if shape.causal:
+            out &= rel <= 0
+        return out
+    return None
+
+
+@given(data=st.data(), lq=st.integers(1, 12), extra=st.integers(0, 4))
+def test_structure_describes_the_dense_mask_exactly(data, lq: int, extra: int) -> None:
+    """Whatever kind ``structure`` reports, its fields rebuild the dense mask; the composites a
+    planner relies on report their kind (not opaque)."""
+    lk = lq + extra
+    mask, _ = data.draw(composed_masks(2, 1, lq, lk))
+    shape = mask.structure(lq, lk)
+    rebuilt = _dense_from_structure(shape, 2, lq, lk)
+    if rebuilt is not None:
+        assert torch.equal(rebuilt, mask.dense(lq, lk).expand(2, 1, lq, lk)[:, 0]), (mask, shape)
+    assert (masks.causal() & masks.padding([lk, 1])).structure(lq, lk).kind == "padding"
+    assert masks.full().structure(lq, lk).kind == "full"
+    assert masks.dense(torch.ones(lq, lk, dtype=torch.bool)).structure(lq, lk).kind == "opaque"
+
+
+def test_structure_kinds_and_causal_test() -> None:
+    ids = torch.tensor([[0, 0, 1, 1, 1, 2]])
+    assert masks.sliding_window(2).structure(6, 6) == masks.MaskStructure("band", -2, 0)
+    docs = (masks.document(ids) & masks.causal()).structure(6, 6)
+    assert (docs.kind, docs.runs, docs.causal) == ("documents", [[(0, 2), (2, 5), (5, 6)]], True)
+    padded = (masks.padding([4, 2]) & masks.causal() & masks.padding(torch.tensor(
+        [[True] * 5 + [False], [True] * 6]))).structure(6, 6)
+    assert (padded.kind, padded.lo, padded.hi) == ("padding", None, 0)
+    assert padded.key_valid is not None
+    assert padded.key_valid.tolist() == [[True] * 4 + [False] * 2, [True] * 2 + [False] * 4]
+    assert (masks.causal() | masks.sink(2)).structure(6, 6).kind == "opaque"
+    assert masks.is_causal(masks.causal(), 4, 9)
+    assert masks.is_causal(masks.causal(offset=0), 4, 9, offset=0)
+    assert not masks.is_causal(masks.causal(offset=0), 4, 9)
+    assert not masks.is_causal(masks.sliding_window(3), 9, 9)
+    assert not masks.is_causal(None, 9, 9)
+
+
+def test_tile_evaluates_any_mask_on_part_of_the_matrix() -> None:
+    mask = masks.causal() & masks.padding([5, 3])
+    q_idx, k_idx = torch.tensor([1, 4]), torch.tensor([0, 2, 3])
+    expected = mask.dense(6, 6)[:, :, q_idx][:, :, :, k_idx]
+    assert torch.equal(mask.tile(q_idx, k_idx, 6, 6), expected)
+    assert mask.tile(q_idx, k_idx, 6, 6).shape == (2, 1, 2, 3)

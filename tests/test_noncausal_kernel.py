@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from attnkit.backends.kernelized import KernelFeatures, chunked_kernel_attention
 from attnkit.layers.linear import EluFeatures
-from attnkit.layers.noncausal_kernel import KernelFeatures, chunked_kernel_attention
 from attnkit.layers.performer import FavorFeatures, orthogonal_gaussian_features
 
 HEAD_DIM = 6

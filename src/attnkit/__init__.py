@@ -1,7 +1,7 @@
 """attnkit: attention mechanisms that are fast, correct and visible."""
 
+from attnkit.engine import attention, dispatch_report
 from attnkit.functional import bias, masks, positional
-from attnkit.functional.attention import attention, dispatch_report
 
 __version__ = "0.1.0"
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 from collections.abc import Sequence
 
@@ -16,6 +15,7 @@ COMMAND_MODULES = (
     "attnkit.bench.commands",
     "attnkit.train.commands",
     "attnkit.explain.commands",
+    "attnkit.demo",
     "attnkit.hf.commands",  # last: adds --hf to the commands above
 )
 
@@ -25,8 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="attnkit", description="Attention that is fast, correct and visible.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
-        if importlib.util.find_spec(name) is not None:
-            importlib.import_module(name).register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 

@@ -8,7 +8,7 @@ differ only in speed, memory and what they can handle. The dispatcher asks each 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -32,7 +32,6 @@ class Capabilities:
     softcap: bool = True  # tanh capping of scores
     dropout: bool = True  # dropout on the weights
     backward: bool = True  # can be differentiated
-    notes: tuple[str, ...] = field(default=())  # free text for reports
 
 
 class Backend(ABC):

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from attnkit.backends import tuning
 from attnkit.backends.base import Backend, Capabilities
 from attnkit.backends.blocked_fused import (
     fused_backward,
@@ -37,7 +38,7 @@ from attnkit.backends.blocked_fused import (
     make_plan,
 )
 from attnkit.functional.masks import EMPTY, FULL
-from attnkit.functional.math import AttentionSpec
+from attnkit.functional.math import AttentionSpec, finite_or
 
 __all__ = ["BlockedBackend", "TileSizes", "blocked_attention"]
 
@@ -48,7 +49,8 @@ class TileSizes:
 
     The fused CPU path calls torch's kernel once per run of non-empty tiles, so its tiles only set
     how finely masked work is skipped (default 128 x 128); the pure PyTorch loop pays Python
-    overhead per tile (default 256 x 512). Larger tiles mean fewer steps, smaller ones skip masked
+    overhead per tile (default 256 x 512); both defaults are tuning constants
+    (:mod:`attnkit.backends.tuning`). Larger tiles mean fewer steps, smaller ones skip masked
     work better. With no size given, the fused path plans some masks by their structure
     instead: a causal mask as one causal kernel call, packed documents as one call per document,
     a narrow two-sided band (sliding window) as blocks of 32 query rows with exactly the keys they
@@ -71,12 +73,9 @@ class TileSizes:
 
     def resolved(self, fused: bool) -> tuple[int, int]:
         """(block_q, block_k) for the fused path or the pure loop."""
-        dq, dk = (FUSED_DEFAULT if fused else PURE_DEFAULT)
+        t = tuning.current()
+        dq, dk = (t.fused_block_q, t.fused_block_k) if fused else (t.pure_block_q, t.pure_block_k)
         return (self.block_q or dq, self.block_k or dk)
-
-
-FUSED_DEFAULT = (128, 128)  # fused CPU kernel path: measured, see docs/benchmarks.md
-PURE_DEFAULT = (256, 512)  # pure PyTorch loop
 
 
 def _tile_mods(spec: AttentionSpec, scores: Tensor, q_idx: Tensor, k_idx: Tensor,
@@ -100,12 +99,7 @@ def _group(t: Tensor, spec: AttentionSpec) -> Tensor:
 def _tile_allowed(spec: AttentionSpec, q_idx: Tensor, k_idx: Tensor) -> Tensor:
     """Mask of a partial tile as (B|1, Hkv|1, G|1, bq, bk) bool."""
     assert spec.mask is not None
-    dev = q_idx.device
-    b = torch.arange(spec.mask.batch_size or 1, device=dev).view(-1, 1, 1, 1)
-    h = torch.arange(spec.mask.num_heads or 1, device=dev).view(1, -1, 1, 1)
-    allowed = spec.mask.allowed(b, h, q_idx.view(1, 1, -1, 1), k_idx.view(1, 1, 1, -1),
-                                spec.lq, spec.lk)
-    return _group(allowed.expand(b.shape[0], h.shape[1], q_idx.numel(), k_idx.numel()), spec)
+    return _group(spec.mask.tile(q_idx, k_idx, spec.lq, spec.lk), spec)
 
 
 class _Plan:
@@ -162,7 +156,7 @@ def _forward(spec: AttentionSpec, tiles: TileSizes, bias_tensors: Sequence[Tenso
             if needs_mask:
                 s = s.masked_fill(~_tile_allowed(spec, q_idx, k_idx), float("-inf"))
             m_new = torch.maximum(m, s.amax(-1))
-            m_safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
+            m_safe = finite_or(m_new)
             p = torch.exp(s - m_safe[..., None])
             correction = torch.exp(m - m_safe)
             l_sum = l_sum * correction + p.sum(-1)
@@ -184,7 +178,7 @@ def _backward(spec: AttentionSpec, tiles: TileSizes, bias_tensors: Sequence[Tens
     k, v = spec.k, spec.v
     dout = _grouped_q(grad_out, spec.kv_heads)  # (B, Hkv, G, Lq, Dv)
     lse = lse.unflatten(1, (spec.kv_heads, g))  # (B, Hkv, G, Lq)
-    lse_safe = torch.where(torch.isfinite(lse), lse, torch.full_like(lse, float("inf")))
+    lse_safe = finite_or(lse, float("inf"))
     delta = (dout * _grouped_q(out, spec.kv_heads)).sum(-1)  # (B, Hkv, G, Lq)
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     bias_grads = [torch.zeros_like(t) if w else None for t, w in zip(bias_tensors, wants_bias_grad)]
@@ -302,11 +296,9 @@ def blocked_attention(spec: AttentionSpec, tiles: TileSizes | None = None, *,
 
 class BlockedBackend(Backend):
     name = "blocked"
-    capabilities = Capabilities(
-        dropout=False,
-        notes=("tiles with online softmax; skips empty tiles",
-               "CPU float32/float64 without bias or softcap: torch's fused kernel per run of "
-               "tiles, merged by log-sum-exp"))
+    # Tiles with an online softmax, skipping empty tiles; on CPU (float32 / float64, no bias or
+    # softcap) torch's fused kernel per run of tiles, merged by log-sum-exp.
+    capabilities = Capabilities(dropout=False)
 
     def __init__(self, tiles: TileSizes | None = None, *, fused: bool | None = None) -> None:
         self.tiles = tiles or TileSizes()

@@ -2,7 +2,7 @@
 
 The mask's tile states (EMPTY / PARTIAL / FULL, computed analytically) are turned into *work
 items*: for each query block, every contiguous run of non-empty key tiles becomes one call of
-torch's fused CPU kernel (``aten._scaled_dot_product_flash_attention_for_cpu``), with a small
+torch's fused CPU kernel (wrapped in :mod:`attnkit.backends.cpu_flash`), with a small
 additive mask only when the run holds partial tiles. A long run with partial tiles only at its
 ends is split into masked ends and an unmasked middle. Items of one shape whose query blocks are
 consecutive and whose key ranges move by a fixed step (a sliding window, the diagonal of a
@@ -13,12 +13,13 @@ item (the whole of a plain or document-interior attention is one call).
 Some masks are planned by their structure instead of by tiles (``by_structure``): a causal band
 becomes one ``is_causal`` call over the causal square (the kernel skips the key chunks above
 each query block itself), packed documents one square call per document, and a narrow two-sided
-band (a sliding window) blocks of ``BAND_BLOCK`` query rows, each with exactly the keys its rows
+band (a sliding window) blocks of ``band_block`` query rows, each with exactly the keys its rows
 reach rather than whole key tiles.
 
 A band mask depends only on ``k - q``, so items whose key range moves with their query range
 share one additive mask, built from the first item alone. Kernel calls run in pieces of about
-``PIECE_ELEMENTS`` output elements, so their outputs come from reused heap memory (see there).
+``piece_elements`` output elements, so their outputs come from reused heap memory. The sizes are
+tuning constants (:mod:`attnkit.backends.tuning`).
 
 Items of one query block are merged exactly with their log-sum-exp (FlashAttention's rescaling)::
 
@@ -28,7 +29,8 @@ The backward runs the fused backward kernel on the same items with the *global* 
 log-sum-exp: with ``P = exp(S - lse)`` and ``delta = rowsum(dO * O)`` the flash backward formulas
 give exactly each key range's share of dq and the range's dk, dv.
 
-The kernel is private to torch: :func:`fused_kernel_available` checks it once, and the pure
+The kernel is private to torch: :mod:`attnkit.backends.cpu_flash` wraps it and checks it once,
+and the pure
 PyTorch tile loop in :mod:`attnkit.backends.blocked` stays the fallback (other devices, biases,
 softcap, dtypes other than float32 / float64).
 
@@ -38,55 +40,20 @@ n items in a kernel call, q / k item lengths, D / Dv head dims.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
+from attnkit.backends import cpu_flash, tuning
 from attnkit.functional.masks import EMPTY, FULL, PARTIAL, Mask
-from attnkit.functional.math import AttentionSpec, expand_kv
+from attnkit.functional.math import AttentionSpec, expand_kv, finite_or
 
-__all__ = ["FusedPlan", "fused_backward", "fused_forward", "fused_kernel_available",
-           "fused_supports", "make_plan"]
+__all__ = ["FusedPlan", "fused_backward", "fused_forward", "fused_supports", "make_plan"]
 
 _FUSED_DTYPES = (torch.float32, torch.float64)
-# Splitting a run into masked ends + an unmasked middle costs a merge; worth it from this many
-# full tiles in the middle (measured: shorter runs are faster as one masked call).
-_MIN_FULL_TILES_TO_SPLIT = 4
-# Upper bound on mask elements built for one kernel call (bool + float: ~5 bytes each).
-_MAX_MASK_ELEMENTS = 1 << 24
-#: Query rows per item of a narrow two-sided band. Each block computes its rows' reach,
-#: ``BAND_BLOCK + width - 1`` keys, so smaller blocks waste less; the kernel's speed per score
-#: drops below 32 rows. At L = 16k, D = 64, 8 heads, one thread, the forward kernel took
-#: 0.100 / 0.100 / 0.119 / 0.167 s with 16 / 32 / 64 / 128 rows for width 65, and
-#: 0.249 / 0.275 / 0.313 s with 32 / 64 / 128 rows for width 257 (2026-11-28, this 2-core VM).
-BAND_BLOCK = 32
-#: The same for the backward, whose cost per block is dk / dv over the block's whole key range:
-#: larger blocks write them fewer times. Width 513, L = 16k, one thread, backward alone: 1236 /
-#: 1180 / 1141 ms with 32 / 64 / 128 rows (2026-11-28, this 2-core VM).
-BAND_BLOCK_BACKWARD = 128
-#: Widest band planned in ``BAND_BLOCK`` rows; wider ones go to tiles, whose unmasked middles
-#: need no mask and where the block size stops mattering (width 2049: 1.86 s with 32 rows,
-#: 1.78 s with 128, same setting as above).
-BAND_MAX_WIDTH = 1024
-
-
-@functools.lru_cache(maxsize=1)
-def fused_kernel_available() -> bool:
-    """Whether this torch has the fused CPU flash kernel with the signature used here."""
-    try:
-        fwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-        bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
-        # A private generator: the probe must not move torch's global RNG (dropout, resume).
-        q = torch.randn(1, 1, 2, 4, generator=torch.Generator().manual_seed(0))
-        out, lse = fwd(q, q, q, 0.0, False, attn_mask=torch.zeros(1, 1, 2, 2), scale=0.5)
-        bwd(out, q, q, q, out, lse, 0.0, False, attn_mask=None, scale=0.5)
-        return tuple(out.shape) == (1, 1, 2, 4) and tuple(lse.shape) == (1, 1, 2)
-    except (AttributeError, RuntimeError, TypeError):
-        return False
 
 
 def fused_supports(spec: AttentionSpec) -> bool:
@@ -95,7 +62,7 @@ def fused_supports(spec: AttentionSpec) -> bool:
             and spec.bias is None and spec.softcap is None and spec.dropout_p == 0.0
             and spec.lq > 0 and spec.lk > 0
             # torch's fused CPU flash kernel needs Q/K/V of one head size (Dv == D).
-            and spec.q.shape[-1] == spec.v.shape[-1] and fused_kernel_available())
+            and spec.q.shape[-1] == spec.v.shape[-1] and cpu_flash.fused_kernel_available())
 
 
 @dataclass(frozen=True)
@@ -146,7 +113,7 @@ def _row_items(row: list[int], qi: int, bq: int, bk: int, lq: int, lk: int) -> l
         middle_full = hi > lo and all(s == FULL for s in row[lo:hi])
         if middle_full and (lo == a and hi == b):
             pieces.append((a, b, False))
-        elif middle_full and hi - lo >= _MIN_FULL_TILES_TO_SPLIT:
+        elif middle_full and hi - lo >= tuning.current().min_full_tiles_to_split:
             if lo > a:
                 pieces.append((a, lo, True))
             pieces.append((lo, hi, False))
@@ -222,6 +189,7 @@ def _group_items(items: list[_Item], relative: bool) -> list[_Group]:
     merged.sort(key=lambda it: (it.level, it.masked, it.causal, it.q_len, it.k_len,
                                 it.pattern, it.q0))
     groups: list[_Group] = []
+    max_mask_elements = tuning.current().max_mask_elements
     for it in merged:
         g = groups[-1] if groups else None
         if g is not None:
@@ -231,7 +199,7 @@ def _group_items(items: list[_Item], relative: bool) -> list[_Group]:
             fits = ((it.level, it.masked, it.causal, it.q_len, it.k_len, it.pattern)
                     == (f.level, f.masked, f.causal, f.q_len, f.k_len, f.pattern))
             within = (not f.masked or (relative and step == f.q_len)
-                      or (g.n + 1) * f.q_len * f.k_len <= _MAX_MASK_ELEMENTS)
+                      or (g.n + 1) * f.q_len * f.k_len <= max_mask_elements)
             if fits and within and it.q0 == g.rows[1] and it.k0 - last_k0 == step and step >= 0:
                 groups[-1] = _Group(f, g.n + 1, step)
                 continue
@@ -306,8 +274,8 @@ class FusedPlan:
                     if band is None and mask is not None and by_structure else None)
         if hi is not None and lo is None and (causal := _causal_items(hi, lq, lk)) is not None:
             self.groups = [_group_items(causal, self.relative)]
-        elif lo is not None and hi is not None and hi - lo + 1 <= BAND_MAX_WIDTH:
-            self.band_block = band_block or BAND_BLOCK
+        elif lo is not None and hi is not None and hi - lo + 1 <= tuning.current().band_max_width:
+            self.band_block = band_block or tuning.current().band_block
             self.groups = [_group_items(_band_items(lo, hi, lq, lk, block_k, self.band_block),
                                         self.relative)]
         elif diagonal is not None:  # packed documents: one square call per document
@@ -328,12 +296,13 @@ class FusedPlan:
 
     def for_backward(self) -> FusedPlan:
         """The plan the backward runs: this one, except that a band runs in blocks of
-        ``BAND_BLOCK_BACKWARD`` rows (any split of the rows gives the exact gradients)."""
-        if self.band_block is None or self.band_block == BAND_BLOCK_BACKWARD:
+        ``band_block_backward`` rows (any split of the rows gives the exact gradients)."""
+        backward_block = tuning.current().band_block_backward
+        if self.band_block is None or self.band_block == backward_block:
             return self
         mask, lq, lk, block_q, block_k, dtype, by_structure = self._args
         return FusedPlan(mask, lq, lk, block_q, block_k, dtype, by_structure=by_structure,
-                         band_block=BAND_BLOCK_BACKWARD)
+                         band_block=backward_block)
 
     def for_batch(self, b: int) -> tuple[int, list[_Group]]:
         """(batch index the mask uses, kernel calls) for batch element ``b``."""
@@ -362,18 +331,14 @@ def make_plan(spec: AttentionSpec, block_q: int, block_k: int, *,
                      by_structure=by_structure)
 
 
-#: Largest kernel output (elements of one output tensor: out in the forward, dk or dv in the
-#: backward) per kernel call. The kernel returns fresh zeroed tensors; for all windows of a long
-#: sequence at once that was hundreds of MiB, which malloc maps and zero-faults anew on every
-#: call (on this VM ~3 us per 4 KiB page: 1.1 s of local's forward+backward at 32k). 2**21
-#: float32 = 8 MiB stays below glibc's mmap threshold once it has adapted, so it is reused.
-PIECE_ELEMENTS = 1 << 21
-
-
 def _pieces(group: _Group, item_elements: int) -> list[tuple[int, int]]:
     """(first item, items) of consecutive runs of ``group`` with outputs of about
-    PIECE_ELEMENTS, given one item's output elements."""
-    per_piece = max(1, PIECE_ELEMENTS // item_elements)
+    ``piece_elements`` (a tuning constant), given one item's output elements.
+
+    The kernel returns fresh zeroed tensors; for all windows of a long sequence at once that is
+    hundreds of MiB, which malloc maps and zero-faults anew on every call. Pieces below glibc's
+    mmap threshold (once it has adapted) reuse heap memory instead."""
+    per_piece = max(1, tuning.current().piece_elements // item_elements)
     return [(i0, min(per_piece, group.n - i0)) for i0 in range(0, group.n, per_piece)]
 
 
@@ -383,14 +348,6 @@ _MaskPart = TypeVar("_MaskPart", Tensor, Tensor | None)
 def _mask_rows(mask: _MaskPart, i0: int, n: int) -> _MaskPart:
     """The part of a group's (n|1, ...) mask or row flags for items [i0, i0 + n)."""
     return mask if mask is None or mask.shape[0] == 1 else mask[i0:i0 + n]
-
-
-def _fwd_op() -> Any:
-    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-
-
-def _bwd_op() -> Any:
-    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 
 
 def fused_forward(spec: AttentionSpec, plan: FusedPlan) -> tuple[Tensor, Tensor]:
@@ -409,11 +366,11 @@ def fused_forward(spec: AttentionSpec, plan: FusedPlan) -> tuple[Tensor, Tensor]
             additive, row_has_key = plan.mask_of(mb, index)
             for i0, n in _pieces(g, spec.heads * f.q_len * v.shape[-1]):
                 q0, k0 = f.q0 + i0 * f.q_len, f.k0 + i0 * g.k_step
-                o, l = _fwd_op()(
+                o, l = cpu_flash.flash_forward(
                     _windows(q[b], q0, n, f.q_len, f.q_len),
                     _windows(k[b], k0, n, g.k_step, f.k_len),
                     _windows(v[b], k0, n, g.k_step, f.k_len),
-                    0.0, f.causal, attn_mask=_mask_rows(additive, i0, n),
+                    causal=f.causal, attn_mask=_mask_rows(additive, i0, n),
                     scale=spec.scale)  # (n, H, q, Dv), (n, H, q)
                 l = l.to(q.dtype)
                 if row_has_key is not None:  # the kernel gives lse 0 to rows with no key
@@ -434,7 +391,7 @@ def _merge_into(acc: Tensor, acc_lse: Tensor, new: Tensor, new_lse: Tensor) -> N
 
     acc / new (..., Dv), acc_lse / new_lse their leading dims (any matching layout)."""
     total = torch.logaddexp(acc_lse, new_lse)
-    safe = torch.where(torch.isfinite(total), total, torch.zeros_like(total))
+    safe = finite_or(total)
     w_acc = torch.exp(acc_lse - safe)[..., None]  # 0 where a part saw no key
     w_new = torch.exp(new_lse - safe)[..., None]
     acc.mul_(w_acc).add_(new * w_new)
@@ -447,7 +404,7 @@ def fused_backward(spec: AttentionSpec, plan: FusedPlan, out: Tensor, lse: Tenso
     q = spec.q
     k, v = expand_kv(spec.k, spec.heads), expand_kv(spec.v, spec.heads)  # (B, H, Lk, D|Dv)
     # Rows with no key: lse +inf makes their P = exp(S - lse) exactly 0, so no gradient.
-    lse = torch.where(torch.isfinite(lse), lse, torch.full_like(lse, float("inf")))
+    lse = finite_or(lse, float("inf"))
     plan = plan.for_backward()
     dq = torch.zeros_like(q)
     dk, dv = torch.zeros_like(k), torch.zeros_like(v)
@@ -458,14 +415,14 @@ def fused_backward(spec: AttentionSpec, plan: FusedPlan, out: Tensor, lse: Tenso
             additive, _ = plan.mask_of(mb, index)
             for i0, n in _pieces(g, spec.heads * f.k_len * q.shape[-1]):
                 q0, k0 = f.q0 + i0 * f.q_len, f.k0 + i0 * g.k_step
-                gq, gk, gv = _bwd_op()(
+                gq, gk, gv = cpu_flash.flash_backward(
                     _windows(grad_out[b], q0, n, f.q_len, f.q_len),
                     _windows(q[b], q0, n, f.q_len, f.q_len),
                     _windows(k[b], k0, n, g.k_step, f.k_len),
                     _windows(v[b], k0, n, g.k_step, f.k_len),
                     _windows(out[b], q0, n, f.q_len, f.q_len),
                     _windows(lse[b, :, :, None], q0, n, f.q_len, f.q_len)[..., 0],
-                    0.0, f.causal, scale=spec.scale,
+                    causal=f.causal, scale=spec.scale,
                     attn_mask=_mask_rows(additive, i0, n))
                 dq[b, :, q0:q0 + n * f.q_len] += gq.transpose(0, 1).reshape(
                     gq.shape[1], -1, gq.shape[-1])

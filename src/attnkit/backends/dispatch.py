@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from attnkit.backends import flex as _flex
+from attnkit.backends import tuning
 from attnkit.backends.base import Backend
 from attnkit.backends.blocked import BlockedBackend
-from attnkit.backends.flex import FlexBackend
+from attnkit.backends.flex import FlexBackend, allowed_in_auto
 from attnkit.backends.reference import ReferenceBackend
 from attnkit.backends.sdpa import SdpaBackend, SdpaDenseBackend
 from attnkit.functional.math import AttentionSpec
@@ -65,12 +65,6 @@ class DispatchReport:
         return "\n".join(lines)
 
 
-# On a GPU the blocked backend runs its pure PyTorch tile loop, about 10x slower than SDPA with a
-# dense mask (measured on an H200 at L = 1k and 4k); auto prefers the dense mask while it stays
-# below this many elements (1 GiB in float32), and linear-memory `blocked` beyond.
-GPU_DENSE_MASK_MAX_ELEMENTS = 1 << 28
-
-
 def prefers_dense_on_gpu(spec: AttentionSpec) -> bool:
     """Whether auto should pass over ``blocked`` for ``sdpa_dense`` (CUDA, mask small enough)."""
     if spec.q.device.type != "cuda" or (spec.mask is None and spec.bias is None):
@@ -80,18 +74,20 @@ def prefers_dense_on_gpu(spec: AttentionSpec) -> bool:
         return False
     parts = [m for m in (spec.mask, spec.bias) if m is not None]
     copies = max((p.batch_size or 1) * (p.num_heads or 1) for p in parts)
-    return copies * spec.lq * spec.lk <= GPU_DENSE_MASK_MAX_ELEMENTS
+    # On a GPU the blocked backend runs its pure PyTorch tile loop, about 10x slower than SDPA
+    # with a dense mask: auto prefers the dense mask while it stays this small.
+    return copies * spec.lq * spec.lk <= tuning.current().gpu_dense_mask_max_elements
 
 
 def _auto_reasons(name: str, backend: Backend, spec: AttentionSpec) -> list[str]:
     reasons = backend.not_supported_reasons(spec)
-    if name == "flex" and not _flex._ALLOW_IN_AUTO:
+    if name == "flex" and not allowed_in_auto():
         reasons = ["needs compilation: opt in with attnkit.backends.flex.allow_in_auto()",
                    *reasons]
     if name == "blocked" and not reasons and prefers_dense_on_gpu(spec):
         reasons = ["auto: on CUDA sdpa_dense is faster while the dense mask fits "
-                   f"(<= {GPU_DENSE_MASK_MAX_ELEMENTS} elements); force backend='blocked' for "
-                   "linear memory"]
+                   f"(<= {tuning.current().gpu_dense_mask_max_elements} elements); force "
+                   "backend='blocked' for linear memory"]
     return reasons
 
 

@@ -8,6 +8,7 @@ used when asked for by name (``backend="flex"``) or after :func:`allow_in_auto`.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -16,13 +17,26 @@ from torch import Tensor
 from attnkit.backends.base import Backend, Capabilities
 from attnkit.functional.math import AttentionSpec
 
+__all__ = ["FLEX_RECOMPILE_LIMIT", "FlexBackend", "allow_in_auto", "allowed_in_auto",
+           "compiled_flex", "flex_available"]
+
 _ALLOW_IN_AUTO = False
+
+#: Recompilations allowed for the compiled FlexAttention. Every shape and mask compiles anew;
+#: past dynamo's default of 8 flex_attention silently falls back to an unfused path that
+#: materializes all scores. Applied around this function's calls only, never process-wide.
+FLEX_RECOMPILE_LIMIT = 256
 
 
 def allow_in_auto(allowed: bool = True) -> None:
     """Opt in (or out) of FlexAttention, and its compilation, for ``backend="auto"``."""
     global _ALLOW_IN_AUTO
     _ALLOW_IN_AUTO = allowed
+
+
+def allowed_in_auto() -> bool:
+    """Whether :func:`allow_in_auto` opted FlexAttention in for ``backend="auto"``."""
+    return _ALLOW_IN_AUTO
 
 
 def flex_available() -> bool:
@@ -34,15 +48,21 @@ def flex_available() -> bool:
 
 
 @functools.lru_cache(maxsize=1)
-def _compiled_flex() -> Any:
+def compiled_flex() -> Callable[..., Any]:
+    """``flex_attention`` compiled with ``torch.compile(dynamic=False)``, run with a raised
+    recompile limit (:data:`FLEX_RECOMPILE_LIMIT`) that holds during its calls only."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    # Every shape and mask compiles anew; past dynamo's default of 8 recompilations
-    # flex_attention silently falls back to an unfused path that materializes all scores.
+    compiled = torch.compile(flex_attention, dynamic=False)
     dynamo_config = torch._dynamo.config
-    if hasattr(dynamo_config, "recompile_limit"):
-        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 256)
-    return torch.compile(flex_attention, dynamic=False)
+    limit: dict[str, Any] = ({"recompile_limit": FLEX_RECOMPILE_LIMIT}
+             if hasattr(dynamo_config, "recompile_limit") else {})
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with dynamo_config.patch(**limit):
+            return compiled(*args, **kwargs)
+
+    return run
 
 
 class FlexBackend(Backend):
@@ -57,7 +77,7 @@ class FlexBackend(Backend):
     name = "flex"
     capabilities = Capabilities(
         dtypes=frozenset({torch.float16, torch.bfloat16, torch.float32}), dropout=False,
-        bias_grad=False, notes=("torch.compile'd FlexAttention; opt-in",))
+        bias_grad=False)
 
     def extra_reasons(self, spec: AttentionSpec) -> list[str]:
         reasons = []
@@ -85,7 +105,7 @@ class FlexBackend(Backend):
         if not spec.needs_grad:
             # FlexAttention refuses CPU tensors that require grad even under no_grad.
             q, k, v = q.detach(), k.detach(), v.detach()
-        out = _compiled_flex()(q, k, v, score_mod=score_mod,
+        out = compiled_flex()(q, k, v, score_mod=score_mod,
                                block_mask=block_mask, scale=spec.scale,
                                enable_gqa=spec.heads != spec.kv_heads)
         if spec.mask is not None:

@@ -10,7 +10,7 @@ from attnkit.functional.math import AttentionSpec, reference_attention
 
 class ReferenceBackend(Backend):
     name = "reference"
-    capabilities = Capabilities(notes=("materializes the Lq x Lk score matrix",))
+    capabilities = Capabilities()  # everything; materializes the Lq x Lk score matrix
 
     def forward(self, spec: AttentionSpec) -> Tensor:
         return reference_attention(spec)[0]

@@ -13,17 +13,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnkit.backends.base import Backend, Capabilities
-from attnkit.functional.masks import _Band, _Full
+from attnkit.functional.masks import is_causal
 from attnkit.functional.math import AttentionSpec
 
 
 def is_native_causal(spec: AttentionSpec) -> bool:
     """Whether the mask is plain causal aligned the way SDPA's ``is_causal`` is (top left)."""
-    m = spec.mask
-    if not (isinstance(m, _Band) and m.left is None and m.right == 0):
-        return False
-    offset = spec.lk - spec.lq if m.offset is None else m.offset
-    return offset == 0
+    return is_causal(spec.mask, spec.lq, spec.lk, offset=0)
 
 
 def _sdpa(spec: AttentionSpec, attn_mask: Tensor | None, is_causal: bool) -> Tensor:
@@ -34,11 +30,12 @@ def _sdpa(spec: AttentionSpec, attn_mask: Tensor | None, is_causal: bool) -> Ten
 
 class SdpaBackend(Backend):
     name = "sdpa"
-    capabilities = Capabilities(bias=False, softcap=False,
-                                notes=("native flags only: no mask, or causal with Lq == Lk",))
+    # Native flags only: no mask, or causal with Lq == Lk.
+    capabilities = Capabilities(bias=False, softcap=False)
 
     def extra_reasons(self, spec: AttentionSpec) -> list[str]:
-        if spec.mask is None or isinstance(spec.mask, _Full) or is_native_causal(spec):
+        if (spec.mask is None or spec.mask.band(spec.lq, spec.lk) == (None, None)
+                or is_native_causal(spec)):
             return []
         return [f"mask {spec.mask!r} has no native SDPA flag (only causal with Lq == Lk)"]
 
@@ -48,8 +45,7 @@ class SdpaBackend(Backend):
 
 class SdpaDenseBackend(Backend):
     name = "sdpa_dense"
-    capabilities = Capabilities(softcap=False,
-                                notes=("materializes a dense Lq x Lk float mask",))
+    capabilities = Capabilities(softcap=False)  # materializes a dense Lq x Lk float mask
 
     def forward(self, spec: AttentionSpec) -> Tensor:
         q = spec.q

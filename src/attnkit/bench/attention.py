@@ -31,7 +31,7 @@ from torch import Tensor
 
 from attnkit import masks
 from attnkit.bench.harness import PeakMemory, format_table, matmul_gflops, measure, write_csv
-from attnkit.functional.attention import attention
+from attnkit.engine import attention
 from attnkit.functional.masks import Mask
 
 __all__ = ["PATTERNS", "AttentionBenchConfig", "run_attention_bench"]
@@ -213,14 +213,14 @@ def _plain_math(case: _Case) -> Runner:
 def _flex_compiled(case: _Case) -> Runner:
     from torch.nn.attention.flex_attention import create_block_mask
 
-    from attnkit.backends.flex import _compiled_flex
+    from attnkit.backends.flex import compiled_flex
 
     block_mask = None
     if case.mask is not None:
         block_mask = create_block_mask(case.mask.mask_mod(case.length, case.length), B=None,
                                        H=None, Q_LEN=case.length, KV_LEN=case.length,
                                        device="cpu")
-    flex = _compiled_flex()
+    flex = compiled_flex()
     return lambda q, k, v: flex(q, k, v, block_mask=block_mask)
 
 

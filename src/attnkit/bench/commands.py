@@ -1,21 +1,19 @@
 """``attnkit bench ...``: each suite adds its own subcommand to the ``bench`` group.
 
 A suite module (``attnkit.bench.attention``'s CLI lives here; ``attnkit.bench.kinds`` and others
-bring their own) exposes ``register(bench_subparsers)``; :data:`SUITE_MODULES` lists them, and a
-module that is not there yet is simply left out.
+bring their own) exposes ``register(bench_subparsers)``; :data:`SUITE_MODULES` lists them.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 # suites outside this file, each with register()
 SUITE_MODULES = ("attnkit.bench.kinds", "attnkit.bench.lm_throughput", "attnkit.bench.task_kinds",
-                 "attnkit.bench.decode")
+                 "attnkit.bench.decode", "attnkit.bench.tune")
 
 
 def register(subparsers: Any) -> None:
@@ -27,10 +25,7 @@ def register(subparsers: Any) -> None:
     _register_attention(suites)
     _register_tiles(suites)
     for name in SUITE_MODULES:
-        if importlib.util.find_spec(name) is not None:
-            module = importlib.import_module(name)
-            if hasattr(module, "register"):
-                module.register(suites)
+        importlib.import_module(name).register(suites)
 
 
 def _register_attention(suites: Any) -> None:

@@ -2,8 +2,7 @@
 
     attnkit explain runs/digits-vit-... --input test:3 --method rollout --out report.html
 
-:func:`write_demo_report` is what ``attnkit demo`` calls after training (through
-``attnkit.train.demo.DEMO_HOOKS``).
+:func:`write_demo_report` is what ``attnkit demo`` (:mod:`attnkit.demo`) calls after training.
 """
 
 from __future__ import annotations
@@ -167,11 +166,6 @@ def _cmd_faithfulness(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo_hook(result: Any, config: Any) -> None:
-    path = write_demo_report(result.run_dir)
-    print(f"attention report: {path}")
-
-
 def _cmd_explain(args: argparse.Namespace) -> int:
     path = explain_run(args.run_dir, input_spec=args.input, text=args.text, method=args.method,
                        out=args.out, png_dir=args.png, top_k=args.top_k)
@@ -180,7 +174,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    """Add ``explain`` to the ``attnkit`` command; hook the report into ``attnkit demo``."""
+    """Add ``explain`` and ``faithfulness`` to the ``attnkit`` command."""
     p = subparsers.add_parser(
         "explain", help="interactive HTML report of a trained run's attention",
         description="Capture the attention of one example, compute rollout, gradient "
@@ -207,9 +201,3 @@ def register(subparsers: Any) -> None:
     f.add_argument("--steps", type=int, default=16, help="perturbation steps (default 16)")
     f.add_argument("--out", help="also write the markdown table here")
     f.set_defaults(handler=_cmd_faithfulness)
-    try:
-        from attnkit.train.demo import DEMO_HOOKS
-    except ImportError:  # training area absent: no demo to hook into
-        return
-    if _demo_hook not in DEMO_HOOKS:
-        DEMO_HOOKS.append(_demo_hook)

@@ -1,1 +1,5 @@
-"""Pure functions over tensors: attention, masks, score biases, positions. No parameters."""
+"""Pure tensor math: masks, score biases, positions, validation and the float64 reference.
+
+No parameters, and no imports from the rest of attnkit: :mod:`attnkit.engine` (``attention``)
+and :mod:`attnkit.backends` build on this.
+"""

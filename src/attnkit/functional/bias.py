@@ -22,15 +22,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Bias", "RelativeBucketBias", "alibi", "alibi_slopes", "dense", "relative_buckets"]
+from attnkit.functional.indexing import index_grid
 
-
-def _index_grid(lq_idx: Tensor, lk_idx: Tensor, batch: int, heads: int) -> tuple[Tensor, ...]:
-    """Broadcastable (b, h, q, k) index tensors for a tile of query and key positions."""
-    dev = lq_idx.device
-    return (torch.arange(batch, device=dev).view(-1, 1, 1, 1),
-            torch.arange(heads, device=dev).view(1, -1, 1, 1),
-            lq_idx.view(1, 1, -1, 1), lk_idx.view(1, 1, 1, -1))
+__all__ = ["Bias", "RelativeBucketBias", "SpanRampBias", "alibi", "alibi_slopes", "dense",
+           "relative_buckets"]
 
 
 class Bias(ABC):
@@ -51,7 +46,7 @@ class Bias(ABC):
     def tile(self, q_idx: Tensor, k_idx: Tensor, lq: int, lk: int,
              tensors: Sequence[Tensor] | None = None) -> Tensor:
         """Bias for query positions ``q_idx`` (tq,) and keys ``k_idx`` (tk,): (B|1, H|1, tq, tk)."""
-        b, h, q, k = _index_grid(q_idx, k_idx, self.batch_size or 1, self.num_heads or 1)
+        b, h, q, k = index_grid(q_idx, k_idx, self.batch_size or 1, self.num_heads or 1)
         return self.values(b, h, q, k, lq, lk, tensors)
 
     def dense(self, lq: int, lk: int, device: torch.device | None = None) -> Tensor:
@@ -271,3 +266,34 @@ def relative_buckets(num_heads: int, *, num_buckets: int = 32, max_distance: int
     """A learned T5-style relative position bias module (pass it as ``bias=``)."""
     return RelativeBucketBias(num_heads, num_buckets=num_buckets, max_distance=max_distance,
                               bidirectional=bidirectional)
+
+
+class SpanRampBias(Bias):
+    """Adaptive span's soft ramp (Sukhbaatar et al., 2019) as a score bias: ``log m_z(|i - j|)``
+    per head, ``m_z(x) = clamp((R + z_h - x) / R, 0, 1)`` with ``z_h = clamp(f_h, 0, 1) * max_span``
+    (``-inf`` where the ramp is 0). ``span_fraction`` (H,) may require grad.
+
+    :func:`attnkit.engine.span_ramp_attention` runs it over the band the ramp leaves open.
+    """
+
+    def __init__(self, span_fraction: Tensor, max_span: int, ramp: int) -> None:
+        self.span_fraction = span_fraction  # (H,) learned, clamped to [0, 1] when used
+        self.max_span, self.ramp = max_span, ramp
+        self.num_heads = int(span_fraction.shape[0])
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        return (self.span_fraction,)
+
+    def values(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int,
+               tensors: Sequence[Tensor] | None = None) -> Tensor:
+        fraction = self.span_fraction if tensors is None else tensors[0]
+        span = fraction.clamp(0.0, 1.0)[h] * self.max_span  # (1, H, 1, 1)
+        distance = (q + (lk - lq) - k).abs().to(span.dtype)
+        ramp = ((self.ramp + span - distance) / self.ramp).clamp(0.0, 1.0)
+        positive = ramp > 0
+        # log of 0 is -inf; the inner where keeps its gradient finite (no inf * 0).
+        return torch.where(positive, torch.log(torch.where(positive, ramp, 1.0)),
+                           float("-inf"))
+
+    def __repr__(self) -> str:
+        return f"span_ramp(heads={self.num_heads}, max_span={self.max_span}, ramp={self.ramp})"

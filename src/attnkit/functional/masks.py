@@ -26,9 +26,13 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
+
+from attnkit.functional.indexing import index_grid
 
 # Tile states, ordered so that "and" is a minimum and "or" a maximum.
 EMPTY = 0
@@ -40,10 +44,12 @@ __all__ = [
     "FULL",
     "PARTIAL",
     "Mask",
+    "MaskStructure",
     "causal",
     "dense",
     "document",
     "full",
+    "is_causal",
     "padding",
     "sink",
     "sliding_window",
@@ -90,6 +96,51 @@ def _states_from_bounds(is_full: Tensor, is_empty: Tensor) -> Tensor:
     return states
 
 
+Band = tuple[int | None, int | None]
+Runs = list[list[tuple[int, int]]]
+
+
+@dataclass(frozen=True)
+class MaskStructure:
+    """What a planner may rely on about a mask at given lengths (:meth:`Mask.structure`).
+
+    ``kind`` is one of:
+
+    - ``"full"``: every query attends every key;
+    - ``"band"``: exactly the keys ``q + lo <= k <= q + hi`` for every sequence and head (a side
+      is None when it excludes no key at these lengths);
+    - ``"documents"``: block diagonal: per sequence, ``runs`` ``[start, end)`` whose queries
+      attend exactly the keys of their own run (causally inside it when ``causal``);
+    - ``"padding"``: key padding ``key_valid`` (B, Lk) (True = real key), intersected with the
+      band ``lo`` / ``hi`` (both None: no band);
+    - ``"opaque"``: anything else; evaluate it with :meth:`Mask.tile`.
+    """
+
+    kind: Literal["full", "band", "documents", "padding", "opaque"]
+    lo: int | None = None  # band / padding: keys k >= q + lo
+    hi: int | None = None  # band / padding: keys k <= q + hi
+    runs: Runs | None = None  # documents: per sequence, [start, end) runs
+    causal: bool = False  # documents: causal inside each run
+    key_valid: Tensor | None = None  # padding: (B, Lk) bool
+
+    @property
+    def band(self) -> Band | None:
+        """(lo, hi) for "full" ((None, None)) and "band"; None for the other kinds."""
+        if self.kind == "full":
+            return (None, None)
+        return (self.lo, self.hi) if self.kind == "band" else None
+
+
+def is_causal(mask: Mask | None, lq: int, lk: int, *, offset: int | None = None) -> bool:
+    """Whether ``mask`` is exactly causal at these lengths: query ``i`` sees the keys
+    ``j <= i + offset`` and no other restriction (``offset`` defaults to ``Lk - Lq``, the
+    bottom-right alignment of :func:`causal`; SDPA's ``is_causal`` is ``offset=0``)."""
+    if mask is None:
+        return False
+    want = lk - lq if offset is None else offset
+    return mask.band(lq, lk) == (None, want)  # the cheap part of structure(): no tensors
+
+
 class Mask(ABC):
     """A boolean attention mask over (batch, head, query, key); ``True`` means may attend."""
 
@@ -108,6 +159,36 @@ class Mask(ABC):
         """Tile states without building ``Lq x Lk``: int8 (B|1, H|1, nQ, nK), EMPTY/PARTIAL/FULL."""
 
     # -- derived views -----------------------------------------------------------------------
+    def structure(self, lq: int, lk: int) -> MaskStructure:
+        """The mask's shape at these lengths, as far as it is known analytically: full, a band,
+        block-diagonal documents, key padding (with a band), or opaque (see
+        :class:`MaskStructure`). Planners read this, never the mask's class."""
+        band = self.band(lq, lk)
+        if band == (None, None):
+            return MaskStructure("full")
+        if band is not None:
+            return MaskStructure("band", band[0], band[1])
+        diagonal = self.block_diagonal(lq, lk)
+        if diagonal is not None:
+            return MaskStructure("documents", runs=diagonal[0], causal=diagonal[1])
+        padded = self.key_padding(lq, lk)
+        if padded is not None:
+            key_valid, (lo, hi) = padded
+            return MaskStructure("padding", lo, hi, key_valid=key_valid)
+        return MaskStructure("opaque")
+
+    def key_padding(self, lq: int, lk: int) -> tuple[Tensor, Band] | None:
+        """``(key_valid (B, Lk), (lo, hi))`` if the mask is key padding, possibly intersected
+        with a band (``(None, None)``: none), else None. Read it through :meth:`structure`."""
+        return None
+
+    def tile(self, q_idx: Tensor, k_idx: Tensor, lq: int, lk: int) -> Tensor:
+        """The mask on query positions ``q_idx`` (tq,) and keys ``k_idx`` (tk,):
+        bool (B|1, H|1, tq, tk). The one way to evaluate any mask on part of the score matrix."""
+        b, h, q, k = index_grid(q_idx, k_idx, self.batch_size or 1, self.num_heads or 1)
+        return self.allowed(b, h, q, k, lq, lk).expand(b.shape[0], h.shape[1], q.shape[2],
+                                                      k.shape[3])
+
     def band(self, lq: int, lk: int) -> tuple[int | None, int | None] | None:
         """``(lo, hi)`` if the mask allows exactly the keys ``q + lo <= k <= q + hi`` for every
         batch element and head, else None. A side is None when it excludes no key at these
@@ -128,12 +209,7 @@ class Mask(ABC):
 
     def dense(self, lq: int, lk: int, device: torch.device | None = None) -> Tensor:
         """The dense boolean mask, (B|1, H|1, Lq, Lk)."""
-        b = torch.arange(self.batch_size or 1, device=device).view(-1, 1, 1, 1)
-        h = torch.arange(self.num_heads or 1, device=device).view(1, -1, 1, 1)
-        q = torch.arange(lq, device=device).view(1, 1, -1, 1)
-        k = torch.arange(lk, device=device).view(1, 1, 1, -1)
-        out = self.allowed(b, h, q, k, lq, lk)
-        return out.expand(b.shape[0], h.shape[1], lq, lk)
+        return self.tile(torch.arange(lq, device=device), torch.arange(lk, device=device), lq, lk)
 
     def mask_mod(self, lq: int, lk: int) -> Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]:
         """A FlexAttention ``mask_mod(b, h, q_idx, kv_idx)`` for these lengths."""
@@ -239,6 +315,23 @@ class _And(_Binary):
             if band == (None, 0) and not found[1]:  # causal inside each run
                 return found[0], True
         return None
+
+    def key_padding(self, lq: int, lk: int) -> tuple[Tensor, Band] | None:
+        parts = [self.left.structure(lq, lk), self.right.structure(lq, lk)]
+        if not any(p.kind == "padding" for p in parts):
+            return None
+        key_valid: Tensor | None = None
+        lows: list[int] = []
+        highs: list[int] = []
+        for part in parts:
+            if part.kind not in ("full", "band", "padding"):
+                return None
+            if part.key_valid is not None:
+                key_valid = part.key_valid if key_valid is None else key_valid & part.key_valid
+            lows += [part.lo] if part.lo is not None else []
+            highs += [part.hi] if part.hi is not None else []
+        assert key_valid is not None
+        return key_valid, (max(lows) if lows else None, min(highs) if highs else None)
 
 
 class _Or(_Binary):
@@ -379,6 +472,14 @@ class _Padding(Mask):
         if valid.shape[1] != lk:
             raise ValueError(f"padding mask covers {valid.shape[1]} keys but there are {lk} keys")
         return valid[b, k] & (q >= 0)
+
+    def key_padding(self, lq: int, lk: int) -> tuple[Tensor, Band] | None:
+        if self.lengths is not None:
+            keys = torch.arange(lk, device=self.lengths.device)
+            return keys[None, :] < self.lengths[:, None], (None, None)  # (B, Lk)
+        assert self.key_valid is not None
+        self.check_shape(self.batch_size or 1, 1, lq, lk)
+        return self.key_valid, (None, None)
 
     def on_device(self, device: torch.device) -> Mask:
         source = self.lengths if self.lengths is not None else self.key_valid

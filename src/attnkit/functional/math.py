@@ -25,8 +25,28 @@ from torch import Tensor
 from attnkit.functional.bias import Bias
 from attnkit.functional.masks import Mask
 
-__all__ = ["AttentionSpec", "attention_weights", "expand_kv", "reference_attention",
-           "safe_softmax", "validate"]
+__all__ = ["MAX_WEIGHTS_ELEMENTS", "AttentionSpec", "attention_weights", "check_weights_size",
+           "expand_kv", "finite_or", "reference_attention", "safe_softmax", "validate"]
+
+#: Largest Lq * Lk for which a layer materializes the (implied) attention weights on request
+#: (explanations); beyond it :func:`check_weights_size` raises.
+MAX_WEIGHTS_ELEMENTS = 4096 * 4096
+
+
+def check_weights_size(lq: int, lk: int, what: str = "the implied attention matrix") -> None:
+    """Raise ValueError if ``Lq x Lk`` weights exceed :data:`MAX_WEIGHTS_ELEMENTS`."""
+    if lq * lk > MAX_WEIGHTS_ELEMENTS:
+        raise ValueError(f"{what} of {lq} x {lk} exceeds the {MAX_WEIGHTS_ELEMENTS} element "
+                         f"limit; capture shorter inputs")
+
+
+def finite_or(x: Tensor, fill: float = 0.0) -> Tensor:
+    """``x`` with every non-finite entry replaced by ``fill``.
+
+    Row maxima and log-sum-exps are ``-inf`` for rows with no allowed key: 0 keeps
+    ``exp(s - m)`` finite, ``+inf`` makes ``exp(s - lse)`` exactly 0 in a backward.
+    """
+    return torch.where(torch.isfinite(x), x, torch.full_like(x, fill))
 
 
 @dataclass(frozen=True)
@@ -145,7 +165,7 @@ def safe_softmax(scores: Tensor, allowed: Tensor | None) -> Tensor:
     if scores.shape[-1] == 0:  # no keys at all: empty weights, so the output rows are zero
         return scores
     row_max = scores.amax(dim=-1, keepdim=True)
-    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    row_max = finite_or(row_max)
     exp = torch.exp(scores - row_max)
     total = exp.sum(dim=-1, keepdim=True)
     return exp / torch.where(total > 0, total, torch.ones_like(total))

@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from attnkit.functional.masks import Mask
@@ -46,8 +45,6 @@ class AttentionLayer(nn.Module):
 
     #: Whether this kind can use a KV cache for incremental decoding.
     supports_cache: bool = False
-    #: Whether this kind honours arbitrary masks (else: only padding / causal as documented).
-    supports_arbitrary_masks: bool = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -90,7 +87,6 @@ def check_input(x: Tensor, dim: int, name: str = "x") -> None:
     if x.dim() != 3 or x.shape[-1] != dim:
         raise ValueError(f"{name} must be (batch, length, {dim}), got shape {tuple(x.shape)}")
 
-_ = torch  # re-exported for type checkers of subclasses
 
 
 def reject_options(kind: str, options: dict[str, Any], names: tuple[str, ...],

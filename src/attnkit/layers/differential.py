@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnkit.functional.attention import attention
+from attnkit.engine import attention
 from attnkit.functional.masks import Mask
 from attnkit.functional.math import attention_weights, validate
 from attnkit.layers.base import merge_heads, split_heads

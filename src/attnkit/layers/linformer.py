@@ -24,17 +24,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from attnkit.functional.attention import attention
+from attnkit.engine import attention, split_mask
 from attnkit.functional.masks import Mask
-from attnkit.functional.math import expand_kv, safe_softmax
+from attnkit.functional.math import check_weights_size, expand_kv, safe_softmax
 from attnkit.layers.base import check_input, reject_options
-from attnkit.layers.mask_parts import split_mask
 from attnkit.layers.multihead import MultiHeadAttention
 
 __all__ = ["LinformerAttention"]
 
-#: Largest Lq * Lk for which the implied attention matrix is materialized on request.
-MAX_WEIGHTS_ELEMENTS = 4096 * 4096
 
 
 class LinformerAttention(MultiHeadAttention):
@@ -50,7 +47,6 @@ class LinformerAttention(MultiHeadAttention):
     """
 
     supports_cache = False
-    supports_arbitrary_masks = False
 
     def __init__(self, dim: int, num_heads: int, *, max_length: int, projected_length: int = 256,
                  share_kv: bool = False, **mha_options: Any) -> None:
@@ -95,9 +91,7 @@ class LinformerAttention(MultiHeadAttention):
         out = attention(q, k_short, v_short, dropout_p=dropout_p, backend=self.backend)
 
         def weights() -> Tensor:
-            if lq * lk > MAX_WEIGHTS_ELEMENTS:
-                raise ValueError(f"the implied attention matrix of {lq} x {lk} exceeds the "
-                                 f"{MAX_WEIGHTS_ELEMENTS} element limit; capture shorter inputs")
+            check_weights_size(lq, lk)
             scores = q @ expand_kv(k_short, q.shape[1]).transpose(-1, -2) * q.shape[-1] ** -0.5
             return safe_softmax(scores, None) @ f  # (B, H, L, S)
 

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnkit.engine import attention
 from attnkit.functional import bias as biases
-from attnkit.functional.attention import attention
 from attnkit.functional.bias import Bias, alibi, alibi_slopes
 from attnkit.functional.masks import Mask
 from attnkit.functional.math import attention_weights, validate

@@ -35,18 +35,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from attnkit.engine import attention, split_mask
 from attnkit.functional import masks
-from attnkit.functional.attention import attention
 from attnkit.functional.masks import Mask
-from attnkit.functional.math import expand_kv, safe_softmax
+from attnkit.functional.math import check_weights_size, expand_kv, safe_softmax
 from attnkit.layers.base import check_input, reject_options
-from attnkit.layers.mask_parts import split_mask
 from attnkit.layers.multihead import MultiHeadAttention
 
 __all__ = ["NystromAttention", "iterative_pinv", "segment_means"]
 
-#: Largest Lq * Lk for which the implied attention matrix is materialized on request.
-MAX_WEIGHTS_ELEMENTS = 4096 * 4096
 
 
 def segment_means(x: Tensor, segments: int) -> Tensor:
@@ -87,7 +84,6 @@ class NystromAttention(MultiHeadAttention):
     """
 
     supports_cache = False
-    supports_arbitrary_masks = False
 
     def __init__(self, dim: int, num_heads: int, *, num_landmarks: int = 64,
                  pinv_iterations: int = 6, conv_kernel: int | None = None,
@@ -143,9 +139,7 @@ class NystromAttention(MultiHeadAttention):
         out = attention(q, k_land, pinv @ landmark_out)  # (B, H, L, d)
 
         def weights() -> Tensor:
-            if lq * lk > MAX_WEIGHTS_ELEMENTS:
-                raise ValueError(f"the implied attention matrix of {lq} x {lk} exceeds the "
-                                 f"{MAX_WEIGHTS_ELEMENTS} element limit; capture shorter inputs")
+            check_weights_size(lq, lk)
             kernel_1 = torch.softmax((q * scale) @ k_land.transpose(-1, -2), -1)  # (B, H, L, m)
             key_allowed = None if parts.key_valid is None else parts.key_valid[:, None, None, :]
             kernel_3 = safe_softmax((q_land * scale) @ expand_kv(k, heads).transpose(-1, -2),

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from attnkit.functional.math import finite_or
 from attnkit.layers.kernelized import KernelFeatures, KernelizedAttention
 
 __all__ = ["FavorFeatures", "PerformerAttention", "orthogonal_gaussian_features"]
@@ -93,7 +94,7 @@ class FavorFeatures(KernelFeatures):
         # keeps exp() in range. The row term is constant along a row, so the maximum of
         # (row max - row term) is the maximum of the whole exponent map.
         top = (log2_phi.detach().amax(-1, keepdim=True) - row_term.detach()).amax((-1, -2))
-        ref = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        ref = finite_or(top)
         return log2_phi.sub_(row_term.add_(ref[..., None, None])).exp2_(), top / _LOG2_E
 
     def queries_backward(self, q: Tensor, phi: Tensor, grad_phi: Tensor) -> Tensor:

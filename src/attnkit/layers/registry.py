@@ -12,7 +12,8 @@ from typing import Any
 
 from attnkit.layers.base import AttentionLayer
 
-__all__ = ["AttentionKind", "build_attention", "list_attention_kinds", "register_attention"]
+__all__ = ["AttentionKind", "build_attention", "get_attention_kind", "list_attention_kinds",
+           "register_attention"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,12 @@ def list_attention_kinds() -> dict[str, str]:
     """Registered kinds: name -> one-line description."""
     _load_builtin_kinds()
     return {k.name: k.summary for k in _KINDS.values()}
+
+
+def get_attention_kind(kind: str) -> AttentionKind | None:
+    """The registration of ``kind`` (name, summary, factory), or None if none has that name."""
+    _load_builtin_kinds()
+    return _KINDS.get(kind)
 
 
 def build_attention(kind: str, *, dim: int, num_heads: int, **options: Any) -> AttentionLayer:

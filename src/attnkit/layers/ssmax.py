@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from attnkit.engine import allowed_key_counts
 from attnkit.functional.masks import Mask
-from attnkit.layers.mask_parts import allowed_key_counts
 from attnkit.layers.multihead import MultiHeadAttention
 
 __all__ = ["ScalableSoftmaxAttention"]

@@ -25,14 +25,12 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from attnkit.functional.masks import Mask
-from attnkit.functional.math import expand_kv, safe_softmax
+from attnkit.functional.math import check_weights_size, expand_kv, safe_softmax
 from attnkit.layers.base import reject_options
 from attnkit.layers.multihead import MultiHeadAttention
 
 __all__ = ["TopKAttention", "topk_attention"]
 
-#: Largest Lq * Lk for which the probe materializes the full weights.
-MAX_WEIGHTS_ELEMENTS = 4096 * 4096
 
 
 def _topk_weights(q: Tensor, k: Tensor, allowed: Tensor | None, top: int,
@@ -68,13 +66,8 @@ def topk_attention(q: Tensor, k: Tensor, v: Tensor, *, top: int, mask: Mask | No
     pieces = []
     for start in range(0, lq, chunk):
         stop = min(start + chunk, lq)
-        allowed = None
-        if mask is not None:
-            bi = torch.arange(mask.batch_size or 1, device=q.device).view(-1, 1, 1, 1)
-            hi = torch.arange(mask.num_heads or 1, device=q.device).view(1, -1, 1, 1)
-            qi = torch.arange(start, stop, device=q.device).view(1, 1, -1, 1)
-            ki = torch.arange(lk, device=q.device).view(1, 1, 1, -1)
-            allowed = mask.allowed(bi, hi, qi, ki, lq, lk)  # (B|1, H|1, C, S)
+        allowed = None if mask is None else mask.tile(  # (B|1, H|1, C, S)
+            torch.arange(start, stop, device=q.device), torch.arange(lk, device=q.device), lq, lk)
         q_chunk = q[:, :, start:stop]
         if return_weights:
             pieces.append(_topk_weights(q_chunk, k, allowed, top, scale))
@@ -110,9 +103,7 @@ class TopKAttention(MultiHeadAttention):
         out = topk_attention(q, k, v, top=self.top_k, mask=mask, chunk=self.chunk)
 
         def weights() -> Tensor:
-            if q.shape[2] * k.shape[2] > MAX_WEIGHTS_ELEMENTS:
-                raise ValueError(f"topk weights of {q.shape[2]} x {k.shape[2]} exceed the "
-                                 f"{MAX_WEIGHTS_ELEMENTS} element limit; capture shorter inputs")
+            check_weights_size(q.shape[2], k.shape[2], "topk weights")
             return topk_attention(q, k, v, top=self.top_k, mask=mask, chunk=self.chunk,
                                   return_weights=True)
 

@@ -35,8 +35,7 @@ def attention_options(config: ModelConfig, *, self_attention: bool = True) -> di
 
 def _wants_max_length(kind: str) -> bool:
     """Whether kind's constructor takes ``max_length`` (e.g. Linformer's fixed projection)."""
-    attention_registry.list_attention_kinds()
-    entry = attention_registry._KINDS.get(kind)
+    entry = attention_registry.get_attention_kind(kind)
     if entry is None:
         return False
     try:

@@ -21,7 +21,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import Tensor, nn
 
@@ -188,5 +187,3 @@ def load_checkpoint(path: str | Path, model: nn.Module) -> dict[str, Any]:
     state: dict[str, Any] = unflatten_state(skeleton, tensors)
     return state
 
-
-_ = torch

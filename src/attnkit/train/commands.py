@@ -29,7 +29,7 @@ config file (YAML), every section optional:
 """
 
 
-def _sigterm_as_interrupt() -> None:
+def sigterm_as_interrupt() -> None:
     """A killed run (SIGTERM) stops like Ctrl-C: the last complete checkpoint stays."""
 
     def handler(signum: int, frame: Any) -> None:
@@ -63,7 +63,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     from attnkit.train.loop import train
 
-    _sigterm_as_interrupt()
+    sigterm_as_interrupt()
     overrides = _shortcut_overrides(args) + list(args.set or [])
     if args.resume:
         run_dir = Path(args.resume)
@@ -130,17 +130,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from attnkit.train.demo import run_demo
-
-    _sigterm_as_interrupt()
-    run_demo(overrides=list(args.set or []), out_dir=args.out_dir,
-             progress=not args.no_progress)
-    return 0
-
-
 def register(subparsers: Any) -> None:
-    """Add ``train``, ``eval``, ``generate`` and ``demo`` to the ``attnkit`` command."""
+    """Add ``train``, ``eval`` and ``generate`` to the ``attnkit`` command."""
     p = subparsers.add_parser(
         "train", help="train a model on a task", epilog=_TRAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -193,13 +184,3 @@ def register(subparsers: Any) -> None:
     p.add_argument("--sink", type=int, default=4, help="rolling cache: first tokens kept")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.set_defaults(handler=_cmd_generate)
-
-    p = subparsers.add_parser("demo", help="train the default model (digits, small ViT) and "
-                              "print its test accuracy",
-                              description="Train a small ViT on scikit-learn's digits and print "
-                                          "the test accuracy and the run directory.")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a demo config value, e.g. train.epochs=10")
-    p.add_argument("--out-dir", default="runs", dest="out_dir")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(handler=_cmd_demo)

@@ -2,9 +2,10 @@
 
 Kernel-feature kinds (linear, performer), Linformer and Nyströmformer never form the
 (Lq, Lk) score matrix, so an arbitrary mask cannot be applied. What they can honour is key
-padding (drop keys) and, for some, causality (prefix sums). :func:`split_mask` takes a mask built
-from ``full()``, ``causal()`` and ``padding(...)`` joined with ``&`` and returns those two
-parts, or raises a ValueError naming the kind and what it supports.
+padding (drop keys) and, for some, causality (prefix sums). :func:`split_mask` reads the mask's
+:meth:`~attnkit.functional.masks.Mask.structure` (``full()``, ``causal()`` and ``padding(...)``
+joined with ``&`` qualify) and returns those two parts, or raises a ValueError naming the kind
+and what it supports.
 
 :func:`allowed_key_counts` counts the keys each query may attend to (scalable softmax needs
 ``log n``), analytically for causal / padding masks and in query chunks otherwise.
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from attnkit.functional.masks import Mask, _And, _Band, _Full, _Padding
+from attnkit.functional.masks import Mask
 
 __all__ = ["MaskParts", "allowed_key_counts", "split_mask"]
 
@@ -30,46 +31,28 @@ class MaskParts:
     key_valid: Tensor | None  # (B, Lk) bool, True = real key; None = every key is real
 
 
-def _is_causal(mask: Mask, lq: int, lk: int) -> bool:
-    if not (isinstance(mask, _Band) and mask.left is None and mask.right == 0):
-        return False
-    return mask.offset is None or mask.offset == lk - lq
-
-
-def _leaves(mask: Mask) -> list[Mask]:
-    if isinstance(mask, _And):
-        return _leaves(mask.left) + _leaves(mask.right)
-    return [mask]
-
-
 def split_mask(mask: Mask | None, *, batch: int, lq: int, lk: int, device: torch.device,
                kind: str, allow_causal: bool = True) -> MaskParts:
     """Split ``mask`` into causal flag and key padding, or raise ValueError saying why not."""
     if mask is None:
         return MaskParts(False, None)
     mask.check_shape(batch, mask.num_heads or 1, lq, lk)
-    causal = False
-    key_valid: Tensor | None = None
-    for leaf in _leaves(mask):
-        if isinstance(leaf, _Full):
-            continue
-        if _is_causal(leaf, lq, lk):
-            if not allow_causal:
-                raise ValueError(f"attention kind {kind!r} cannot be causal: it mixes all "
-                                 f"positions before attending (mask {mask!r}); use kind "
-                                 f"'linear', 'performer' or 'local' for causal models")
-            causal = True
-            continue
-        if isinstance(leaf, _Padding):
-            b = torch.arange(batch, device=device).view(-1, 1)
-            k = torch.arange(lk, device=device).view(1, -1)
-            valid = leaf.allowed(b, b, torch.zeros_like(k), k, lq, lk)  # (B, Lk)
-            key_valid = valid if key_valid is None else key_valid & valid
-            continue
+    shape = mask.structure(lq, lk)
+    band = (shape.lo, shape.hi) if shape.kind in ("full", "band", "padding") else None
+    # A band that excludes no key is no restriction; the causal one is (None, Lk - Lq).
+    causal = band == (None, lk - lq)
+    if band is None or not (band == (None, None) or causal):
         supported = "causal() and padding(...)" if allow_causal else "padding(...)"
         raise ValueError(f"attention kind {kind!r} supports only {supported} masks joined with "
                          f"&, got {mask!r}; it never forms the score matrix, so other masks "
                          f"cannot be applied (use kind 'mha' or 'local')")
+    if causal and not allow_causal:
+        raise ValueError(f"attention kind {kind!r} cannot be causal: it mixes all "
+                         f"positions before attending (mask {mask!r}); use kind "
+                         f"'linear', 'performer' or 'local' for causal models")
+    key_valid = None
+    if shape.key_valid is not None:
+        key_valid = shape.key_valid.to(device).expand(batch, lk)  # (B, Lk)
     return MaskParts(causal, key_valid)
 
 
@@ -99,12 +82,7 @@ def allowed_key_counts(mask: Mask | None, *, batch: int, heads: int, lq: int, lk
         else:
             counts = parts.key_valid.sum(-1).view(batch, 1, 1, 1).expand(batch, 1, lq, 1)
         return counts.to(torch.get_default_dtype())
-    chunks = []
-    for start in range(0, lq, chunk):
-        stop = min(start + chunk, lq)
-        b = torch.arange(mask.batch_size or 1, device=device).view(-1, 1, 1, 1)
-        h = torch.arange(mask.num_heads or 1, device=device).view(1, -1, 1, 1)
-        qi = torch.arange(start, stop, device=device).view(1, 1, -1, 1)
-        k = torch.arange(lk, device=device).view(1, 1, 1, -1)
-        chunks.append(mask.allowed(b, h, qi, k, lq, lk).sum(-1, keepdim=True))
+    keys = torch.arange(lk, device=device)
+    chunks = [mask.tile(torch.arange(start, min(start + chunk, lq), device=device), keys, lq, lk)
+              .sum(-1, keepdim=True) for start in range(0, lq, chunk)]
     return torch.cat(chunks, 2).to(torch.get_default_dtype())

@@ -17,7 +17,10 @@ the fused backward kernel on the same blocks. Only the span needs more: with
 
 so dS is formed only for the keys at ramp distances: two thin strips per block of
 ``C + (ramp width)`` keys, not the whole band. Everything else (CUDA, dropout, other dtypes)
-runs the checkpointed SDPA path in :mod:`attnkit.layers.adaptive_span`.
+runs the checkpointed SDPA path, :func:`banded_span_attention`.
+
+:func:`span_ramp_attention` is the entry point (re-exported by :mod:`attnkit.engine`): the
+adaptive-span layer hands it a :class:`~attnkit.functional.bias.SpanRampBias` and the band width.
 """
 
 from __future__ import annotations
@@ -26,17 +29,23 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
-from attnkit.backends.blocked_fused import fused_kernel_available
+from attnkit.backends import cpu_flash, tuning
+from attnkit.functional.bias import SpanRampBias
 from attnkit.functional.masks import Mask
+from attnkit.functional.math import expand_kv, finite_or
 
 __all__ = [
+    "banded_span_attention",
     "fused_span_band",
     "fused_span_supported",
     "log_ramp_table",
     "ramp_slope_table",
     "span_blocks",
+    "span_ramp_attention",
 ]
 
 
@@ -91,7 +100,8 @@ def span_blocks(lq: int, lk: int, window: int, block: int) -> list[tuple[int, in
 def fused_span_supported(q: Tensor, v: Tensor, dropout_p: float) -> bool:
     """Whether :func:`fused_span_band` can run (CPU, float32 / float64, Dv == D, no dropout)."""
     return (q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64)
-            and q.shape[-1] == v.shape[-1] and dropout_p == 0.0 and fused_kernel_available())
+            and q.shape[-1] == v.shape[-1] and dropout_p == 0.0
+            and cpu_flash.fused_kernel_available())
 
 
 @dataclass(frozen=True)
@@ -123,9 +133,7 @@ def _block_bias(table: Tensor, band: _Band, q0: int, q1: int, k0: int, k1: int, 
             ramps[pattern] = bias
     if band.mask is None:  # every row sees itself (distance 0, ramp 1): no empty row
         return bias, None
-    b = torch.arange(band.mask.batch_size or 1, device=device).view(-1, 1, 1, 1)
-    h = torch.arange(band.mask.num_heads or 1, device=device).view(1, -1, 1, 1)
-    allowed = band.mask.allowed(b, h, q_idx.view(1, 1, -1, 1), k_idx.view(1, 1, 1, -1), lq, lk)
+    allowed = band.mask.tile(q_idx, k_idx, lq, lk)
     bias = bias.masked_fill(~allowed, float("-inf"))
     return bias, torch.isfinite(bias).any(-1)  # (B|1, H, C)
 
@@ -135,14 +143,6 @@ def _kernel_mask(bias: Tensor, row_has_key: Tensor | None) -> Tensor:
     if row_has_key is None:
         return bias
     return torch.where(row_has_key[..., None], bias, torch.zeros_like(bias))
-
-
-def _fwd_op() -> Any:
-    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-
-
-def _bwd_op() -> Any:
-    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 
 
 def _ramp_range(slopes: Tensor) -> tuple[int, int] | None:
@@ -198,8 +198,9 @@ class _FusedSpanBand(torch.autograd.Function):
         ramps: dict[tuple[int, int, int], Tensor] = {}
         for q0, q1, k0, k1 in span_blocks(lq, lk, band.window, band.block):
             bias, row_has_key = _block_bias(table, band, q0, q1, k0, k1, lq, lk, ramps)
-            o, l = _fwd_op()(q[:, :, q0:q1], k[:, :, k0:k1], v[:, :, k0:k1], 0.0, False,
-                             attn_mask=_kernel_mask(bias, row_has_key), scale=scale)
+            o, l = cpu_flash.flash_forward(q[:, :, q0:q1], k[:, :, k0:k1], v[:, :, k0:k1],
+                                           causal=False, attn_mask=_kernel_mask(bias, row_has_key),
+                                           scale=scale)
             l = l.to(q.dtype)
             if row_has_key is not None:
                 o = o.masked_fill(~row_has_key[..., None], 0.0)
@@ -222,17 +223,17 @@ class _FusedSpanBand(torch.autograd.Function):
         slopes = ramp_slope_table(span_fraction.detach(), **options) if wants_span else None
         ramp_range = None if slopes is None else _ramp_range(slopes)  # None: no span gradient
         # Rows with no key: lse +inf makes their P = exp(S - lse) exactly 0, so no gradient.
-        lse = torch.where(torch.isfinite(lse), lse, torch.full_like(lse, float("inf")))
+        lse = finite_or(lse, float("inf"))
         delta = (grad_out * out).sum(-1)  # (B, H, L)
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         d_span = torch.zeros_like(span_fraction)
         ramps: dict[tuple[int, int, int], Tensor] = {}
         for q0, q1, k0, k1 in span_blocks(lq, lk, band.window, band.block):
             bias, row_has_key = _block_bias(table, band, q0, q1, k0, k1, lq, lk, ramps)
-            gq, gk, gv = _bwd_op()(grad_out[:, :, q0:q1], q[:, :, q0:q1], k[:, :, k0:k1],
-                                   v[:, :, k0:k1], out[:, :, q0:q1], lse[:, :, q0:q1], 0.0,
-                                   False, attn_mask=_kernel_mask(bias, row_has_key),
-                                   scale=scale)
+            gq, gk, gv = cpu_flash.flash_backward(
+                grad_out[:, :, q0:q1], q[:, :, q0:q1], k[:, :, k0:k1], v[:, :, k0:k1],
+                out[:, :, q0:q1], lse[:, :, q0:q1], causal=False,
+                attn_mask=_kernel_mask(bias, row_has_key), scale=scale)
             dq[:, :, q0:q1] += gq
             dk[:, :, k0:k1] += gk
             dv[:, :, k0:k1] += gv
@@ -252,3 +253,81 @@ def fused_span_band(q: Tensor, k: Tensor, v: Tensor, span_fraction: Tensor, *, m
     out: Tensor = _FusedSpanBand.apply(q, k, v, span_fraction,
                                        _Band(max_span, ramp, window, block, mask))
     return out
+
+
+def _block_log_ramp(table: Tensor, q_idx: Tensor, k_idx: Tensor) -> Tensor:
+    """The ramp bias of one block, (1, H, C, K): one gather from the distance table."""
+    window = table.shape[1] - 2
+    distance = (q_idx[:, None] - k_idx[None, :]).abs().clamp(max=window + 1)  # (C, K)
+    return table[:, distance].unsqueeze(0)
+
+
+def _span_block(q: Tensor, k: Tensor, v: Tensor, table: Tensor, q_idx: Tensor, k_idx: Tensor,
+                allowed: Tensor | None, dropout_p: float,
+                log_ramp: Tensor | None = None) -> Tensor:
+    """One query block: q (B, H, C, D), k / v (B, H, K, D|Dv) -> (B, H, C, Dv)."""
+    if log_ramp is None:
+        log_ramp = _block_log_ramp(table, q_idx, k_idx)
+    if allowed is None:  # every query sees itself (distance 0, ramp 1): no empty row
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=log_ramp, dropout_p=dropout_p)
+    log_ramp = log_ramp.masked_fill(~allowed, float("-inf"))  # (B|1, H, C, K)
+    # A row with no key would be NaN in the fused kernel: let it see everything, then zero it.
+    row_has_key = torch.isfinite(log_ramp).any(-1, keepdim=True)
+    log_ramp = torch.where(row_has_key, log_ramp, 0.0)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=log_ramp, dropout_p=dropout_p)
+    return out.masked_fill(~row_has_key, 0.0)
+
+
+def banded_span_attention(q: Tensor, k: Tensor, v: Tensor, span_fraction: Tensor, *,
+                          max_span: int, ramp: int, window: int, mask: Mask | None,
+                          block: int | None = None, dropout_p: float = 0.0) -> Tensor:
+    """softmax(q k^T / sqrt(D) + log m_z(|i - j|)) v over the band |i - j| <= window only.
+
+    q (B, H, L, D), k / v (B, H, S, D|Dv) -> (B, H, L, Dv); positions bottom-right aligned.
+    """
+    block = tuning.current().span_block if block is None else block
+    lq, lk = q.shape[2], k.shape[2]
+    offset = lk - lq
+    if (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, span_fraction))
+            and fused_span_supported(q, v, dropout_p)):
+        return fused_span_band(q, k, v, span_fraction, max_span=max_span, ramp=ramp,
+                               window=window, mask=mask, block=block)
+    table = log_ramp_table(span_fraction, max_span=max_span, ramp=ramp, window=window,
+                           dtype=q.dtype)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, table))
+    pieces = []
+    ramps: dict[tuple[int, int, int], Tensor] = {}
+    for q0 in range(0, lq, block):
+        q1 = min(q0 + block, lq)
+        k0, k1 = max(0, q0 + offset - window), min(lk, q1 + offset + window)
+        q_idx = torch.arange(q0, q1, device=q.device)
+        k_idx = torch.arange(k0, k1, device=q.device)
+        if k1 <= k0:
+            pieces.append(q.new_zeros(*q.shape[:2], q1 - q0, v.shape[-1]))
+            continue
+        allowed = None if mask is None else mask.tile(q_idx, k_idx, lq, lk)
+        args = (q[:, :, q0:q1], k[:, :, k0:k1], v[:, :, k0:k1], table, q_idx + offset, k_idx,
+                allowed, dropout_p)
+        if needs_grad:
+            pieces.append(checkpoint(_span_block, *args, use_reentrant=False))
+            continue
+        # Interior blocks share one distance pattern: build each distinct ramp bias once.
+        pattern = (q0 + offset - k0, q1 - q0, k1 - k0)
+        if pattern not in ramps:
+            ramps[pattern] = _block_log_ramp(table, q_idx + offset, k_idx)
+        pieces.append(_span_block(*args, log_ramp=ramps[pattern]))
+    return torch.cat(pieces, dim=2)
+
+
+def span_ramp_attention(q: Tensor, k: Tensor, v: Tensor, ramp: SpanRampBias, *, window: int,
+                        mask: Mask | None, block: int, dropout_p: float = 0.0) -> Tensor:
+    """``softmax(q k^T / sqrt(D) + ramp) v`` over the band ``|i - j| <= window`` only.
+
+    q (B, H, L, D), k / v (B, Hkv, S, D|Dv) (GQA: Hkv divides H) -> (B, H, L, Dv); ``window`` is
+    the largest distance the ramp leaves open (keys beyond it must have weight 0), ``block`` the
+    query rows per kernel call. Differentiable in q, k, v and ``ramp.span_fraction``.
+    """
+    heads = q.shape[1]
+    return banded_span_attention(q, expand_kv(k, heads), expand_kv(v, heads),
+                                 ramp.span_fraction, max_span=ramp.max_span, ramp=ramp.ramp,
+                                 window=window, mask=mask, block=block, dropout_p=dropout_p)

@@ -1,4 +1,12 @@
-"""Non-causal kernel-feature attention in chunks, with a hand-written backward.
+"""Kernel-feature attention (``linear``, ``performer``): the engine's second entry point.
+
+:func:`kernel_attention` runs phi(q) phi(k)^T v without forming the L x S matrix: causal as a
+chunked parallel form (inside a chunk a masked C x C product, across chunks prefix sums of
+per-chunk states; decoding continues from a ``(kv, normalizer)`` state), non-causal in chunks
+with a hand-written backward (below). :func:`kernel_attention_weights` gives the implied
+attention matrix for explanations.
+
+Non-causal kernel-feature attention in chunks, with a hand-written backward:
 
 Shape legend: B batch, H query heads, Hkv key/value heads, L / S query / key length, Dh head dim,
 Dv value head dim, M feature count, C chunk length, E = Dv + 1 (values with a ones column).
@@ -33,12 +41,16 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from attnkit.functional.math import expand_kv
+from attnkit.backends import tuning
+from attnkit.functional.math import check_weights_size, expand_kv, finite_or
 
-__all__ = ["KernelFeatures", "chunked_kernel_attention", "inverse_or_zero"]
+__all__ = ["KernelFeatures", "causal_kernel_attention",
+           "chunked_kernel_attention", "inverse_or_zero", "kernel_attention",
+           "kernel_attention_weights", "kernel_feature_maps"]
 
 
 class KernelFeatures(ABC):
@@ -89,7 +101,7 @@ def _with_ones(v: Tensor) -> Tensor:
 
 def _reference_shift(top: Tensor) -> Tensor:
     """top with -inf (no valid key so far) replaced by 0, so exp(x - ref) stays finite."""
-    return torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    return finite_or(top)
 
 
 def _fold_keys(features: KernelFeatures, k_rows: Tensor, v_rows: Tensor,
@@ -146,8 +158,8 @@ class _ChunkedKernelAttention(torch.autograd.Function):
             for start in range(0, length, chunk):
                 rows = slice(start, start + chunk)
                 phi = features.queries(q[:, rows].transpose(1, 2).contiguous())  # (B, H, C, M)
-                # Numerator and denominator as two products: a GEMM 64 wide plus a GEMV ran
-                # ~15% faster than one 65 wide at M = 256 (a one-off timing on this CPU).
+                # Numerator and denominator as two products: a GEMM Dv wide plus a GEMV ran
+                # faster than one Dv + 1 wide (docs/tuning.md).
                 inverse_c = inverse_or_zero(phi @ kv_t[..., dv:])  # (B, H, C, 1): 1 / den or 0
                 out[:, rows] = (phi @ kv_t[..., :dv]).mul_(inverse_c).transpose(1, 2)
                 inverse[:, rows] = inverse_c.transpose(1, 2)
@@ -220,3 +232,91 @@ def chunked_kernel_attention(q: Tensor, k: Tensor, v: Tensor, features: KernelFe
                                         key_valid, features, chunk)
     return out.transpose(1, 2)
 
+
+
+
+def _safe_divide(num: Tensor, den: Tensor) -> Tensor:
+    """num (..., D) / den (..., 1), rows of den == 0 (no visible key) giving 0, finite gradients.
+
+    The where()s act on the small den; num is touched once (by the product).
+    """
+    return num * inverse_or_zero(den)
+
+
+def causal_kernel_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor, *, chunk: int | None = None,
+                            kv0: Tensor | None = None, normalizer0: Tensor | None = None
+                            ) -> tuple[Tensor, Tensor, Tensor]:
+    """Causal, chunked: query i sees keys j <= i (plus the initial state, if any).
+
+    phi_q / phi_k (B, H, L, M), v (B, H, L, Dv). Returns out (B, H, L, Dv) and the final
+    state ``kv`` (B, H, M, Dv), ``normalizer`` (B, H, M).
+    """
+    chunk = tuning.current().kernel_causal_chunk if chunk is None else chunk
+    b, h, length, m = phi_q.shape
+    dv = v.shape[-1]
+    pad = (-length) % chunk
+    if pad:  # zero features add nothing to any sum; padded outputs are cut off below
+        phi_q, phi_k, v = (F.pad(t, (0, 0, 0, pad)) for t in (phi_q, phi_k, v))
+    n = (length + pad) // chunk
+    qc = phi_q.view(b, h, n, chunk, m)
+    kc = phi_k.view(b, h, n, chunk, m)
+    vc = v.view(b, h, n, chunk, dv)
+    chunk_kv = kc.transpose(-1, -2) @ vc  # (B, H, n, M, Dv)
+    chunk_norm = kc.sum(3)  # (B, H, n, M)
+    # State before each chunk: exclusive prefix sum over chunks, plus the initial state.
+    kv_before = chunk_kv.cumsum(2) - chunk_kv
+    norm_before = chunk_norm.cumsum(2) - chunk_norm
+    if kv0 is not None and normalizer0 is not None:
+        kv_before = kv_before + kv0.unsqueeze(2)
+        norm_before = norm_before + normalizer0.unsqueeze(2)
+    within = torch.tril(qc @ kc.transpose(-1, -2))  # (B, H, n, C, C)
+    num = qc @ kv_before + within @ vc  # (B, H, n, C, Dv)
+    den = (qc @ norm_before.unsqueeze(-1)) + within.sum(-1, keepdim=True)  # (B, H, n, C, 1)
+    out = _safe_divide(num, den).reshape(b, h, n * chunk, dv)[:, :, :length]
+    kv_final = kv_before[:, :, -1] + chunk_kv[:, :, -1]
+    norm_final = norm_before[:, :, -1] + chunk_norm[:, :, -1]
+    return out, kv_final, norm_final
+
+
+def kernel_attention_weights(phi_q: Tensor, phi_k: Tensor, causal: bool) -> Tensor:
+    """The implied attention matrix (B, H, L, S): phi(q_i).phi(k_j) / sum_j' phi(q_i).phi(k_j')."""
+    lq, lk = phi_q.shape[2], phi_k.shape[2]
+    check_weights_size(lq, lk)
+    scores = phi_q @ phi_k.transpose(-1, -2)  # (B, H, L, S)
+    if causal:
+        keep = torch.ones(lq, lk, dtype=torch.bool, device=scores.device).tril(lk - lq)
+        scores = scores.masked_fill(~keep, 0.0)
+    return _safe_divide(scores, scores.sum(-1, keepdim=True))
+
+
+def kernel_feature_maps(q: Tensor, k: Tensor, features: KernelFeatures, *,
+                        key_valid: Tensor | None, causal: bool) -> tuple[Tensor, Tensor]:
+    """phi(q) (B, H, L, M) and phi(k) repeated to H heads (B, H, S, M), zero on padded keys.
+
+    Non-causal maps may carry one common factor per (batch, kv head) (it cancels in num / den).
+    """
+    phi_k = features.keys(k, key_valid, shift=not causal)[0]
+    return features.queries(q), expand_kv(phi_k, q.shape[1])
+
+
+def kernel_attention(q: Tensor, k: Tensor, v: Tensor, features: KernelFeatures, *,
+                     causal: bool, chunk: int, key_valid: Tensor | None = None,
+                     state: tuple[Tensor, Tensor] | None = None
+                     ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+    """``phi(q) phi(k)^T v`` normalized per row, never forming the (L, S) matrix.
+
+    q (B, H, L, Dh), k (B, Hkv, S, Dh), v (B, Hkv, S, Dv) (GQA: Hkv divides H), ``key_valid``
+    (B, S) bool or None. ``causal``: query i sees keys j <= i, plus ``state`` = (kv (B, H, M, Dv),
+    normalizer (B, H, M)) of earlier tokens if given; returns (out (B, H, L, Dv), the state after
+    these keys). Non-causal: returns (out, None) and takes no state. ``chunk`` is the chunk
+    length of the path that runs. A query that sees no key gets zeros.
+    """
+    if not causal:
+        if state is not None:
+            raise ValueError("a decoding state is causal: pass causal=True with state")
+        return chunked_kernel_attention(q, k, v, features, chunk=chunk, key_valid=key_valid), None
+    phi_q, phi_k = kernel_feature_maps(q, k, features, key_valid=key_valid, causal=True)
+    kv0, normalizer0 = state if state is not None else (None, None)
+    out, kv, normalizer = causal_kernel_attention(phi_q, phi_k, expand_kv(v, q.shape[1]),
+                                                  chunk=chunk, kv0=kv0, normalizer0=normalizer0)
+    return out, (kv, normalizer)
