@@ -16,7 +16,7 @@ COMMAND_MODULES = (
     "attnkit.train.commands",
     "attnkit.explain.commands",
     "attnkit.demo",
-    "attnkit.hf.commands",  # last: adds --hf to the commands above
+    "attnkit.hf_commands",  # last: adds --hf to the commands above
 )
 
 

@@ -6,9 +6,8 @@ needs only safetensors; transformers is needed for live models and for tokenizer
 (``pip install 'attnkit[hf]'``).
 """
 
-from attnkit.hf.finetune import finetune
 from attnkit.hf.load import load
 from attnkit.hf.preprocess import load_image, load_image_processor, load_tokenizer
 from attnkit.hf.save import save
 
-__all__ = ["finetune", "load", "load_image", "load_image_processor", "load_tokenizer", "save"]
+__all__ = ["load", "load_image", "load_image_processor", "load_tokenizer", "save"]

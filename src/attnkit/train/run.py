@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["HF_FOLDER", "LoadedRun", "build_run_model", "load_run"]
 
 #: A run fine-tuning a Hugging Face checkpoint keeps its starting point here (config.json +
-#: model.safetensors, see attnkit.hf.finetune); its config.json fixes the architecture.
+#: model.safetensors, see attnkit.train.finetune); its config.json fixes the architecture.
 HF_FOLDER = "hf"
 
 

@@ -24,7 +24,7 @@ from attnkit.explain.faithfulness import (
     token_explanations,
 )
 from attnkit.explain.one_call import tokenize
-from attnkit.hf.finetune import check_fits_task, model_family
+from attnkit.hf.fit import check_fits_task, model_family
 from attnkit.hf.load import load
 from attnkit.hf.preprocess import load_image, load_image_processor, load_tokenizer
 from attnkit.models.classifier import TransformerClassifier

@@ -57,7 +57,7 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _faithfulness(args: argparse.Namespace) -> int:
-    from attnkit.hf.faithfulness import faithfulness_markdown
+    from attnkit.explain.pretrained_faithfulness import faithfulness_markdown
 
     table = faithfulness_markdown(args.hf, task=args.task, images=args.images, texts=args.texts,
                                   examples=args.examples, steps=args.steps)
@@ -68,7 +68,7 @@ def _faithfulness(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from attnkit.hf.finetune import check_fits_task
+    from attnkit.hf.fit import check_fits_task
     from attnkit.tasks import get_task
     from attnkit.train.loop import evaluate
 
@@ -108,7 +108,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from attnkit.hf.finetune import finetune
+    from attnkit.train.finetune import finetune
 
     if not args.task:
         raise ValueError("--hf needs --task NAME: the task to fine-tune on")
