@@ -191,7 +191,9 @@ def capture(model: nn.Module, *, layers: LayerSelector = None,
         probes[id(module)] = probe
         found.append((layer_name, module))
     if not found:
-        raise ValueError(f"{type(model).__name__} has no attnkit attention layers to capture")
+        raise ValueError(f"{type(model).__name__} has no attnkit attention layers to capture; "
+                         f"a Hugging Face model must run attnkit: call attnkit.hf.register() "
+                         f"and load it with attn_implementation='attnkit'")
     chosen = _select_layers(found, layers)
     storage = f"{str(dtype).removeprefix('torch.')}, " + (
         "dense" if top_k is None else f"top-{top_k} entries per query row")
