@@ -129,3 +129,20 @@ def test_chefer_relevance_of_a_hf_classifier_equals_eager_math(tmp_path: Path) -
     steps = [RelevanceStep("source", a.detach(), g) for a, g in zip(out.attentions, grads)]
     want = relevance_from_steps(steps)
     torch.testing.assert_close(ours.source, want.source, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bert", "llama"])
+def test_output_attentions_work_without_eager(name: str, tmp_path: Path) -> None:
+    """output_attentions=True on a model running attnkit returns eager's weights."""
+    arch = BY_NAME[name]
+    folder = arch.save(tmp_path)
+    inputs, real = arch.batch()
+    model = arch.load(folder, "attnkit")
+    with torch.no_grad():
+        ours = model(**inputs, output_attentions=True).attentions
+        assert model(**inputs).attentions is None  # nothing computed unless asked
+    _, theirs = eager_attentions(arch, folder, inputs)
+    assert len(ours) == len(theirs) == 2
+    for got, want in zip(ours, theirs):
+        diff = (got - want).abs().amax(dim=(1, 3))[query_rows(real, want)].max().item()
+        assert diff <= 1e-6

@@ -64,6 +64,7 @@ def test_logits_equal_eager_and_sdpa(arch: TinyArchitecture, tmp_path: Path,
         theirs = real_rows(logits_of(arch.load(folder, implementation), inputs), real)
         assert theirs.abs().max() > 0.1  # a real signal, not zeros
         diff = (ours - theirs).abs().max().item()
+        print(f"parity {arch.name} attnkit vs {implementation}: max abs logit diff {diff:.1e}")
         assert diff <= TOLERANCE, f"{arch.name}: max |attnkit - {implementation}| = {diff:.2e}"
     assert seen_masks, "the attnkit attention function never ran"
     dense = [m for m in seen_masks if "dense" in m]

@@ -7,6 +7,8 @@
 - ``attnkit + capture``: the same, inside ``attnkit.explain.capture(model, layers=[i])``, which
   recomputes layer ``i``'s exact weights from its queries and keys while the forward stays on the
   fused backend;
+- ``attnkit + output_attentions``: ``output_attentions=True`` on the attnkit model: every
+  layer's weights, recomputed after its fused forward;
 - ``eager + output_attentions``: transformers' way to get weights, which runs the eager path
   (every layer's ``L x L`` weights materialized and returned);
 - ``sdpa``: transformers' fused path, no weights (for reference).
@@ -36,7 +38,8 @@ from attnkit.bench.harness import format_table, time_call
 
 __all__ = ["HFCaptureBenchConfig", "compare_capture_overhead", "register"]
 
-PATHS = ("attnkit", "attnkit + capture", "eager + output_attentions", "sdpa")
+PATHS = ("attnkit", "attnkit + capture", "attnkit + output_attentions",
+         "eager + output_attentions", "sdpa")
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,9 @@ def _path_calls(model: Any, ids: Tensor, layer: int,
             run("attnkit")
         kept["captured"] = cap.records[0].weights
 
+    def all_weights() -> None:
+        run("attnkit", output_attentions=True)
+
     def eager() -> None:
         kept["eager"] = run("eager", output_attentions=True).attentions[layer]
 
@@ -105,7 +111,8 @@ def _path_calls(model: Any, ids: Tensor, layer: int,
         run("sdpa")
 
     return {"attnkit": plain, "attnkit + capture": captured,
-            "eager + output_attentions": eager, "sdpa": sdpa}
+            "attnkit + output_attentions": all_weights, "eager + output_attentions": eager,
+            "sdpa": sdpa}
 
 
 def compare_capture_overhead(cfg: HFCaptureBenchConfig | None = None,

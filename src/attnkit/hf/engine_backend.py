@@ -25,6 +25,7 @@ on the fused backend.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import torch
@@ -36,8 +37,8 @@ from attnkit.hf.dependency import import_transformers
 from attnkit.hf.mask_translation import translate_mask
 from attnkit.layers.base import PROBE_ATTRIBUTE, AttentionProbe, register_probe_attacher
 
-__all__ = ["IMPLEMENTATION", "attention_forward", "engine_inputs", "is_running_attnkit",
-           "register"]
+__all__ = ["IMPLEMENTATION", "attention_forward", "attentions_requested", "engine_inputs",
+           "is_running_attnkit", "register"]
 
 #: The ``attn_implementation`` name attnkit registers under.
 IMPLEMENTATION = "attnkit"
@@ -82,7 +83,7 @@ def attention_forward(module: nn.Module, query: Tensor, key: Tensor, value: Tens
                       attention_mask: masks.Mask | Tensor | None, dropout: float = 0.0,
                       scaling: float | None = None, softcap: float | None = None,
                       is_causal: bool | None = None, position_bias: Tensor | None = None,
-                      **kwargs: Any) -> tuple[Tensor, None]:
+                      **kwargs: Any) -> tuple[Tensor, Tensor | None]:
     """transformers' attention-function signature, computed by :func:`attnkit.attention`.
 
     Args:
@@ -97,8 +98,9 @@ def attention_forward(module: nn.Module, query: Tensor, key: Tensor, value: Tens
         kwargs: other transformers arguments (``sliding_window`` is already in the mask).
 
     Returns:
-        ``(out, None)`` with out (B, Lq, Hq, D), the layout transformers' modules expect.
-        Weights are not returned (``output_attentions``); use :func:`attnkit.explain.capture`.
+        ``(out, weights)`` with out (B, Lq, Hq, D), the layout transformers' modules expect, and
+        weights (B, Hq, Lq, Lk) only when the model was called with ``output_attentions=True``
+        (else None); :func:`attnkit.explain.capture` records chosen layers and heads only.
     """
     for name, why in _UNSUPPORTED.items():
         if kwargs.get(name) is not None:
@@ -110,16 +112,35 @@ def attention_forward(module: nn.Module, query: Tensor, key: Tensor, value: Tens
                                      position_bias=position_bias)
     out = attention(query, key, value, mask=mask, bias=score_bias, scale=scaling,
                     softcap=softcap, dropout_p=dropout)  # (B, Hq, Lq, D)
+
+    def weights() -> Tensor:
+        spec = validate(query, key, value, mask=mask, bias=score_bias, scale=scaling,
+                        softcap=softcap, dropout_p=0.0)
+        return attention_weights(spec)  # (B, Hq, Lq, Lk)
+
     probe = getattr(module, PROBE_ATTRIBUTE, None)
     if isinstance(probe, AttentionProbe):
-
-        def weights() -> Tensor:
-            spec = validate(query, key, value, mask=mask, bias=score_bias, scale=scaling,
-                            softcap=softcap, dropout_p=0.0)
-            return attention_weights(spec)  # (B, Hq, Lq, Lk)
-
         out = probe(out, value, weights)
-    return out.transpose(1, 2).contiguous(), None
+    returned = weights() if attentions_requested() else None
+    return out.transpose(1, 2).contiguous(), returned
+
+
+def attentions_requested() -> bool:
+    """Whether the running transformers forward collects attention weights.
+
+    ``model(..., output_attentions=True)`` records the second output of every attention module
+    through a context variable of ``transformers.utils.output_capturing`` (a private name, read
+    defensively: on a transformers without it weights are simply not returned). When it asks,
+    the attnkit function returns the exact weights, recomputed from q and k after the fused
+    forward, instead of requiring the eager implementation.
+    """
+    try:
+        capturing = importlib.import_module("transformers.utils.output_capturing")
+        collected = capturing._active_collector.get()
+    except (ImportError, AttributeError, LookupError):
+        return False
+    return isinstance(collected, dict) and bool(
+        {"attentions", "cross_attentions"} & set(collected))
 
 
 def is_running_attnkit(module: nn.Module) -> bool:
