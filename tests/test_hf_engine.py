@@ -244,3 +244,25 @@ def test_unsupported_arguments_are_refused() -> None:
     q = torch.randn(1, 2, 4, 8)
     with pytest.raises(NotImplementedError, match=r"s_aux.*eager"):
         attention_forward(_Module(), q, q, q, None, s_aux=torch.zeros(2))
+
+
+def test_without_transformers_register_says_how_to_install(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers now fails
+    with pytest.raises(ImportError, match=r"pip install 'attnkit\[hf\]'"):
+        attnkit.hf.register()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["gpt2", "llama", "mistral"])
+def test_logits_equal_sdpa_on_cuda(name: str, tmp_path: Path) -> None:
+    arch = BY_NAME[name]
+    folder = arch.save(tmp_path)
+    inputs, real = arch.batch()
+    inputs = {k: v.cuda() for k, v in inputs.items()}
+    ours = logits_of(arch.load(folder, "attnkit").cuda(), inputs)
+    theirs = logits_of(arch.load(folder, "sdpa").cuda(), inputs)
+    assert (ours - theirs)[real.cuda()].abs().max() <= 1e-4  # TF32-free float32 kernels differ

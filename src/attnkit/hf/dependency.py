@@ -13,7 +13,7 @@ def import_transformers() -> ModuleType:
     """``import transformers``, or an ImportError that says how to install it."""
     try:
         import transformers
-    except ImportError as err:  # pragma: no cover - exercised only without the extra
+    except ImportError as err:
         raise ImportError(f"this attnkit.hf feature needs Hugging Face Transformers: "
                           f"{INSTALL_HINT}") from err
     return transformers
