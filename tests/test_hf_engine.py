@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 transformers = pytest.importorskip("transformers", reason="pip install 'attnkit[hf]'")
 
+import attnkit  # noqa: E402
 import attnkit.hf  # noqa: E402
 from attnkit.hf.engine_backend import attention_forward, engine_inputs  # noqa: E402
 from hf_tiny_models import ARCHITECTURES, BY_NAME, TinyArchitecture  # noqa: E402
@@ -238,6 +239,11 @@ def test_no_mask_follows_the_module_causality() -> None:
     assert repr(engine_inputs(None, q, k, is_causal=True)[0]) == "causal(offset=0)"
     assert engine_inputs(None, q[:, :, :1], k, is_causal=True)[0] is None  # one decoded query
     assert engine_inputs(None, q, k, is_causal=False) == (None, None)
+    # Masks that allow every pair are dropped: fused softmax when weights are recomputed.
+    assert engine_inputs(attnkit.masks.full(), q, k, is_causal=True) == (None, None)
+    decoded = engine_inputs(attnkit.masks.causal(offset=3), q[:, :, :1], k, is_causal=True)
+    assert decoded == (None, None)
+    assert engine_inputs(attnkit.masks.causal(offset=0), q, k, is_causal=True)[0] is not None
 
 
 def test_unsupported_arguments_are_refused() -> None:

@@ -67,7 +67,10 @@ def engine_inputs(attention_mask: masks.Mask | Tensor | None, query: Tensor, key
     lq, lk = query.shape[2], key.shape[2]
     extra = None if position_bias is None else position_bias[..., :lk]
     if isinstance(attention_mask, masks.Mask):
-        mask: masks.Mask | None = attention_mask
+        # A mask that allows every pair (an encoder batch without padding) is no mask: the
+        # recomputed weights then take torch's fused softmax instead of a masked one.
+        everything = attention_mask.band(lq, lk) == (None, None)
+        mask: masks.Mask | None = None if everything else attention_mask
     elif attention_mask is None:
         mask = masks.causal(offset=0) if is_causal and lq > 1 else None
     elif attention_mask.dtype == torch.bool:
