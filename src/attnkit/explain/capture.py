@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from attnkit.functional.math import expand_kv
-from attnkit.layers.base import AttentionLayer
+from attnkit.layers.base import AttentionLayer, AttentionProbe, probed_modules
 
 __all__ = ["AttentionCapture", "AttentionRecord", "LayerSelector", "capture",
            "find_attention_layers"]
@@ -121,19 +121,23 @@ class AttentionCapture:
         self.outputs.clear()
 
 
-def find_attention_layers(model: nn.Module) -> list[tuple[str, AttentionLayer]]:
-    """Every attention layer of ``model`` as (name, layer), in ``named_modules`` order."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, AttentionLayer)]
+def find_attention_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every attention layer of ``model`` as (name, layer), in ``named_modules`` order.
+
+    Besides attnkit's own layers this finds the attention modules of a Hugging Face model
+    running ``attn_implementation="attnkit"`` (after ``attnkit.hf.register()``).
+    """
+    return [(name, module) for name, module, _ in probed_modules(model)]
 
 
-def _select_layers(found: list[tuple[str, AttentionLayer]],
-                   layers: LayerSelector) -> list[tuple[str, AttentionLayer]]:
+def _select_layers(found: list[tuple[str, nn.Module]],
+                   layers: LayerSelector) -> list[tuple[str, nn.Module]]:
     if layers is None:
         return found
     if callable(layers):
         return [(n, m) for n, m in found if layers(n)]
     names = [n for n, _ in found]
-    chosen: list[tuple[str, AttentionLayer]] = []
+    chosen: list[tuple[str, nn.Module]] = []
     for item in layers:
         if isinstance(item, int):
             if not -len(found) <= item < len(found):
@@ -148,7 +152,9 @@ def _select_layers(found: list[tuple[str, AttentionLayer]],
     return chosen
 
 
-def _context_given(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+def _context_given(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    if not isinstance(module, AttentionLayer):  # a foreign module says so itself (transformers)
+        return bool(getattr(module, "is_cross_attention", False))
     context = args[1] if len(args) > 1 else kwargs.get("context")
     return context is not None
 
@@ -179,9 +185,15 @@ def capture(model: nn.Module, *, layers: LayerSelector = None,
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating dtype for storing weights, got {dtype}")
     head_list = None if heads is None else tuple(int(h) for h in heads)
-    found = find_attention_layers(model)
+    probes: dict[int, AttentionProbe] = {}
+    found: list[tuple[str, nn.Module]] = []
+    for layer_name, module, probe in probed_modules(model):
+        probes[id(module)] = probe
+        found.append((layer_name, module))
     if not found:
-        raise ValueError(f"{type(model).__name__} has no attnkit attention layers to capture")
+        raise ValueError(f"{type(model).__name__} has no attnkit attention layers to capture; "
+                         f"a Hugging Face model must run attnkit: call attnkit.hf.register() "
+                         f"and load it with attn_implementation='attnkit'")
     chosen = _select_layers(found, layers)
     storage = f"{str(dtype).removeprefix('torch.')}, " + (
         "dense" if top_k is None else f"top-{top_k} entries per query row")
@@ -194,7 +206,7 @@ def capture(model: nn.Module, *, layers: LayerSelector = None,
 
         def pre_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
                      state: dict[str, bool] = state) -> None:
-            state["cross"] = _context_given(args, kwargs)
+            state["cross"] = _context_given(module, args, kwargs)
 
         def probe_hook(module: nn.Module, args: tuple[Any, ...], output: Tensor,
                        name: str = name, state: dict[str, bool] = state) -> None:
@@ -241,7 +253,7 @@ def capture(model: nn.Module, *, layers: LayerSelector = None,
                 result.outputs.append(output)
 
         handles.append(layer.register_forward_pre_hook(pre_hook, with_kwargs=True))
-        handles.append(layer.probe.register_forward_hook(probe_hook))
+        handles.append(probes[id(layer)].register_forward_hook(probe_hook))
     try:
         yield result
     finally:

@@ -23,9 +23,18 @@ from torch import Tensor, nn
 
 from attnkit.functional.masks import Mask
 
-__all__ = ["AttentionLayer", "AttentionProbe", "collect_auxiliary_losses"]
+__all__ = ["PROBE_ATTRIBUTE", "AttentionLayer", "AttentionProbe", "collect_auxiliary_losses",
+           "probed_modules", "register_probe_attacher"]
 
 WeightsFn = Callable[[], Tensor]
+
+#: Attribute under which a module that is not an AttentionLayer (e.g. a Hugging Face attention
+#: module running attnkit's kernel) carries its AttentionProbe.
+PROBE_ATTRIBUTE = "attnkit_probe"
+
+# Functions that give the attention modules of foreign models (Hugging Face) their probe before
+# explanations look for probes; filled by bridges such as ``attnkit.hf.register()``.
+_PROBE_ATTACHERS: dict[str, Callable[[nn.Module], object]] = {}
 
 class AttentionProbe(nn.Module):
     """Identity on the per-head output; forward hooks here see what explanations need.
@@ -62,6 +71,32 @@ class AttentionLayer(nn.Module):
         if cache is not None:
             raise ValueError(f"{type(self).__name__} has no KV cache; decode by re-running the "
                              f"full sequence or use kind 'mha', 'local' or 'linear'")
+
+def register_probe_attacher(name: str, attacher: Callable[[nn.Module], object]) -> None:
+    """Add (or replace) a function that attaches probes to a model's foreign attention modules.
+
+    ``attacher(model)`` sets ``module.attnkit_probe = AttentionProbe()`` on every module whose
+    attention runs through attnkit, so :func:`probed_modules` (and capture) finds them.
+    """
+    _PROBE_ATTACHERS[name] = attacher
+
+
+def probed_modules(model: nn.Module) -> list[tuple[str, nn.Module, AttentionProbe]]:
+    """Every attention module of ``model`` with its probe, in ``named_modules`` order.
+
+    Attention layers carry ``probe``; other modules (attached by a registered attacher) carry
+    ``attnkit_probe``.
+    """
+    for attacher in _PROBE_ATTACHERS.values():
+        attacher(model)
+    found: list[tuple[str, nn.Module, AttentionProbe]] = []
+    for name, module in model.named_modules():
+        if isinstance(module, AttentionLayer):
+            found.append((name, module, module.probe))
+        elif isinstance(probe := getattr(module, PROBE_ATTRIBUTE, None), AttentionProbe):
+            found.append((name, module, probe))
+    return found
+
 
 def collect_auxiliary_losses(model: nn.Module) -> Tensor | None:
     """Sum of every attention layer's auxiliary loss from the last forward, or None."""
