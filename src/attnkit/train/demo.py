@@ -32,12 +32,14 @@ DEMO_HOOKS: list[Callable[[TrainResult, RunConfig], None]] = []
 
 
 def run_demo(*, overrides: list[str] | None = None, out_dir: str = "runs",
-             progress: bool = True) -> TrainResult:
+             progress: bool = True, device: str | None = None) -> TrainResult:
     """Train the demo configuration, print the test accuracy and run directory, run the hooks."""
     from attnkit.tasks import get_task
 
     raw = apply_overrides({**DEMO_CONFIG, "out_dir": out_dir}, overrides or [])
     raw["train"] = {"progress": progress, **raw.get("train", {})}
+    if device is not None:
+        raw["train"]["device"] = device
     task = get_task(raw["task"]["name"], **raw["task"].get("options", {}))
     config = resolve_config(raw, family="vit", preset_hints=task.extra.get("presets"))
     result = train(config, task=task)
