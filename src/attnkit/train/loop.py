@@ -293,19 +293,23 @@ def train(config: RunConfig, *, task: Task | None = None, run_dir: str | Path | 
     try:
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
+        changes: dict[str, tuple[Any, Any]] = {}
+        if resume:  # refuse changes before building anything from them
+            if run_dir is None:
+                raise UsageError("resume needs the run directory")
+            if not (Path(run_dir) / "config.yaml").is_file():
+                raise UsageError(f"nothing to resume: {str(run_dir)!r} is not a run directory "
+                                 f"(no config.yaml)")
+            saved = run_config_from_dict(load_yaml(Path(run_dir) / "config.yaml"))
+            changes = check_resume(saved, config)
         task = task or get_task(config.task.name, **config.task.options)
         if config.model.family is None:
             config.model.family = default_family(task)  # type: ignore[assignment]
         run = _prepare(config, task, info)
-        changes: dict[str, tuple[Any, Any]] = {}
         if resume:
-            if run_dir is None:
-                raise UsageError("resume needs the run directory")
-            run.run_dir = Path(run_dir)
+            run.run_dir = Path(str(run_dir))
             if info.is_main:
                 lock = lock_run_dir(run.run_dir)
-            saved = run_config_from_dict(load_yaml(run.run_dir / "config.yaml"))
-            changes = check_resume(saved, config)
             _restore(run, _resume_point(run.run_dir))
         elif run_dir is not None:
             run.run_dir = Path(run_dir)
@@ -467,13 +471,14 @@ def _step(run: _Run, objective: Any, batch: Any) -> tuple[float, dict[str, Any]]
     return loss_value, stats
 
 
-def _epoch_train_metrics(run: _Run) -> dict[str, float]:
+def _epoch_train_metrics(run: _Run) -> tuple[dict[str, float], float]:
+    """The epoch's training metrics over all processes, and how many examples they cover."""
     stats = run.progress.epoch_stats
     summed = distributed.all_reduce_sum(
         torch.tensor([stats[k] for k in _STAT_KEYS], dtype=torch.float64, device=run.device),
         run.info).cpu()
-    return metrics_from_stats(dict(zip(_STAT_KEYS, summed.tolist(), strict=True)),
-                              run.task.kind)
+    totals = dict(zip(_STAT_KEYS, summed.tolist(), strict=True))
+    return metrics_from_stats(totals, run.task.kind), totals["count"]
 
 
 def _validate(run: _Run) -> dict[str, float]:
@@ -490,10 +495,10 @@ def _end_of_epoch(run: _Run, early: _EarlyStopping) -> None:
     """Statistics over all processes, validation, best weights, early stopping."""
     progress, task = run.progress, run.task
     assert run.logger is not None
-    train_metrics = _epoch_train_metrics(run)
+    train_metrics, count = _epoch_train_metrics(run)
     val = _validate(run)
     seconds = run.epoch_seconds
-    throughput = train_metrics.get("count", 0.0) / max(seconds, 1e-9)
+    throughput = count / max(seconds, 1e-9)  # (a resumed epoch: over its resumed part)
     record = {"epoch": progress.epoch + 1, "step": progress.step, "train": train_metrics,
               "val": val, "lr": run.lr, "throughput": throughput, "seconds": seconds}
     run.logger.epoch(record)
