@@ -116,6 +116,8 @@ def _encode_prompt(task: Any, prompt: str) -> list[int]:
 
 def _prompt_example(task: Any) -> str:
     decode = task.extra.get("source_decode")
+    if decode is None and task.target_vocab_size in (None, task.vocab_size):
+        decode = task.decode  # source and target share one vocabulary
     if decode is None or not len(task.test):
         return ""
     source = task.test[0][0]
