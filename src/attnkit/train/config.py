@@ -298,8 +298,9 @@ def resolve_config(raw: dict[str, Any], *, family: str | None = None,
 def resolve_for_task(raw: dict[str, Any]) -> tuple[RunConfig, Task]:
     """Load the task ``raw`` names, then resolve ``raw`` with the task's family and presets.
 
-    Returns ``(config, task)``; the family defaults from the task's modality and the preset from
-    the task's suggestions (``task.extra["presets"]``), as ``attnkit train`` does.
+    Returns ``(config, task)``; the family defaults from the task's modality, the preset from
+    the task's suggestions (``task.extra["presets"]``) and training settings the config does not
+    set from ``task.extra["train"]`` (digits has tuned ones), as ``attnkit train`` does.
     """
     from attnkit.models import default_family
     from attnkit.tasks import get_task
@@ -307,6 +308,9 @@ def resolve_for_task(raw: dict[str, Any]) -> tuple[RunConfig, Task]:
     _check_keys(raw)
     task_config = _validate({"task": raw.get("task") or {}}).task
     task = get_task(task_config.name, **task_config.options)
+    suggested = task.extra.get("train") or {}
+    if suggested:
+        raw = {**raw, "train": {**suggested, **(raw.get("train") or {})}}
     config = resolve_config(raw, family=default_family(task),
                             preset_hints=task.extra.get("presets"))
     return config, task
