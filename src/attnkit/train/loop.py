@@ -217,7 +217,12 @@ class _Run:
     def device(self) -> torch.device:
         return self.info.device
 
+    last_saved_step: int = -1  # the step of the newest checkpoint on disk
+
     def checkpoint(self) -> None:
+        if self.progress.step == self.last_saved_step:
+            return  # re-writing it would briefly leave latest.json naming a missing directory
+        self.last_saved_step = self.progress.step
         if self.info.is_main:
             save_checkpoint(self.run_dir / "checkpoints", step=self.progress.step,
                             model=self.model, keep=self.config.train.keep_checkpoints,
@@ -255,6 +260,7 @@ def _restore(run: _Run, path: Path) -> None:
     run.optimizer.load_state_dict(state.pop("optimizer"))
     _set_rng_state(state.pop("rng"), run.device)
     run.progress = _Progress(**state)
+    run.last_saved_step = run.progress.step
 
 
 def _resume_point(run_dir: Path) -> Path:
@@ -318,10 +324,17 @@ def train(config: RunConfig, *, task: Task | None = None, run_dir: str | Path | 
         else:
             found = [""]
             if info.is_main:
-                path, lock = create_run_dir(config, task.name, overwrite=overwrite)
-                found = [str(path)]
+                try:
+                    path, lock = create_run_dir(config, task.name, overwrite=overwrite)
+                    found = [str(path)]
+                except (UsageError, OSError) as err:
+                    if not info.enabled:
+                        raise
+                    found = [f"error: {err}"]  # the other ranks must not wait forever
             if info.enabled:
                 torch.distributed.broadcast_object_list(found, src=0)
+            if found[0].startswith("error: "):
+                raise UsageError(found[0].removeprefix("error: "))
             run.run_dir = Path(found[0])
         if info.is_main:
             write_config(run.run_dir, config)
