@@ -118,3 +118,14 @@ def test_cli_resume_falls_back_and_eval_refuses_damaged_best(
         err = capsys.readouterr().err.strip()
         assert "best/model.safetensors" in err and "damaged" in err, err
         assert "\n" not in err and "Traceback" not in err
+
+
+def test_weights_saved_without_a_checksum_load_with_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    ckpt.save_weights(_model(0), path)
+    (tmp_path / "model.safetensors.sha256").unlink()  # as written before checksums existed
+    loaded = _model(1)
+    with pytest.warns(UserWarning, match="loaded unverified"):
+        ckpt.load_weights(loaded, path)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(),
+                                                 _model(0).state_dict().values()))

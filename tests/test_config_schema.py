@@ -4,6 +4,8 @@ field, and nothing is written)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -150,9 +152,6 @@ def test_cli_fuzz_bad_value_exits_2_naming_the_field(
         argv += ["--config", str(cfg)]
     else:
         argv += ["--set", f"{field}={json.dumps(value)}"]
-    import contextlib
-    import io
-
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         code = main(argv)

@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +173,8 @@ def _check_file(path: Path, expected: str | None, size: int | None = None) -> No
 
 
 def load_weights(model: nn.Module, path: str | Path, *, verify: bool = True) -> None:
-    """Load safetensors weights into ``model`` after checking the ``.sha256`` file beside them.
+    """Load safetensors weights into ``model`` after checking the ``.sha256`` file beside them
+    (weights saved before checksums existed load with a warning).
 
     Raises :class:`CheckpointError` (one line naming the file) when the file is missing, fails
     its checksum, is not safetensors, or does not fit the model."""
@@ -181,12 +183,13 @@ def load_weights(model: nn.Module, path: str | Path, *, verify: bool = True) -> 
         raise FileNotFoundError(f"no weights file at {str(path)!r}")
     if verify:
         side = _checksum_path(path)
-        if not side.is_file():
-            raise CheckpointError(f"{str(path)!r} has no checksum file {side.name!r} beside it, "
-                                  f"so it cannot be verified; re-save it with "
-                                  f"attnkit.train.checkpoint.save_weights")
-        recorded = side.read_text().split()
-        _check_file(path, recorded[0] if recorded else "")
+        if side.is_file():
+            recorded = side.read_text(errors="replace").split()
+            _check_file(path, recorded[0] if recorded else "")
+        else:  # written before checksums existed: say so rather than trust it silently
+            warnings.warn(f"{str(path)!r} has no checksum file {side.name!r} beside it and is "
+                          f"loaded unverified; re-save it with save_weights to add one",
+                          stacklevel=2)
     try:
         missing, unexpected = load_model(_unwrap(model), str(path), strict=False)
     except (SafetensorError, ValueError, OSError) as err:
