@@ -123,7 +123,7 @@ def test_seq2seq_generate_checks_its_input(tmp_path: Path,
     assert all(part.isdigit() for part in out.split())  # symbols only: no pad, no bos
     assert main(["generate", str(run), "--prompt", "hello"]) == 2
     err = capsys.readouterr().err
-    assert "not in task 'copy''s input format" in err and "e.g. --prompt '" in err
+    assert "not in task 'copy''s input format: " in err and "e.g. --prompt '" in err
     assert main(["generate", str(run), "--prompt", "1 2", "--temperature", "0.7",
                  "--top-k", "3"]) == 2
     err = capsys.readouterr().err
@@ -149,3 +149,20 @@ def test_max_minutes_under_ddp_is_refused_before_a_directory_exists(tmp_path: Pa
     with pytest.raises(attnkit.UsageError, match=r"train\.max_minutes is for single-process"):
         loop._prepare(config, get_task("digits"), info)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_prompt_characters_that_would_become_padding_are_refused() -> None:
+    from types import SimpleNamespace
+
+    from attnkit.errors import UsageError
+    from attnkit.train.commands import _encode_prompt
+
+    alphabet = "abc"
+    task = SimpleNamespace(name="t", pad_id=0, extra={}, test=[],
+                           encode=lambda s: [alphabet.index(c) + 1 if c in alphabet else 0
+                                             for c in s])
+    assert _encode_prompt(task, "cab") == [3, 1, 2]
+    with pytest.raises(UsageError, match=r"outside task 't''s vocabulary: \['x', 'y'\]"):
+        _encode_prompt(task, "axby")
+    with pytest.raises(UsageError, match="no tokens"):
+        _encode_prompt(task, "")

@@ -161,6 +161,9 @@ def test_generate_from_a_language_model_run(tmp_path: Path,
                  "--top-k", "3", "--cache", "rolling", "--window", "8",
                  "--max-new-tokens", "20"]) == 0
     assert len(capsys.readouterr().out.strip()) == 23
+    # a character outside the vocabulary is an error, not silently the pad id
+    assert main(["generate", str(tmp_path / "lm"), "--prompt", "abz"]) == 2
+    assert "input format" in capsys.readouterr().err
 
 
 def test_generate_rejects_a_classifier_run(tmp_path: Path,

@@ -8,8 +8,9 @@ import argparse
 __all__ = ["add_device_option"]
 
 
-def add_device_option(parser: argparse.ArgumentParser, *, default: str = "auto") -> None:
+def add_device_option(parser: argparse.ArgumentParser, *, default: str | None = "auto",
+                      default_text: str | None = None) -> None:
     """``--device auto|cpu|cuda|cuda:N|mps`` (auto: CUDA when present, else CPU)."""
     parser.add_argument("--device", default=default, metavar="DEVICE",
                         help=f"where the model runs: auto (CUDA when present), cpu, cuda, "
-                             f"cuda:N, mps (default {default})")
+                             f"cuda:N, mps (default {default_text or default})")

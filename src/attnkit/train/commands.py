@@ -103,8 +103,8 @@ def _encode_prompt(task: Any, prompt: str) -> list[int]:
     try:
         ids = list(task.encode(prompt))
     except (ValueError, KeyError, IndexError) as err:
-        raise UsageError(f"--prompt {prompt!r} is not in task {task.name!r}'s input format "
-                         f"({err}){_prompt_example(task)}") from None
+        raise UsageError(f"--prompt {prompt!r} is not in task {task.name!r}'s input format: "
+                         f"{err}{_prompt_example(task)}") from None
     if not ids:
         raise UsageError("the prompt encodes to no tokens; give a non-empty --prompt")
     if task.pad_id in ids:
@@ -204,7 +204,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--batch-size", type=int, dest="batch_size")
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
-    add_device_option(p, default=None)  # type: ignore[arg-type]  # None: the config's device
+    add_device_option(p, default=None, default_text="the config's train.device, auto")
     p.add_argument("--out-dir", dest="out_dir", help="parent of run directories (default runs)")
     p.add_argument("--name", help="run directory name")
     p.add_argument("--resume", metavar="RUN_DIR",
