@@ -167,3 +167,12 @@ def test_config_given_a_folder_is_one_line(tmp_path: Path,
     assert main(["train", "--config", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "is a directory" in err and len(err.splitlines()) == 1
+
+
+def test_unknown_task_option_is_one_line_with_a_suggestion(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--set", "task.options.augment_shit=1", "--out-dir",
+                 str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "task 'digits' has no option 'augment_shit'; did you mean 'augment_shift'?" in err
+    assert not (tmp_path / "runs").exists()
