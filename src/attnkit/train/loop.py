@@ -6,6 +6,13 @@ layers' auxiliary losses, gradient clipping, bf16 autocast on CUDA. Per epoch: v
 early stopping on the task's metric, best weights, an atomic checkpoint. At the end: the test
 split with the best weights. Resuming from a checkpoint continues bit-for-bit (same data order,
 dropout RNG, optimizer state and schedule).
+
+The parts, each doing one thing: :func:`_prepare` (build and check everything before a run
+directory exists), :func:`_restore` (a checkpoint back into model, optimizer, RNG, counters),
+:func:`_train_epoch` and :func:`_step` (the optimizer steps of one epoch), :func:`_end_of_epoch`
+(statistics, validation, best weights), :class:`_EarlyStopping`, :class:`_CheckpointPolicy`
+(every N steps / M minutes), :func:`_budget_spent` (max_steps / max_minutes) and
+:func:`_final_test`. :func:`train` wires them and owns the run directory and its lock.
 """
 
 from __future__ import annotations
