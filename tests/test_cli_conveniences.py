@@ -90,11 +90,18 @@ def test_plain_progress_lines_when_not_a_terminal() -> None:
     bar.close()
     lines = stream.getvalue().splitlines()
     assert lines[0] == "epoch 1/2: 1/10 steps, loss=0.5000" and "\r" not in stream.getvalue()
+    assert len(lines) == 3  # one per update; close adds nothing new
     quiet = io.StringIO()
-    slow = PlainProgress(10, "e", every_seconds=3600.0, stream=quiet)
-    slow.update(5)
-    slow.close()  # only the closing line
-    assert quiet.getvalue().splitlines() == ["e: 5/10 steps"]
+    short = PlainProgress(10, "e", every_seconds=3600.0, stream=quiet)
+    short.update(5)
+    short.close()  # a short epoch: the loop's per-epoch line is enough
+    assert quiet.getvalue() == ""
+    long = PlainProgress(10, "e", every_seconds=0.0, stream=quiet)
+    long.update(1)
+    long.every = 3600.0
+    long.update(4)
+    long.close()  # the last line covers the steps since the previous one
+    assert quiet.getvalue().splitlines() == ["e: 1/10 steps", "e: 5/10 steps"]
 
 
 def test_suppressed_ids_are_never_sampled() -> None:

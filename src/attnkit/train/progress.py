@@ -2,7 +2,8 @@
 
 A carriage-return bar written into a log file is one unreadable line per update; when stderr is
 not a terminal the same calls print ``epoch 3/40: 120/400 steps, loss=0.1234 lr=1.2e-03`` at
-most every ``every_seconds`` and once at the end.
+most every ``every_seconds``, and a last one at the end of an epoch that printed any (a short
+epoch prints none: the loop's own per-epoch line says enough).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class PlainProgress:
         self.stream = stream if stream is not None else sys.stderr
         self.n, self.postfix = 0, ""
         self._last = time.monotonic()
+        self._printed = 0  # steps covered by the last printed line
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -35,12 +37,12 @@ class PlainProgress:
         self.postfix = " ".join(f"{k}={v}" for k, v in values.items())
 
     def _line(self) -> None:
-        self._last = time.monotonic()
+        self._last, self._printed = time.monotonic(), self.n
         print(f"{self.desc}: {self.n}/{self.total} steps" + (f", {self.postfix}"
               if self.postfix else ""), file=self.stream, flush=True)
 
     def close(self) -> None:
-        if self.n:
+        if self._printed and self.n > self._printed:
             self._line()
 
 
