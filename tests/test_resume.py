@@ -158,6 +158,14 @@ def test_resume_error_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "--config", str(run / "config.yaml")]) == 2
     assert "drop --config" in capsys.readouterr().err
+    # A damaged metrics.json is named, and the saved config is not rewritten before that.
+    saved = (run / "config.yaml").read_text()
+    metrics = (run / "metrics.json").read_bytes()
+    (run / "metrics.json").write_text('{"history": [')
+    assert main(["train", "--resume", str(run), "--set", "train.max_steps=4"]) == 2
+    assert "metrics.json' is damaged" in capsys.readouterr().err
+    assert (run / "config.yaml").read_text() == saved
+    (run / "metrics.json").write_bytes(metrics)
     # An incomplete checkpoint (no manifest: the write never finished) is not resumable.
     for manifest in (run / "checkpoints").glob("step-*/manifest.json"):
         manifest.unlink()

@@ -303,6 +303,7 @@ def train(config: RunConfig, *, task: Task | None = None, run_dir: str | Path | 
     t = config.train
     info = distributed.setup(t.device)
     lock = None
+    run: _Run | None = None
     try:
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
@@ -343,11 +344,16 @@ def train(config: RunConfig, *, task: Task | None = None, run_dir: str | Path | 
             if found[0].startswith("error: "):
                 raise UsageError(found[0].removeprefix("error: "))
             run.run_dir = Path(found[0])
+        # The logger reads a resumed run's metrics.json: a damaged one stops us before the
+        # config is rewritten.
+        run.logger = RunLogger(run.run_dir, enabled=info.is_main, tensorboard=t.tensorboard)
         if info.is_main:
             write_config(run.run_dir, config)
         with StopRequests(announce=info.is_main) as stops:
             return _train(run, resumed=resume, changes=changes, stops=stops)
     finally:
+        if run is not None and run.logger is not None:
+            run.logger.close()
         if lock is not None:
             lock.release()
         distributed.cleanup(info)
@@ -363,8 +369,8 @@ def _claim(run_dir: Path, config: RunConfig, task: Task, overwrite: bool
 def _train(run: _Run, *, resumed: bool, changes: dict[str, tuple[Any, Any]],
            stops: StopRequests) -> TrainResult:
     t, progress = run.config.train, run.progress
-    run.logger = logger = RunLogger(run.run_dir, enabled=run.info.is_main,
-                                    tensorboard=t.tensorboard)
+    assert run.logger is not None
+    logger = run.logger
     run.wrapped = run.model
     if run.info.enabled:
         run.wrapped = DistributedDataParallel(
@@ -380,27 +386,24 @@ def _train(run: _Run, *, resumed: bool, changes: dict[str, tuple[Any, Any]],
         logger.print(f"TensorBoard: {logger.tensorboard_command()}")
     policy = _CheckpointPolicy(t.checkpoint_every, t.checkpoint_minutes)
     early = _EarlyStopping(run.task.metric, t.patience)
-    try:
-        stop = None
-        while progress.epoch < t.epochs and not progress.stopped_early:
-            if _budget_spent(t, progress.step, progress.train_seconds, None):
-                stop = "budget"
-                break
-            stop = _train_epoch(run, policy, stops)
-            if stop == "budget":
-                break
-            _end_of_epoch(run, early)
-            run.checkpoint()
-            policy.saved()
-            if _stop_requested(stops, run.info):
-                raise TrainingInterrupted(run.run_dir, progress.step, progress.epoch,
-                                          stops.requested or "signal")
-        if stop == "budget" and progress.batch:  # a budget stop inside an epoch
-            run.checkpoint()
-            _report_partial_epoch(run)
-        return _final_test(run)
-    finally:
-        logger.close()
+    stop = None
+    while progress.epoch < t.epochs and not progress.stopped_early:
+        if _budget_spent(t, progress.step, progress.train_seconds, None):
+            stop = "budget"
+            break
+        stop = _train_epoch(run, policy, stops)
+        if stop == "budget":
+            break
+        _end_of_epoch(run, early)
+        run.checkpoint()
+        policy.saved()
+        if _stop_requested(stops, run.info):
+            raise TrainingInterrupted(run.run_dir, progress.step, progress.epoch,
+                                      stops.requested or "signal")
+    if stop == "budget" and progress.batch:  # a budget stop inside an epoch
+        run.checkpoint()
+        _report_partial_epoch(run)
+    return _final_test(run)
 
 
 def _train_epoch(run: _Run, policy: _CheckpointPolicy, stops: StopRequests) -> str | None:
