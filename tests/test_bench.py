@@ -73,11 +73,15 @@ def test_bench_rejects_bad_arguments() -> None:
     assert main(["bench", "attention", "--repeats", "0", "--no-flex", "--lengths", "8"]) == 2
 
 
-def test_bench_tiles_cli(capsys: pytest.CaptureFixture[str]) -> None:
+def test_bench_tiles_cli(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["bench", "tiles", "--length", "64", "--sizes", "16", "32", "--repeats", "1",
-                 "--threads", "1"]) == 0
+                 "--threads", "1", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "b=16 ms" in printed and "default ms" in printed and "sliding_window" in printed
+    with open(tmp_path / "tiles.csv") as f:  # written like the other suites' CSV files
+        rows = list(csv.DictReader(f))
+    assert [r["pattern"] for r in rows] == ["causal", "sliding_window", "document"]
+    assert float(rows[0]["b=16 ms"]) > 0 and f"wrote {tmp_path / 'tiles.csv'}" in printed
     assert main(["bench", "tiles", "--sizes", "0"]) == 2
 
 

@@ -44,7 +44,8 @@ def test_tiny_train_then_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     run = tmp_path / "r"
     assert f"tensorboard --logdir {run / 'tensorboard'}" in out
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
-    assert (run / "best" / "model.safetensors").is_file()
+    # Four steps end inside the first epoch: no validation record yet, a checkpoint to resume
+    assert (run / "checkpoints" / "latest.json").is_file()
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["model"]["attention"] == ["mha", "mha"] and config["preset"] == "tiny"
     metrics = json.loads((run / "metrics.json").read_text())
@@ -77,8 +78,11 @@ def test_yaml_config_with_overrides(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["train", "--set", "train.lrr=1"], "unknown train option(s) ['lrr']"),
-    (["train", "--set", "model.d_model=wide"], "model.d_model must be an integer"),
+    (["train", "--set", "train.lrr=1"], "unknown train option 'lrr'; did you mean 'lr'?"),
+    (["train", "--set", "model.d_model=wide"], "model.d_model='wide' is not allowed"),
+    (["train", "--set", "train.grad_clip=-1"], "train.grad_clip=-1 is not allowed"),
+    (["train", "--device", "foo"], "train.device='foo' is not allowed"),
+    (["train", "--config", "."], "is a directory"),
     (["train", "--set", "nonsense"], "must look like section.key=value"),
     (["train", "--config", "no/such/file.yaml"], "does not exist"),
     (["train", "--task", "no-such-task"], "unknown task 'no-such-task'"),
@@ -157,6 +161,9 @@ def test_generate_from_a_language_model_run(tmp_path: Path,
                  "--top-k", "3", "--cache", "rolling", "--window", "8",
                  "--max-new-tokens", "20"]) == 0
     assert len(capsys.readouterr().out.strip()) == 23
+    # a character outside the vocabulary is an error, not silently the pad id
+    assert main(["generate", str(tmp_path / "lm"), "--prompt", "abz"]) == 2
+    assert "input format" in capsys.readouterr().err
 
 
 def test_generate_rejects_a_classifier_run(tmp_path: Path,

@@ -97,16 +97,22 @@ def _register_tiles(suites: Any) -> None:
     p.add_argument("--mode", choices=("fwd", "fwd+bwd"), default="fwd")
     p.add_argument("--patterns", nargs="+", choices=("causal", "sliding_window", "document"),
                    default=["causal", "sliding_window", "document"])
+    p.add_argument("--out", type=Path, default=Path("bench_results"),
+                   help="folder for tiles.csv (like attention.csv of 'bench attention')")
     p.set_defaults(handler=_run_tiles)
 
 
 def _run_tiles(args: argparse.Namespace) -> int:
     from attnkit.bench.attention import AttentionBenchConfig, tile_sweep
+    from attnkit.bench.harness import write_csv
 
     if args.length < 1 or min(args.sizes) < 1 or args.repeats < 1:
         raise ValueError(f"--length, --sizes and --repeats must be >= 1, got {args.length}, "
                          f"{args.sizes}, {args.repeats}")
     cfg = AttentionBenchConfig(lengths=(args.length,), out_dir=None, threads=args.threads)
-    tile_sweep(args.length, args.sizes, patterns=args.patterns, repeats=args.repeats,
-               mode=args.mode, cfg=cfg)
+    rows = tile_sweep(args.length, args.sizes, patterns=args.patterns, repeats=args.repeats,
+                      mode=args.mode, cfg=cfg)
+    path = args.out / "tiles.csv"
+    write_csv(path, rows)
+    print(f"wrote {path}")
     return 0

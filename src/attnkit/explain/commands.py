@@ -123,7 +123,12 @@ def faithfulness_report(run_dir: str | Path, *, examples: int = 300, steps: int 
     import torch
 
     from attnkit.explain.examples import example_from_task
-    from attnkit.explain.faithfulness import evaluate_faithfulness, format_table, sanity_table
+    from attnkit.explain.faithfulness import (
+        evaluate_faithfulness,
+        format_table,
+        patch_explanations,
+        sanity_table,
+    )
     from attnkit.train import load_run
 
     run = load_run(run_dir)
@@ -136,12 +141,16 @@ def faithfulness_report(run_dir: str | Path, *, examples: int = 300, steps: int 
     images = torch.stack([torch.as_tensor(x) for x, _ in pairs])
     labels = torch.tensor([int(y) for _, y in pairs])
     example = example_from_task(run.model, task, images[0])
-    if example.grid is None or example.first_input != 1:
-        raise ValueError("the faithfulness table needs a ViT with a class token")
+    if example.grid is None or example.first_input not in (0, 1):
+        raise ValueError(f"the faithfulness table needs a ViT run (class token or mean "
+                         f"pooling); {str(run.run_dir)!r} holds a {type(run.model).__name__}")
+    methods = patch_explanations(example.grid, class_token=example.first_input == 1)
     background = float(images.amin())
     rows = evaluate_faithfulness(run.model, images, labels, grid=example.grid, steps=steps,
-                                 random_repeats=random_repeats, background=background)
-    sanity = sanity_table(run.model, images[:sanity_examples], grid=example.grid)
+                                 random_repeats=random_repeats, background=background,
+                                 methods=methods)
+    sanity = sanity_table(run.model, images[:sanity_examples], grid=example.grid,
+                          methods={k: v for k, v in methods.items() if "flow" not in k})
     with torch.no_grad():
         accuracy = float((run.model(images).argmax(-1) == labels).float().mean())
     blocks = [step.block for step in next(iter(sanity.values()))]

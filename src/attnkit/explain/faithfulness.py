@@ -2,9 +2,10 @@
 
 Shape legend: B images, C channels, H x W pixels, gh x gw patch grid, F = gh * gw patches.
 
-For each test image every method scores the F patches (the class-token row of its map, without
-the class token itself). Patches are then blanked (set to the background value) in the method's
-order, and the model is re-run:
+For each test image every method scores the F patches: with a class token, the class token's row
+of its map without the class token itself; with mean pooling (no class token), the mean of all
+rows, since the prediction reads the mean of every output token. Patches are then blanked (set
+to the background value) in the method's order, and the model is re-run:
 
 * positive perturbation: most relevant patches first, accuracy (lower AUC = more faithful);
 * negative perturbation: least relevant first, accuracy (higher AUC = more faithful);
@@ -45,20 +46,27 @@ def _self_maps(model: nn.Module, images: Tensor) -> list[Tensor]:
     return [r.dense_weights() for r in cap.self_attention()]
 
 
-def raw_last_layer(model: nn.Module, images: Tensor) -> Tensor:
-    return fuse_heads(_self_maps(model, images)[-1])[:, 0, 1:]
+def _output_scores(matrix: Tensor, first: int) -> Tensor:
+    """(B, L, L) map -> (B, F) patch scores: the class token's row (``first`` = 1 prefix
+    token), or the mean of all rows (mean pooling, ``first`` = 0)."""
+    rows = matrix[:, 0] if first else matrix.mean(1)
+    return rows[:, first:]
 
 
-def rollout_cls(model: nn.Module, images: Tensor) -> Tensor:
-    return attention_rollout(_self_maps(model, images))[:, 0, 1:]
+def raw_last_layer(model: nn.Module, images: Tensor, first: int = 1) -> Tensor:
+    return _output_scores(fuse_heads(_self_maps(model, images)[-1]), first)
+
+
+def rollout_cls(model: nn.Module, images: Tensor, first: int = 1) -> Tensor:
+    return _output_scores(attention_rollout(_self_maps(model, images)), first)
 
 
 def flow_cls(model: nn.Module, images: Tensor) -> Tensor:
     return attention_flow(_self_maps(model, images), output_positions=[0])[:, 0, 1:]
 
 
-def relevance_cls(model: nn.Module, images: Tensor) -> Tensor:
-    return gradient_relevance(model, images).source[:, 0, 1:]
+def relevance_cls(model: nn.Module, images: Tensor, first: int = 1) -> Tensor:
+    return _output_scores(gradient_relevance(model, images).source, first)
 
 
 def input_gradient_patches(grid: tuple[int, int]) -> PatchExplainer:
@@ -70,12 +78,23 @@ def input_gradient_patches(grid: tuple[int, int]) -> PatchExplainer:
     return explain
 
 
-def patch_explanations(grid: tuple[int, int]) -> dict[str, PatchExplainer]:
-    """Every method, as (model, images) -> (B, F) patch scores."""
-    return {"raw attention (last layer, CLS row)": raw_last_layer,
-            "attention rollout": rollout_cls,
-            "attention flow": flow_cls,
-            "gradient relevance (Chefer)": relevance_cls,
+def patch_explanations(grid: tuple[int, int], *, class_token: bool = True
+                       ) -> dict[str, PatchExplainer]:
+    """Every method, as (model, images) -> (B, F) patch scores.
+
+    Without a class token (mean pooling) the maps' rows are averaged and attention flow is left
+    out: it would solve one max-flow problem per output token and input patch."""
+    if class_token:
+        return {"raw attention (last layer, CLS row)": raw_last_layer,
+                "attention rollout": rollout_cls,
+                "attention flow": flow_cls,
+                "gradient relevance (Chefer)": relevance_cls,
+                "input x gradient": input_gradient_patches(grid)}
+    return {"raw attention (last layer, mean of rows)":
+            lambda m, x: raw_last_layer(m, x, first=0),
+            "attention rollout (mean of rows)": lambda m, x: rollout_cls(m, x, first=0),
+            "gradient relevance (Chefer, mean of rows)":
+            lambda m, x: relevance_cls(m, x, first=0),
             "input x gradient": input_gradient_patches(grid)}
 
 

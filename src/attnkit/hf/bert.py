@@ -19,7 +19,7 @@ What maps to what (Hugging Face name -> attnkit name; ``L.i`` = ``encoder.layer.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
@@ -38,9 +38,10 @@ ARCHITECTURES = ("BertForSequenceClassification", "BertModel")
 #: Pretraining checkpoints (e.g. bert-base-uncased): their encoder loads, their ``cls.*``
 #: pretraining heads (masked LM, next sentence) are left out, as BertModel.from_pretrained does.
 PRETRAINING = ("BertForPreTraining", "BertForMaskedLM", "BertForNextSentencePrediction")
-_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+ENCODER_ACTIVATIONS: dict[str, Literal["gelu", "gelu_tanh"]] = {
+    "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 _RULES: dict[str, tuple[Any, ...]] = {
-    "hidden_act": tuple(_ACTIVATIONS),
+    "hidden_act": tuple(ENCODER_ACTIVATIONS),
     "position_embedding_type": ("absolute",),
     "is_decoder": (False,),
     "add_cross_attention": (False,),
@@ -76,7 +77,7 @@ def _config(hf: dict[str, Any]) -> ModelConfig:
         dropout=float(hf.get("hidden_dropout_prob", 0.1)),
         attention_dropout=float(hf.get("attention_probs_dropout_prob", 0.1)),
         norm="layernorm", norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
-        mlp=_ACTIVATIONS[hf.get("hidden_act", "gelu")], norm_first=False, attention="mha",
+        mlp=ENCODER_ACTIVATIONS[hf.get("hidden_act", "gelu")], norm_first=False, attention="mha",
         positional="learned", max_length=int(hf.get("max_position_embeddings", 512)),
         pooling="first", bias=True)
 

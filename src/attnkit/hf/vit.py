@@ -23,6 +23,7 @@ from typing import Any
 
 from torch import nn
 
+from attnkit.hf.bert import ENCODER_ACTIVATIONS
 from attnkit.hf.checkpoint import HFCheckpoint
 from attnkit.hf.stack import stack_shape
 from attnkit.hf.tensors import NamePairs, TensorTaker, affine_pairs, block_pairs, require_options
@@ -35,9 +36,8 @@ from attnkit.models.vit import PatchEmbedding
 __all__ = ["ARCHITECTURES", "from_hf", "to_hf"]
 
 ARCHITECTURES = ("ViTForImageClassification", "ViTModel")
-_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 _RULES: dict[str, tuple[Any, ...]] = {
-    "hidden_act": tuple(_ACTIVATIONS),
+    "hidden_act": tuple(ENCODER_ACTIVATIONS),
     "qkv_bias": (True,),
     "pooler_act": ("tanh",),
 }
@@ -85,7 +85,7 @@ def from_hf(checkpoint: HFCheckpoint) -> TransformerClassifier:
         dropout=float(hf.get("hidden_dropout_prob", 0.0)),
         attention_dropout=float(hf.get("attention_probs_dropout_prob", 0.0)),
         norm="layernorm", norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
-        mlp=_ACTIVATIONS[hf.get("hidden_act", "gelu")], norm_first=True, attention="mha",
+        mlp=ENCODER_ACTIVATIONS[hf.get("hidden_act", "gelu")], norm_first=True, attention="mha",
         positional="learned", max_length=num_tokens, pooling="cls", patch_size=patch,
         patch_stem="linear", bias=True)
     t = TensorTaker(checkpoint.tensors, ignore=(".mask_token",))

@@ -1,38 +1,55 @@
-"""The typed configuration every model family is built from (numbers only; presets fill them)."""
+"""The typed configuration every model family is built from (numbers only; presets fill them).
+
+Each field's type carries its allowed range or choices (``Annotated[int, Field(ge=1)]``,
+``Literal[...]``); :mod:`attnkit.train.config` validates a whole run config against them with
+pydantic before anything is built or written.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
 
 __all__ = ["ModelConfig"]
+
+Positive = Annotated[int, Field(ge=1)]
+Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
+PositiveFloat = Annotated[float, Field(gt=0.0)]
 
 
 @dataclass
 class ModelConfig:
     """Architecture numbers. A preset returns one; ``--set model.<field>=...`` overrides a field."""
 
-    family: str | None = None  # vit, encoder, decoder, seq2seq or audio; None: from the task
-    d_model: int = 128  # width of the residual stream
-    num_heads: int = 4  # attention heads per layer
-    num_layers: int = 4  # encoder (or decoder-only) layers
-    num_decoder_layers: int | None = None  # seq2seq decoder layers (None: same as num_layers)
-    d_ff: int = 512  # hidden width of the feed-forward MLP
-    dropout: float = 0.1  # dropout on embeddings, residual branches and inside the MLP
-    mlp_dropout: float | None = None  # dropout on the MLP hidden layer (None: same as dropout)
-    attention_dropout: float = 0.0  # dropout on attention weights (passed to the layer if > 0)
-    norm: str = "layernorm"  # "layernorm" or "rmsnorm"
-    norm_eps: float = 1e-5  # epsilon of every norm (BERT / ViT checkpoints: 1e-12)
-    mlp: str = "gelu"  # "gelu" (erf), "gelu_tanh" (GPT-2) or "swiglu" (Shazeer, 2020)
+    # None: the family the task gets by default (attnkit.models.default_family)
+    family: Literal["vit", "encoder", "decoder", "seq2seq", "audio"] | None = None
+    d_model: Positive = 128  # width of the residual stream
+    num_heads: Positive = 4  # attention heads per layer
+    num_layers: Positive = 4  # encoder (or decoder-only) layers
+    num_decoder_layers: Positive | None = None  # seq2seq decoder layers (None: same as num_layers)
+    d_ff: Positive = 512  # hidden width of the feed-forward MLP
+    dropout: Probability = 0.1  # dropout on embeddings, residual branches and inside the MLP
+    mlp_dropout: Probability | None = None  # dropout on the MLP hidden layer (None: as dropout)
+    attention_dropout: Probability = 0.0  # dropout on attention weights (given to the layer if > 0)
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"  # normalization of the residual blocks
+    norm_eps: PositiveFloat = 1e-5  # epsilon of every norm (BERT / ViT checkpoints: 1e-12)
+    # gelu: Linear-GELU(erf)-Linear; gelu_tanh: the tanh approximation (GPT-2);
+    # swiglu: gated (Shazeer, 2020)
+    mlp: Literal["gelu", "gelu_tanh", "swiglu"] = "gelu"
     norm_first: bool = True  # pre-norm residual blocks; False = post-norm (Vaswani et al., 2017)
     attention: str | list[str] = "mha"  # attention kind, or one kind per layer
     attention_options: dict[str, Any] = field(default_factory=dict)  # extra build_attention kwargs
     cross_attention: str = "mha"  # seq2seq: attention kind of the decoder's cross-attention
-    positional: str = "learned"  # "learned" | "sinusoidal" | "rope" | "none"
-    max_length: int = 512  # longest sequence the position table covers (token / audio inputs)
-    pooling: str = "cls"  # classifiers: "cls" (prepended class token), "first" token or "mean"
-    patch_size: int = 2  # ViT: side of a square image patch
-    patch_stem: str = "linear"  # ViT: "linear" (one projection per patch) or "conv" (3x3 stem)
+    positional: Literal["learned", "sinusoidal", "rope", "none"] = "learned"  # position encoding
+    max_length: Positive = 512  # longest sequence the position table covers (tokens / audio)
+    # classifiers: "cls" (a prepended class token), the "first" input token (BERT's [CLS]) or
+    # "mean" over the valid tokens
+    pooling: Literal["cls", "first", "mean"] = "cls"
+    patch_size: Positive = 2  # ViT: side of a square image patch
+    # ViT: "linear" (one projection per patch) or "conv" (a 3x3 convolution stem)
+    patch_stem: Literal["linear", "conv"] = "linear"
     tie_embeddings: bool = True  # LM / seq2seq: output projection shares the token embedding
     bias: bool = True  # biases in linear layers and norms
 

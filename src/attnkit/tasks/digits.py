@@ -14,7 +14,13 @@ from torch.utils.data import TensorDataset
 from attnkit.tasks.augment import AugmentedImages
 from attnkit.tasks.base import MissingDataError, Task, register_task
 
-__all__ = ["load_digits_task"]
+__all__ = ["TUNED_TRAINING", "load_digits_task"]
+
+#: Training settings tuned with the ``vit_tiny_digits`` preset: >= 97% test accuracy in about a
+#: minute on one CPU core. One thread: this model's matmuls are too small to gain from two.
+#: Keys the user sets (config file, --set) win over these.
+TUNED_TRAINING = {"epochs": 40, "batch_size": 32, "lr": 3e-3, "weight_decay": 0.05,
+                  "label_smoothing": 0.1, "warmup_fraction": 0.05, "num_threads": 1}
 
 
 @register_task("digits", "scikit-learn 8x8 handwritten digits, 10 classes (ships with sklearn)")
@@ -52,6 +58,7 @@ def load_digits_task(*, split_seed: int = 0, test_fraction: float = 0.2,
                        if augment_shift > 0 else subset(train_idx)),
                 val=subset(val_idx), test=subset(test_idx),
                 num_classes=10, input_shape=(1, 8, 8), metric="accuracy",
-                extra={"presets": {"vit": "vit_tiny_digits"}},  # the preset the demo tunes
+                # The tuned defaults of `attnkit train --task digits` and `attnkit demo`.
+                extra={"presets": {"vit": "vit_tiny_digits"}, "train": dict(TUNED_TRAINING)},
                 source="scikit-learn sklearn.datasets.load_digits (UCI optdigits test set, "
                        "CC BY 4.0)")

@@ -7,11 +7,13 @@ Thin: each parses its options and calls library functions (:func:`attnkit.train.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import signal
+import os
 from pathlib import Path
 from typing import Any
+
+from attnkit.cli_options import add_device_option
+from attnkit.errors import UsageError
 
 __all__ = ["register"]
 
@@ -19,7 +21,7 @@ _TRAIN_EPILOG = """\
 examples:
   attnkit train --task digits --model vit --attention gated
   attnkit train --config cfg.yaml --set train.lr=1e-3 --set model.num_layers=4
-  attnkit train --resume runs/digits-vit-20261127-180000
+  attnkit train --resume runs/digits-vit-20261127-180000 --set train.epochs=60
 
 config file (YAML), every section optional:
   task:  {name: digits, options: {}}
@@ -29,14 +31,9 @@ config file (YAML), every section optional:
 """
 
 
-def sigterm_as_interrupt() -> None:
-    """A killed run (SIGTERM) stops like Ctrl-C: the last complete checkpoint stays."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    with contextlib.suppress(ValueError):  # not in the main thread: leave it
-        signal.signal(signal.SIGTERM, handler)
+def _is_main_process() -> bool:
+    """Under torchrun only rank 0 prints results."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _shortcut_overrides(args: argparse.Namespace) -> list[str]:
@@ -63,20 +60,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     from attnkit.train.loop import train
 
-    sigterm_as_interrupt()
     overrides = _shortcut_overrides(args) + list(args.set or [])
     if args.resume:
         run_dir = Path(args.resume)
         if args.config:
-            raise ValueError("--resume takes the config from the run directory; drop --config")
+            raise UsageError("--resume takes the config from the run directory; drop --config "
+                             "(change settings with --set KEY=VALUE)")
+        if args.overwrite:
+            raise UsageError("--overwrite starts a new run; it cannot be combined with --resume")
+        if not (run_dir / "config.yaml").is_file():
+            raise UsageError(f"nothing to resume: {str(run_dir)!r} is not a run directory (no "
+                             f"config.yaml)")
+        # The merged config is validated in full before train() writes anything.
         raw = apply_overrides(load_yaml(run_dir / "config.yaml"), overrides)
         config = run_config_from_dict(raw)
         result = train(config, run_dir=run_dir, resume=True)
     else:
         raw = apply_overrides(load_yaml(args.config) if args.config else {}, overrides)
         config, task = resolve_for_task(raw)
-        result = train(config, task=task)
-    print(json.dumps({"run_dir": str(result.run_dir), "test": result.test}, indent=2))
+        result = train(config, task=task, overwrite=args.overwrite)
+    if _is_main_process():
+        print(json.dumps({"run_dir": str(result.run_dir), "test": result.test}, indent=2))
     return 0
 
 
@@ -84,14 +88,44 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from attnkit.train.loop import evaluate
     from attnkit.train.run import load_run
 
-    run = load_run(args.run_dir, weights=args.weights)
-    if args.split not in ("train", "val", "test"):
-        raise ValueError(f"--split must be train, val or test, got {args.split!r}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    run = load_run(args.run_dir, weights=args.weights, device=args.device)
     dataset = getattr(run.task, args.split)
     metrics = evaluate(run.model, dataset, run.task, batch_size=args.batch_size)
     print(json.dumps({"run_dir": str(run.run_dir), "split": args.split,
                       "weights": str(run.weights), "metrics": metrics}, indent=2))
     return 0
+
+
+def _encode_prompt(task: Any, prompt: str) -> list[int]:
+    """The prompt's ids; characters the vocabulary lacks are an error, never the pad id."""
+    try:
+        ids = list(task.encode(prompt))
+    except (ValueError, KeyError, IndexError) as err:
+        raise UsageError(f"--prompt {prompt!r} is not in task {task.name!r}'s input format: "
+                         f"{err}{_prompt_example(task)}") from None
+    if not ids:
+        raise UsageError("the prompt encodes to no tokens; give a non-empty --prompt")
+    if task.pad_id in ids:
+        unknown = sorted({c for c in prompt if task.pad_id in task.encode(c)})
+        raise UsageError(f"--prompt has characters outside task {task.name!r}'s vocabulary: "
+                         f"{unknown}; remove them")
+    return ids
+
+
+def _prompt_example(task: Any) -> str:
+    decode = task.extra.get("source_decode")
+    if decode is None and task.target_vocab_size in (None, task.vocab_size):
+        decode = task.decode  # source and target share one vocabulary
+    if decode is None or not len(task.test):
+        return ""
+    source = task.test[0][0]
+    return f"; e.g. --prompt {decode([int(i) for i in source]).strip()!r}"
+
+
+_SAMPLING_DEFAULTS = {"temperature": 0.0, "top_k": None, "top_p": None, "cache": "static",
+                      "window": None, "sink": None}
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -100,32 +134,42 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from attnkit.models import DecoderLM, SamplingConfig, Seq2SeqTransformer
     from attnkit.train.run import load_run
 
-    run = load_run(args.run_dir)
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    run = load_run(args.run_dir, device=args.device)
     task, model = run.task, run.model
     if task.encode is None or task.decode is None:
-        raise ValueError(f"task {task.name!r} has no text encode/decode; generate works for "
+        raise UsageError(f"task {task.name!r} has no text encode/decode; generate works for "
                          f"language-model and seq2seq tasks over text")
-    ids = task.encode(args.prompt)
-    if not ids:
-        raise ValueError("the prompt encodes to no tokens; give a non-empty --prompt")
-    prompt = torch.tensor([ids], dtype=torch.long)
-    generator = torch.Generator().manual_seed(args.seed)
+    device = next(model.parameters()).device
+    prompt = torch.tensor([_encode_prompt(task, args.prompt)], dtype=torch.long, device=device)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    never = tuple(i for i in (task.pad_id, task.bos_id) if i is not None)
     if isinstance(model, DecoderLM):
-        sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k,
-                                  top_p=args.top_p)
+        try:
+            sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k,
+                                      top_p=args.top_p, suppress_ids=never)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
         out = model.generate(prompt, max_new_tokens=args.max_new_tokens, sampling=sampling,
-                             cache=args.cache, window=args.window, sink=args.sink,
+                             cache=args.cache, window=args.window,
+                             sink=4 if args.sink is None else args.sink,
                              eos_id=task.eos_id, generator=generator)
         print(task.decode(out[0].tolist()))
     elif isinstance(model, Seq2SeqTransformer):
+        ignored = [f"--{k.replace('_', '-')}" for k, default in _SAMPLING_DEFAULTS.items()
+                   if getattr(args, k) != default]
+        if ignored:
+            raise UsageError(f"{', '.join(ignored)}: seq2seq runs decode greedily and use no "
+                             f"sampling or cache options; drop them")
         if task.bos_id is None or task.eos_id is None:
-            raise ValueError(f"task {task.name!r} sets no bos_id / eos_id for decoding")
+            raise UsageError(f"task {task.name!r} sets no bos_id / eos_id for decoding")
         out = model.greedy_decode(prompt, bos_id=task.bos_id, eos_id=task.eos_id,
-                                  max_length=args.max_new_tokens)
+                                  max_length=args.max_new_tokens, suppress_ids=never)
         tokens = [t for t in out[0, 1:].tolist() if t != task.eos_id]
         print(task.decode(tokens))
     else:
-        raise ValueError(f"run {str(run.run_dir)!r} holds a {type(model).__name__}; generate "
+        raise UsageError(f"run {str(run.run_dir)!r} holds a {type(model).__name__}; generate "
                          f"needs a language model (decoder) or seq2seq run")
     return 0
 
@@ -152,10 +196,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--batch-size", type=int, dest="batch_size")
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    add_device_option(p, default=None, default_text="the config's train.device, auto")
     p.add_argument("--out-dir", dest="out_dir", help="parent of run directories (default runs)")
     p.add_argument("--name", help="run directory name")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its checkpoint")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue RUN_DIR from its newest intact checkpoint (--set may change "
+                        "budgets such as train.epochs; not the task or architecture)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing run directory of the same --name")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(handler=_cmd_train)
 
@@ -163,9 +211,11 @@ def register(subparsers: Any) -> None:
                               description="Evaluate a run's best weights on a split; prints "
                                           "JSON metrics.")
     p.add_argument("run_dir", metavar="RUN_DIR", nargs="?")
-    p.add_argument("--split", default="test", help="train, val or test (default test)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"],
+                   help="default test")
     p.add_argument("--weights", default="best", choices=["best", "latest"])
     p.add_argument("--batch-size", type=int, default=256, dest="batch_size")
+    add_device_option(p, default="cpu")
     p.set_defaults(handler=_cmd_eval)
 
     p = subparsers.add_parser("generate", help="generate text from a trained LM / seq2seq run",
@@ -176,11 +226,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", nargs="?")
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=200, dest="max_new_tokens")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, dest="top_k")
-    p.add_argument("--top-p", type=float, dest="top_p")
-    p.add_argument("--cache", default="static", choices=["static", "rolling", "none"])
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0 = greedy (default); language models only")
+    p.add_argument("--top-k", type=int, dest="top_k", help="language models only")
+    p.add_argument("--top-p", type=float, dest="top_p", help="language models only")
+    p.add_argument("--cache", default="static", choices=["static", "rolling", "none"],
+                   help="language models only")
     p.add_argument("--window", type=int, help="rolling cache: recent tokens kept")
-    p.add_argument("--sink", type=int, default=4, help="rolling cache: first tokens kept")
+    p.add_argument("--sink", type=int, help="rolling cache: first tokens kept (default 4)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    add_device_option(p, default="cpu")
     p.set_defaults(handler=_cmd_generate)

@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from attnkit.errors import UsageError
+
 __all__ = ["DistInfo", "all_reduce_sum", "cleanup", "pick_device", "setup"]
 
 
@@ -40,9 +42,13 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() \
             else torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"device {name!r} is not a device torch knows; use auto, cpu, cuda, "
+                         f"cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for but CUDA is not available; use "
+        raise UsageError(f"device {name!r} was asked for but CUDA is not available; use "
                          f"--set train.device=cpu")
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{local_rank}")

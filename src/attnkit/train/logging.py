@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from attnkit.errors import UsageError
 from attnkit.train.checkpoint import atomic_write_json
 
 __all__ = ["RunLogger"]
@@ -22,7 +23,11 @@ class RunLogger:
         self.metrics_path = run_dir / "metrics.json"
         self.metrics: dict[str, Any] = {"history": [], "best": None, "test": None}
         if enabled and self.metrics_path.is_file():  # resuming: keep the earlier history
-            self.metrics = json.loads(self.metrics_path.read_text())
+            try:
+                self.metrics = json.loads(self.metrics_path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise UsageError(f"{str(self.metrics_path)!r} is damaged: not valid JSON "
+                                 f"({err}); move it away to start a fresh history") from None
         self.writer: Any = None
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
