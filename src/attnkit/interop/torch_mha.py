@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from attnkit.functional import masks
 from attnkit.functional.masks import Mask
+from attnkit.interop.plain import check_plain, repeat_kv_heads
 from attnkit.layers.multihead import MultiHeadAttention
 
 __all__ = ["from_torch_mha", "mask_from_torch", "to_torch_mha"]
@@ -81,35 +82,11 @@ def from_torch_mha(module: nn.MultiheadAttention, *, backend: str = "auto"
     return layer
 
 
-def _refuse_unsupported_attnkit(layer: MultiHeadAttention) -> None:
-    if type(layer) is not MultiHeadAttention:
-        raise ValueError(f"{type(layer).__name__} changes the attention math of "
-                         f"MultiHeadAttention; only plain MultiHeadAttention converts to torch")
+def _check_torch_layout(layer: MultiHeadAttention) -> None:
     lay = layer.layout
-    features = {"qk_norm": layer.q_norm is not None, "rope": layer.rope is not None,
-                "alibi": layer.use_alibi, "softcap": layer.softcap is not None}
-    used = [name for name, on in features.items() if on]
-    if used:
-        raise ValueError(f"torch MultiheadAttention has no {', '.join(used)}; convert a layer "
-                         f"built without {' / '.join(used)}")
     if lay.num_heads * lay.head_dim != lay.dim:
         raise ValueError(f"torch MultiheadAttention needs num_heads * head_dim == dim, got "
                          f"{lay.num_heads} * {lay.head_dim} != {lay.dim}")
-    projections = (layer.q_proj, layer.k_proj, layer.v_proj, layer.out_proj)
-    if not all(type(p) is nn.Linear for p in projections):
-        raise ValueError("only plain nn.Linear projections convert to torch MultiheadAttention")
-    if len({p.bias is None for p in projections}) != 1:
-        raise ValueError("torch MultiheadAttention has biases on all projections or none; this "
-                         "layer mixes them")
-
-
-def _repeat_kv_heads(weight: Tensor, layer: MultiHeadAttention) -> Tensor:
-    """(Hkv * Dh, ...) -> (H * Dh, ...): GQA key/value heads repeated for each query head."""
-    lay = layer.layout
-    groups = lay.num_heads // lay.num_kv_heads
-    rest = weight.shape[1:]
-    per_head = weight.reshape(lay.num_kv_heads, lay.head_dim, *rest)
-    return per_head.repeat_interleave(groups, dim=0).reshape(lay.num_heads * lay.head_dim, *rest)
 
 
 @torch.no_grad()
@@ -121,7 +98,8 @@ def to_torch_mha(layer: MultiHeadAttention, *, batch_first: bool = True
     heads (torch has no grouped heads). Raises ValueError for what torch cannot express: qk_norm,
     RoPE, ALiBi, softcap, ``num_heads * head_dim != dim`` and subclasses with other math.
     """
-    _refuse_unsupported_attnkit(layer)
+    check_plain(layer, "torch MultiheadAttention")
+    _check_torch_layout(layer)
     lay = layer.layout
     context_dim = layer.k_proj.in_features
     has_bias = layer.q_proj.bias is not None
@@ -129,8 +107,8 @@ def to_torch_mha(layer: MultiHeadAttention, *, batch_first: bool = True
     module = nn.MultiheadAttention(lay.dim, lay.num_heads, dropout=layer.dropout, bias=has_bias,
                                    kdim=context_dim, vdim=context_dim, batch_first=batch_first,
                                    device=weight.device, dtype=weight.dtype)
-    weights = (layer.q_proj.weight, _repeat_kv_heads(layer.k_proj.weight, layer),
-               _repeat_kv_heads(layer.v_proj.weight, layer))
+    weights = (layer.q_proj.weight, repeat_kv_heads(layer.k_proj.weight, layer),
+               repeat_kv_heads(layer.v_proj.weight, layer))
     if module._qkv_same_embed_dim:
         module.in_proj_weight.copy_(torch.cat(weights))
     else:
@@ -140,8 +118,8 @@ def to_torch_mha(layer: MultiHeadAttention, *, batch_first: bool = True
     module.out_proj.weight.copy_(layer.out_proj.weight)
     if has_bias:
         module.in_proj_bias.copy_(torch.cat([layer.q_proj.bias,
-                                             _repeat_kv_heads(layer.k_proj.bias, layer),
-                                             _repeat_kv_heads(layer.v_proj.bias, layer)]))
+                                             repeat_kv_heads(layer.k_proj.bias, layer),
+                                             repeat_kv_heads(layer.v_proj.bias, layer)]))
         module.out_proj.bias.copy_(layer.out_proj.bias)
     module.train(layer.training)
     return module
@@ -154,7 +132,8 @@ def mask_from_torch(*, key_padding_mask: Tensor | None = None, attn_mask: Tensor
     ``key_padding_mask`` (B, S): bool True = padding, or float with ``-inf`` at padding.
     ``attn_mask`` (L, S) or (B * H, L, S): bool True = not allowed, or float with ``-inf``
     where not allowed (other float values are additive scores; use :func:`attnkit.bias.dense`).
-    ``is_causal``: the causal mask (what torch's ``is_causal`` hint stands for).
+    ``is_causal``: the causal mask, top-left aligned as torch builds it (query i sees keys
+    j <= i, also when L != S).
     """
     parts: list[Mask] = []
     if key_padding_mask is not None:
@@ -166,7 +145,7 @@ def mask_from_torch(*, key_padding_mask: Tensor | None = None, attn_mask: Tensor
                              "unflatten; pass masks.dense(~attn_mask.view(B, H, L, S)) yourself")
         parts.append(masks.dense(~blocked))
     if is_causal:
-        parts.append(masks.causal())
+        parts.append(masks.causal(offset=0))  # top-left aligned, as in torch and Keras
     if not parts:
         return None
     combined = parts[0]
