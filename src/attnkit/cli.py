@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "attnkit.bench.commands",
     "attnkit.train.commands",
     "attnkit.explain.commands",
+    "attnkit.export.commands",
 )
 
 
