@@ -89,3 +89,26 @@ def test_cli_export_needs_a_run_directory(tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["export", str(tmp_path), "--onnx", str(tmp_path / "m.onnx")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+
+class _DataDependent(torch.nn.Module):
+    """Branches on a value: torch.export cannot turn that into one graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from attnkit.layers.multihead import MultiHeadAttention
+
+        self.attention = MultiHeadAttention(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.attention(x)
+        return y * 2 if bool(y.sum() > 0) else y
+
+
+def test_untraceable_model_gets_an_error_naming_its_kinds(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"cannot export _DataDependent with attention "
+                                         r"\['MultiHeadAttention'\] to ONNX: \w+"):
+        export_onnx(_DataDependent(), {"x": torch.randn(2, 5, 8)}, tmp_path / "a.onnx",
+                    dynamic_axes={"x": {0: "batch", 1: "length"}})
+    assert not list(tmp_path.iterdir())  # nothing half-written
