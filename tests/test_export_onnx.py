@@ -112,3 +112,19 @@ def test_untraceable_model_gets_an_error_naming_its_kinds(tmp_path: Path) -> Non
         export_onnx(_DataDependent(), {"x": torch.randn(2, 5, 8)}, tmp_path / "a.onnx",
                     dynamic_axes={"x": {0: "batch", 1: "length"}})
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_a_kind_that_pins_the_length_is_named_and_exports_static(tmp_path: Path) -> None:
+    """'linear' fixes the length while tracing: refused as dynamic, exported at fixed size."""
+    from dataclasses import replace
+
+    model = build_encoder_classifier(replace(TINY, attention="linear"), vocab_size=20,
+                                     num_classes=3)
+    tokens = torch.randint(1, 20, (2, 9))
+    with pytest.raises(ValueError, match=r"\['LinearAttention'\] to ONNX with dynamic axes: "
+                                         r"tracing fixed x axis 1 \(length\) = 9"):
+        export_onnx(model, {"x": tokens}, tmp_path / "d.onnx",
+                    dynamic_axes={"x": {0: "batch", 1: "length"}}, max_lengths={"length": 32})
+    assert not list(tmp_path.iterdir())
+    report = export_onnx(model, {"x": tokens}, tmp_path / "s.onnx")
+    assert max(report.max_abs_diff.values()) <= 1e-4

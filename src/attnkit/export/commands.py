@@ -13,7 +13,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from attnkit.export.onnx import export_run
 
     report = export_run(args.run_dir, args.onnx, weights=args.weights,
-                        batch_size=args.batch_size, atol=args.atol)
+                        batch_size=args.batch_size, atol=args.atol, static=args.static)
     print(json.dumps(report.summary(), indent=2))
     return 0
 
@@ -33,4 +33,7 @@ def register(subparsers: Any) -> None:
                    help="example batch taken from the test split (default 2)")
     p.add_argument("--atol", type=float, default=1e-4,
                    help="largest allowed |onnxruntime - torch| (default 1e-4)")
+    p.add_argument("--static", action="store_true",
+                   help="fix batch and length to the example's (for attention kinds whose code "
+                        "pins them; the error says when)")
     p.set_defaults(handler=_cmd_export)

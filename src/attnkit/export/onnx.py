@@ -136,6 +136,11 @@ def export_onnx(model: nn.Module, inputs: dict[str, Tensor], path: str | Path, *
         reason = _first_reason(err)
         raise ValueError(f"cannot export {type(model).__name__} with attention "
                          f"{_attention_kinds(model)} to ONNX: {reason}") from err
+    try:
+        _check_dynamic_axes(tmp, dynamic_axes or {}, model)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)
     report = ExportReport(path=path, inputs=list(inputs),
                           dynamic_axes={k: list(v.values()) for k, v in
@@ -152,6 +157,30 @@ def export_onnx(model: nn.Module, inputs: dict[str, Tensor], path: str | Path, *
                                  f"inputs of shape {shape}; the export of {path} is not faithful")
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _check_dynamic_axes(path: Path, dynamic_axes: dict[str, dict[int, str]],
+                        model: nn.Module) -> None:
+    """Raise ValueError if the graph fixed an axis that was declared dynamic.
+
+    When ``torch.export`` cannot keep a size symbolic, torch's ONNX exporter may fall back to a
+    graph for the example's sizes only; onnxruntime would then reject every other shape.
+    """
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    fixed = []
+    for graph_input in graph.input:
+        dims = graph_input.type.tensor_type.shape.dim
+        for axis, name in dynamic_axes.get(graph_input.name, {}).items():
+            if axis < len(dims) and not dims[axis].dim_param:
+                fixed.append(f"{graph_input.name} axis {axis} ({name}) = {dims[axis].dim_value}")
+    if fixed:
+        raise ValueError(f"cannot export {type(model).__name__} with attention "
+                         f"{_attention_kinds(model)} to ONNX with dynamic axes: tracing fixed "
+                         f"{', '.join(fixed)} (the attention code turns these sizes into "
+                         f"constants); export at fixed sizes instead (attnkit export --static, or "
+                         f"leave those axes out of dynamic_axes)")
 
 
 def _first_reason(err: BaseException) -> str:
@@ -206,13 +235,17 @@ def _other_shape(inputs: dict[str, Tensor], axes: dict[str, dict[int, str]]) -> 
 
 
 def export_run(run_dir: str | Path, path: str | Path, *, weights: str = "best",
-               batch_size: int = 2, atol: float = 1e-4) -> ExportReport:
-    """Export a trained run's model to ONNX with example inputs from its test split."""
+               batch_size: int = 2, atol: float = 1e-4, static: bool = False) -> ExportReport:
+    """Export a trained run's model to ONNX with example inputs from its test split.
+
+    ``static``: fix every axis to the example batch's sizes (for kinds whose code pins them)."""
     from attnkit.train import load_run
     from attnkit.train.data import iterate
 
     run = load_run(run_dir, weights=weights)
     batch = next(iter(iterate(run.task.test, batch_size=batch_size, pad_id=run.task.pad_id)))
     inputs, axes, bounds = example_inputs(run.model, batch.inputs, batch.lengths)
+    if static:
+        return export_onnx(run.model, inputs, path, atol=atol)
     return export_onnx(run.model, inputs, path, dynamic_axes=axes, max_lengths=bounds,
                        check_inputs=[_other_shape(inputs, axes)], atol=atol)
