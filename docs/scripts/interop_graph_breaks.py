@@ -14,6 +14,13 @@ cases = {
 for name, (m, args) in cases.items():
     torch._dynamo.reset()
     e = torch._dynamo.explain(m)(*args)
-    reasons = sorted({str(b.reason).splitlines()[0][:150] for b in e.break_reasons})
+    def where(b):
+        frames = [f for f in b.user_stack if "/attnkit/" in f.filename]
+        if not frames:
+            return "?"
+        f = frames[-1]
+        return f"{f.filename.split('/attnkit/')[-1]}:{f.lineno}"
+    reasons = sorted({f"{where(b)}: {str(b.reason).splitlines()[0][:100]}"
+                      for b in e.break_reasons})
     print(f"{name}: graphs={e.graph_count} breaks={e.graph_break_count}")
     for r in reasons: print("   ", r)

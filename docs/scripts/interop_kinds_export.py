@@ -1,4 +1,7 @@
-"""Which attention kinds export to ONNX, per family (tiny random models)."""
+"""Which attention kinds export to ONNX, per family (tiny random models).
+
+    python docs/scripts/interop_kinds_export.py [KIND ...]     # default: every registered kind
+"""
 import sys, tempfile, warnings, logging
 warnings.filterwarnings("ignore")
 logging.disable(logging.WARNING)
@@ -8,7 +11,7 @@ from attnkit.layers import list_attention_kinds
 from attnkit.models import ModelConfig, build_vit, build_encoder_classifier, build_decoder_lm
 
 rows = []
-for kind in list_attention_kinds():
+for kind in sys.argv[1:] or list_attention_kinds():
     cfg = ModelConfig(d_model=16, num_heads=2, d_ff=32, num_layers=1, dropout=0.0, max_length=32,
                       patch_size=4, attention=kind)
     cells = []
