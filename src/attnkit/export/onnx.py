@@ -136,27 +136,37 @@ def export_onnx(model: nn.Module, inputs: dict[str, Tensor], path: str | Path, *
         reason = _first_reason(err)
         raise ValueError(f"cannot export {type(model).__name__} with attention "
                          f"{_attention_kinds(model)} to ONNX: {reason}") from err
-    try:
+    report = ExportReport(path=path, inputs=list(inputs),
+                          dynamic_axes={k: list(v.values()) for k, v in
+                                        (dynamic_axes or {}).items()})
+    try:  # checked while still under the temporary name: a failed check leaves no file
         _check_dynamic_axes(tmp, dynamic_axes or {}, model)
+        _check_outputs(model, tmp, [inputs, *(check_inputs or [])], atol, report)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     tmp.replace(path)
-    report = ExportReport(path=path, inputs=list(inputs),
-                          dynamic_axes={k: list(v.values()) for k, v in
-                                        (dynamic_axes or {}).items()})
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _check_outputs(model: nn.Module, path: Path, feeds: list[dict[str, Tensor]], atol: float,
+                   report: ExportReport) -> None:
+    """Record ``max |onnxruntime - torch|`` per feed in ``report``; ValueError above ``atol``."""
     with torch.no_grad():
-        for i, feed in enumerate([inputs, *(check_inputs or [])]):
-            expected = model(**feed)
-            got = _run_onnxruntime(path, feed)
-            diff = float((got.double() - expected.double()).abs().max())
+        for i, feed in enumerate(feeds):
             shape = "x".join(str(s) for s in next(iter(feed.values())).shape)
+            expected = model(**feed)
+            try:
+                got = _run_onnxruntime(path, feed)
+            except Exception as err:  # onnxruntime's own error types
+                raise ValueError(f"onnxruntime cannot run the exported graph on inputs of "
+                                 f"shape {shape}: {_first_reason(err)}") from err
+            diff = float((got.double() - expected.double()).abs().max())
             report.max_abs_diff[f"check {i} ({shape})"] = diff
             if not diff <= atol:
                 raise ValueError(f"onnxruntime differs from PyTorch by {diff:.3g} > {atol} on "
-                                 f"inputs of shape {shape}; the export of {path} is not faithful")
-    report.seconds = time.perf_counter() - start
-    return report
+                                 f"inputs of shape {shape}; the export is not faithful")
 
 
 def _check_dynamic_axes(path: Path, dynamic_axes: dict[str, dict[int, str]],
