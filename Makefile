@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_PIN)"
-	$(PY) -m pip install -q -e ".[test,lint,data,hf,browser]" "$(TORCH_PIN)"
+	$(PY) -m pip install -q -e ".[test,lint,data,hf,browser,keras,onnx]" "$(TORCH_PIN)"
 	touch $(STAMP)
 
 setup: $(STAMP)

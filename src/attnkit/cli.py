@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "attnkit.bench.commands",
     "attnkit.train.commands",
     "attnkit.explain.commands",
+    "attnkit.export.commands",
     "attnkit.demo",
     "attnkit.hf_commands",  # last: adds --hf to the commands above
 )

@@ -172,7 +172,7 @@ class _DenseBias(Bias):
         while tensor.dim() < 4:
             tensor = tensor.unsqueeze(0)
         self.tensor = tensor  # (B|1, H|1, Lq, Lk)
-        self.batch_size, self.num_heads = int(tensor.shape[0]), int(tensor.shape[1])
+        self.batch_size, self.num_heads = tensor.shape[0], tensor.shape[1]
 
     def tensors(self) -> tuple[Tensor, ...]:
         return (self.tensor,)

@@ -462,7 +462,7 @@ class _Padding(Mask):
         self.lengths, self.key_valid = lengths, key_valid
         source = lengths if lengths is not None else key_valid
         assert source is not None
-        self.batch_size = int(source.shape[0])
+        self.batch_size = source.shape[0]  # symbolic under tracing: keeps export batch-dynamic
 
     def allowed(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int) -> Tensor:
         if self.lengths is not None:
@@ -519,7 +519,7 @@ class _Document(Mask):
 
     def __init__(self, q_ids: Tensor, kv_ids: Tensor) -> None:
         self.q_ids, self.kv_ids = q_ids, kv_ids
-        self.batch_size = int(q_ids.shape[0])
+        self.batch_size = q_ids.shape[0]
 
     def on_device(self, device: torch.device) -> Mask:
         if self.q_ids.device == device and self.kv_ids.device == device:
@@ -577,8 +577,8 @@ class _Dense(Mask):
         while allowed.dim() < 4:
             allowed = allowed.unsqueeze(0)
         self.tensor = allowed  # (B|1, H|1, Lq, Lk)
-        self.batch_size = int(allowed.shape[0])
-        self.num_heads = int(allowed.shape[1])
+        self.batch_size = allowed.shape[0]
+        self.num_heads = allowed.shape[1]
 
     def check_shape(self, batch: int, heads: int, lq: int, lk: int) -> None:
         super().check_shape(batch, heads, lq, lk)

@@ -62,25 +62,27 @@ class AttentionSpec:
     softcap: float | None = None  # tanh capping of scores
     dropout_p: float = 0.0  # dropout on the weights (training only)
 
+    # Sizes stay as torch gives them (symbolic while torch.export / torch.compile trace), so an
+    # exported graph keeps its batch and length axes dynamic; int() would pin them.
     @property
     def batch(self) -> int:
-        return int(self.q.shape[0])
+        return self.q.shape[0]
 
     @property
     def heads(self) -> int:
-        return int(self.q.shape[1])
+        return self.q.shape[1]
 
     @property
     def kv_heads(self) -> int:
-        return int(self.k.shape[1])
+        return self.k.shape[1]
 
     @property
     def lq(self) -> int:
-        return int(self.q.shape[2])
+        return self.q.shape[2]
 
     @property
     def lk(self) -> int:
-        return int(self.k.shape[2])
+        return self.k.shape[2]
 
     @property
     def needs_grad(self) -> bool:

@@ -31,7 +31,10 @@ class TokenEmbedding(nn.Module):
         if tokens.dtype not in (torch.long, torch.int32, torch.int64):
             raise ValueError(f"token inputs must be integer ids, got {tokens.dtype}")
         vocab = self.table.num_embeddings
-        if tokens.numel() and (int(tokens.max()) >= vocab or int(tokens.min()) < 0):
+        # The range check reads the data, which a traced graph (torch.compile, torch.export for
+        # ONNX) cannot branch on: eager calls check, compiled ones index as nn.Embedding does.
+        if (not torch.compiler.is_compiling() and tokens.numel()
+                and (int(tokens.max()) >= vocab or int(tokens.min()) < 0)):
             raise ValueError(f"token ids must lie in [0, {vocab}), got range "
                              f"[{int(tokens.min())}, {int(tokens.max())}]")
         return self.table(tokens) * self.multiplier
