@@ -240,7 +240,7 @@ class _Run:
 
 
 def _prepare(config: RunConfig, task: Task, info: distributed.DistInfo,
-             run_dir: str | Path | None) -> _Run:
+             run_dir: str | Path | None = None) -> _Run:
     """Build the model and optimizer and check the budgets: every refusal happens here, before
     a run directory exists. A fine-tuning run's model comes from its ``RUN_DIR/hf``."""
     t = config.train
