@@ -464,3 +464,32 @@ def test_dropout_is_unbiased() -> None:
         out = attention(q, k, v, mask=masks.sliding_window(2), dropout_p=0.5, backend=backend)
         assert not torch.allclose(out[0], exact[0])
         torch.testing.assert_close(out.mean(0, keepdim=True), exact, atol=0.08, rtol=0.08)
+
+
+def test_flex_allow_in_auto_lifts_only_the_opt_in_reason(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """Auto skips flex until ``allow_in_auto()``; then flex is chosen where it is the first
+    backend that can run (here: blocked made to decline), and opting out restores the skip."""
+    if "flex" not in backend_names:
+        pytest.fail("flex backend is not registered")
+    from attnkit.backends import flex
+
+    q, k, v = _qkv(5, 7)
+    window = masks.sliding_window(2)
+    blocked = get_backend("blocked")
+    monkeypatch.setattr(blocked, "not_supported_reasons", lambda spec: ["declined for the test"])
+    opt_in = "needs compilation: opt in with attnkit.backends.flex.allow_in_auto()"
+    before = dispatch_report(q, k, v, mask=window)
+    assert before.reasons["flex"][0] == opt_in and before.chosen == "sdpa_dense"
+    try:
+        flex.allow_in_auto()
+        allowed = dispatch_report(q, k, v, mask=window)
+        assert allowed.reasons["flex"] == [] and allowed.chosen == "flex"
+        # still declined for what flex cannot do (backward on CPU), with no opt-in reason
+        grad = dispatch_report(q.requires_grad_(), k, v, mask=window)
+        assert grad.chosen == "sdpa_dense"
+        assert opt_in not in grad.reasons["flex"]
+        assert any("backward" in r for r in grad.reasons["flex"])
+    finally:
+        flex.allow_in_auto(False)
+    assert dispatch_report(q.detach(), k, v, mask=window).reasons["flex"][0] == opt_in
