@@ -34,7 +34,7 @@ settings.register_profile("thorough", max_examples=500, deadline=None,
                           suppress_health_check=_QUIET)
 # mutation: `make mutation` reruns the tests once per mutant; the same examples every time, so
 # a mutant's verdict does not depend on the draw, and fewer of them.
-settings.register_profile("mutation", max_examples=30, deadline=None, derandomize=True,
+settings.register_profile("mutation", max_examples=10, deadline=None, derandomize=True,
                           database=None, suppress_health_check=_QUIET)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
