@@ -114,10 +114,10 @@ def summarize(name: str, target: dict[str, object], work: Path, elapsed: float,
     stats_file = work / "mutants" / "mutmut-cicd-stats.json"
     counts = json.loads(stats_file.read_text()) if stats_file.exists() else {}
     killed = int(counts.get("killed", 0))
+    timeouts = int(counts.get("timeout", 0))  # hypothesis hunting a failure past the limit
     not_killed = sum(int(counts.get(k, 0)) for k in ("survived", "no_tests", "suspicious",
-                                                        "skipped", "not_checked"))
-    timeouts = int(counts.get("timeout", 0))  # a mutant that hangs the tests is caught
-    total = killed + timeouts + not_killed
+                                                        "segfault"))
+    total = killed + timeouts + not_killed  # mutants with a verdict (all, if the run finished)
     summary = {"name": name, "path": target["path"], "exit_code": code,
                "seconds": round(elapsed), "counts": counts,
                "score": round(100 * (killed + timeouts) / total, 1) if total else None}
@@ -128,8 +128,9 @@ def summarize(name: str, target: dict[str, object], work: Path, elapsed: float,
 def write_survivors(work: Path) -> None:
     listing = subprocess.run([*MUTMUT, "results"], cwd=work, env=ENV, capture_output=True,
                              text=True).stdout
+    # the mutants no test caught; not the ones an interrupted run never reached
     names = [line.split(":")[0].strip() for line in listing.splitlines()
-             if line.strip() and ":" in line]
+             if line.strip().endswith((": survived", ": no tests", ": suspicious"))]
     with open(work / "survivors.txt", "w") as out:
         for mutant in names:
             shown = subprocess.run([*MUTMUT, "show", mutant], cwd=work, env=ENV,
@@ -138,15 +139,19 @@ def write_survivors(work: Path) -> None:
 
 
 def report() -> None:
-    print("| module | mutants | killed | timeout | survived | no tests | score | minutes |")
-    print("|---|---|---|---|---|---|---|---|")
+    """A markdown table of every run under runs/mutation/ (a run cut short shows fewer checked
+    mutants than it has: its score covers the checked ones only)."""
+    print("| module | mutants | checked | killed | timeout | survived | no tests | score "
+          "(of checked) | minutes |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for summary_file in sorted(RUNS.glob("*/summary.json")):
         s = json.loads(summary_file.read_text())
         c = s["counts"]
-        total = sum(int(v) for k, v in c.items() if k != "total")
-        print(f"| {s['path']} | {total} | {c.get('killed', 0)} | {c.get('timeout', 0)} | "
-              f"{c.get('survived', 0)} | {c.get('no_tests', 0)} | {s['score']}% | "
-              f"{s['seconds'] / 60:.0f} |")
+        checked = sum(int(c.get(k, 0)) for k in ("killed", "timeout", "survived", "no_tests",
+                                                  "suspicious", "segfault"))
+        print(f"| {s['path']} | {c.get('total', checked)} | {checked} | {c.get('killed', 0)} | "
+              f"{c.get('timeout', 0)} | {c.get('survived', 0)} | {c.get('no_tests', 0)} | "
+              f"{s['score']}% | {s['seconds'] / 60:.0f} |")
 
 
 def main() -> None:
