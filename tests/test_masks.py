@@ -240,7 +240,11 @@ def test_band_geometry_of_positional_masks() -> None:
     """``band`` gives the (lo, hi) of k - q that a mask allows, checked against its dense form."""
     cases = [(masks.causal(), (None, 3)), (masks.sliding_window(4), (-1, 3)),
              (masks.sliding_window(2, 5, offset=0), (-2, 5)),
-             (masks.causal() & masks.sliding_window(6, 2), (-3, 3)), (masks.full(), (None, None))]
+             (masks.causal() & masks.sliding_window(6, 2), (-3, 3)), (masks.full(), (None, None)),
+             # and-combinations where one or both sides leave a bound open
+             (masks.causal() & masks.causal(offset=1), (None, 1)),
+             (masks.full() & masks.full(), (None, None)),
+             (masks.full() & masks.sliding_window(2, 20), (1, None))]
     for mask, want in cases:
         assert mask.band(9, 12) == want, mask
         lo, hi = want
