@@ -493,3 +493,15 @@ def test_flex_allow_in_auto_lifts_only_the_opt_in_reason(monkeypatch: pytest.Mon
     finally:
         flex.allow_in_auto(False)
     assert dispatch_report(q.detach(), k, v, mask=window).reasons["flex"][0] == opt_in
+
+
+def test_dispatch_report_validates_like_attention() -> None:
+    """dispatch_report checks every option as attention() does (scale and softcap included)."""
+    q, k, v = _qkv()
+    for options, message in (({"scale": float("nan")}, "scale must be finite"),
+                             ({"softcap": -1.0}, "softcap must be a positive"),
+                             ({"dropout_p": 1.0}, r"dropout_p must be in \[0, 1\)")):
+        with pytest.raises(ValueError, match=message):
+            dispatch_report(q, k, v, **options)
+        with pytest.raises(ValueError, match=message):
+            attention(q, k, v, **options)

@@ -251,3 +251,57 @@ def test_input_x_gradient_float_and_tokens() -> None:
     got = input_x_gradient(bag, tokens, target=2)
     want = (bag.embed.weight[tokens[0]] * bag.head.weight[2]).sum(-1).detach()[None]
     torch.testing.assert_close(got, want)
+
+
+# -- rollout pieces by value (survivors of mutating explain/rollout.py) ---------------------------
+def test_is_causal_reads_only_the_strict_upper_triangle() -> None:
+    from attnkit.explain.rollout import is_causal
+
+    lower = torch.tril(torch.rand(2, 3, 4, 4)) + 0.1 * torch.eye(4)
+    assert is_causal(lower)
+    above = lower.clone()
+    above[1, 2, 0, 3] = 1e-3  # one entry above the diagonal, in one map
+    assert not is_causal(above)
+    assert is_causal(above, tol=1e-2) and not is_causal(above, tol=1e-4)
+    negative = lower.clone()
+    negative[0, 0, 1, 2] = -1e-3  # magnitude counts, not sign
+    assert not is_causal(negative)
+    assert not is_causal(torch.tril(torch.rand(1, 1, 3, 5)))  # not square: cross-attention
+    assert not is_causal(torch.ones(1, 1, 1, 1))  # one token: nothing to tell
+
+
+def test_causal_receptive_baseline_equals_uniform_causal_rollout() -> None:
+    """Three tokens, uniform causal attention, residual 0.5: each layer's matrix by hand."""
+    from attnkit.explain.rollout import causal_receptive_baseline
+
+    step = torch.tensor([[1.0, 0.0, 0.0],  # 0.5 * uniform row + 0.5 * identity row
+                         [0.25, 0.75, 0.0],
+                         [1 / 6, 1 / 6, 2 / 3]], dtype=torch.float64)
+    for layers in (1, 2, 3):
+        want = torch.linalg.matrix_power(step, layers)
+        got = causal_receptive_baseline(3, layers, dtype=torch.float64)
+        torch.testing.assert_close(got, want)
+    assert causal_receptive_baseline(3, 2).dtype == torch.float32
+    # residual weight 0.2: 0.8 * uniform + 0.2 * identity
+    got = causal_receptive_baseline(2, 1, residual_weight=0.2, dtype=torch.float64)
+    torch.testing.assert_close(got, torch.tensor([[1.0, 0.0], [0.4, 0.6]], dtype=torch.float64))
+
+
+def test_discard_ratio_zeroes_the_smallest_off_diagonal_entries() -> None:
+    """L = 3 has 6 off-diagonal entries; ratio 0.5 zeroes the 3 smallest (never the diagonal,
+    however small) before the rows are renormalized."""
+    fused = torch.tensor([[0.01, 0.5, 0.2],
+                          [0.3, 0.02, 0.05],
+                          [0.1, 0.6, 0.03]])
+    weights = fused[None, None]  # (B=1, H=1, 3, 3)
+    kept = torch.tensor([[0.01, 0.5, 0.0],
+                         [0.3, 0.02, 0.0],
+                         [0.0, 0.6, 0.03]])  # 0.05, 0.1 and 0.2 are the smallest off-diagonal
+    want = kept / kept.sum(-1, keepdim=True)
+    got = attention_rollout([weights], discard_ratio=0.5, residual_weight=0.0,
+                            causal_normalize=False)
+    torch.testing.assert_close(got[0], want)
+    # a ratio too small to discard one entry changes nothing
+    same = attention_rollout([weights], discard_ratio=0.1, residual_weight=0.0,
+                             causal_normalize=False)
+    torch.testing.assert_close(same[0], fused / fused.sum(-1, keepdim=True))
