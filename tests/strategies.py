@@ -2,7 +2,8 @@
 
 Every mask strategy returns the mask *and* the boolean matrix it should produce, computed here
 from the definitions with plain index arithmetic (not through the mask classes), so mask code is
-checked against an independent statement of what it means.
+checked against an independent statement of what it means. ``mask_defs`` and ``bias_defs`` give
+the same draws as definitions of the independent oracle (``tests/oracle.py``).
 
 Shape legend: B batch, Hq / Hkv query / key-value heads, Lq / Lk lengths, D / Dv head dims.
 """
@@ -16,9 +17,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 import oracle
-from attnkit import bias as biases
 from attnkit import masks
-from attnkit.functional.bias import Bias
 from attnkit.functional.masks import Mask
 
 #: Head dims that are not multiples of 8 on purpose, and 1.
@@ -158,29 +157,6 @@ def composed_masks(draw: st.DrawFn, batch: int, heads: int, lq: int, lk: int,
 
 
 BIAS_KINDS = ["alibi", "relative_buckets", "dense", "dense_grad", "sum"]
-
-
-@st.composite
-def score_biases(draw: st.DrawFn, batch: int, heads: int, lq: int, lk: int,
-                 dtype: torch.dtype = torch.float32, allow_sum: bool = True) -> Bias:
-    """ALiBi, T5 buckets (learned: gradients into the table), dense (optionally learned), sums."""
-    kind = draw(st.sampled_from(BIAS_KINDS if allow_sum else BIAS_KINDS[:-1]))
-    if kind == "alibi":
-        return biases.alibi(heads, offset=draw(st.none() | st.integers(-2, 2)))
-    if kind == "relative_buckets":
-        buckets = draw(st.integers(4, 12))
-        module = biases.relative_buckets(heads, num_buckets=buckets,
-                                         max_distance=draw(st.integers(buckets // 2 + 1, 20)),
-                                         bidirectional=draw(st.booleans()))
-        with torch.no_grad():  # default init is tiny; make the bias matter
-            module.table.normal_(generator=_generator(draw))
-        return module.to(dtype)
-    if kind == "sum":
-        return biases.alibi(heads) + draw(score_biases(batch, heads, lq, lk, dtype, False))
-    b = draw(st.sampled_from([1, batch]))
-    h = draw(st.sampled_from([1, heads]))
-    table = torch.randn(b, h, lq, lk, generator=_generator(draw), dtype=dtype)
-    return biases.dense(table.requires_grad_(kind == "dense_grad"))
 
 
 # -- oracle definitions: the same draws, stated for the independent oracle -------------------------
