@@ -305,3 +305,46 @@ def test_discard_ratio_zeroes_the_smallest_off_diagonal_entries() -> None:
     same = attention_rollout([weights], discard_ratio=0.1, residual_weight=0.0,
                              causal_normalize=False)
     torch.testing.assert_close(same[0], fused / fused.sum(-1, keepdim=True))
+
+
+def test_rollout_option_checks_name_the_values() -> None:
+    w = torch.softmax(torch.randn(1, 2, 4, 4), -1)
+    with pytest.raises(ValueError, match="attention_rollout needs at least one layer of weights"):
+        attention_rollout([])
+    with pytest.raises(ValueError, match=r"discard_ratio must be in \[0, 1\), got 1.0"):
+        attention_rollout([w], discard_ratio=1.0)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=rf"residual_weight must be in \[0, 1\], got {bad}"):
+            attention_rollout([w], residual_weight=bad)
+    for edge in (0.0, 1.0):  # both ends are allowed; 1 is the identity (attention ignored)
+        attention_rollout([w], residual_weight=edge)
+    torch.testing.assert_close(attention_rollout([w], residual_weight=1.0)[0], torch.eye(4))
+
+
+def test_causal_normalize_by_value_and_auto_detection() -> None:
+    """Rollout divided by the uniform-causal rollout of the same residual weight, rows
+    renormalized; detected as causal despite float noise of 1e-8 above the diagonal; forced on
+    non-causal maps, positions outside the causal receptive field get 0."""
+    g = torch.Generator().manual_seed(0)
+    length, residual = 4, 0.3
+    lower = torch.tril(torch.rand(2, 3, length, length, generator=g, dtype=torch.float64))
+    layers = [lower / lower.sum(-1, keepdim=True) for _ in range(2)]
+    plain = torch.eye(length, dtype=torch.float64)
+    for w in layers:
+        a = (1 - residual) * w.mean(1) + residual * torch.eye(length, dtype=torch.float64)
+        plain = (a / a.sum(-1, keepdim=True)) @ plain
+    uniform = torch.tril(torch.ones(length, length, dtype=torch.float64))
+    uniform = (1 - residual) * uniform / uniform.sum(-1, keepdim=True) + residual * torch.eye(
+        length, dtype=torch.float64)
+    base = torch.linalg.matrix_power(uniform / uniform.sum(-1, keepdim=True), 2)
+    ratio = torch.where(base > 0, plain / base, torch.zeros_like(plain))
+    want = ratio / ratio.sum(-1, keepdim=True)
+    got = attention_rollout(layers, residual_weight=residual, causal_normalize=True)
+    torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=1e-5)
+    noisy = [w + 1e-8 * torch.triu(torch.ones(length, length, dtype=torch.float64), 1)
+             for w in layers]
+    auto = attention_rollout(noisy, residual_weight=residual)
+    torch.testing.assert_close(auto.double(), want, atol=1e-6, rtol=1e-5)
+    full = torch.softmax(torch.randn(1, 2, length, length, generator=g), -1)
+    forced = attention_rollout([full], causal_normalize=True)
+    assert torch.equal(torch.triu(forced[0], 1), torch.zeros(length, length))
