@@ -348,3 +348,17 @@ def test_causal_normalize_by_value_and_auto_detection() -> None:
     full = torch.softmax(torch.randn(1, 2, length, length, generator=g), -1)
     forced = attention_rollout([full], causal_normalize=True)
     assert torch.equal(torch.triu(forced[0], 1), torch.zeros(length, length))
+
+
+def test_rollout_zero_rows_stay_zero_and_bad_shapes_are_named() -> None:
+    """A position that attends nowhere (all-zero row) with no residual gives a zero row, not
+    NaN; weights that are not (B, H, Lq, Lk) are refused with their shape."""
+    w = torch.softmax(torch.randn(1, 2, 3, 3), -1)
+    w[0, :, 1] = 0.0
+    out = attention_rollout([w], residual_weight=0.0, causal_normalize=False)
+    assert torch.isfinite(out).all()
+    assert torch.equal(out[0, 1], torch.zeros(3))
+    torch.testing.assert_close(out[0, 0], w[0, :, 0].mean(0) / w[0, :, 0].mean(0).sum())
+    with pytest.raises(ValueError, match=r"must be \(batch, heads, Lq, Lk\), got shape "
+                                         r"\(2, 3, 3\)"):
+        attention_rollout([w[0]])
