@@ -104,6 +104,8 @@ def collect(name: str, target: dict[str, object], elapsed: float | None = None,
     previous = work / "summary.json"
     if elapsed is None and previous.exists():
         elapsed = json.loads(previous.read_text()).get("seconds")
+    if elapsed is None:  # a run whose driver was stopped: from its config to its last output
+        elapsed = (work / "mutmut.log").stat().st_mtime - (work / "pyproject.toml").stat().st_mtime
     summary = summarize(name, target, work, elapsed or 0.0, code)
     write_survivors(work)
     return summary
