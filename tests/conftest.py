@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 import torch
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from torch import Tensor
 
 import oracle
@@ -33,9 +33,11 @@ settings.register_profile("default", max_examples=60, deadline=None,
 settings.register_profile("thorough", max_examples=500, deadline=None,
                           suppress_health_check=_QUIET)
 # mutation: `make mutation` reruns the tests once per mutant; the same examples every time, so
-# a mutant's verdict does not depend on the draw, and fewer of them.
+# a mutant's verdict does not depend on the draw, fewer of them, and no shrinking (a failure is
+# a kill; shrinking it would only cost time).
 settings.register_profile("mutation", max_examples=10, deadline=None, derandomize=True,
-                          database=None, suppress_health_check=_QUIET)
+                          database=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
+                          suppress_health_check=_QUIET)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 #: Every registered backend, read when the tests are collected: a new backend is tested at once.
