@@ -268,6 +268,7 @@ def test_is_causal_reads_only_the_strict_upper_triangle() -> None:
     assert not is_causal(negative)
     assert not is_causal(torch.tril(torch.rand(1, 1, 3, 5)))  # not square: cross-attention
     assert not is_causal(torch.ones(1, 1, 1, 1))  # one token: nothing to tell
+    assert is_causal(torch.tensor([[[[1.0, 0.0], [0.5, 0.5]]]]))  # two tokens already tell
 
 
 def test_causal_receptive_baseline_equals_uniform_causal_rollout() -> None:
@@ -305,6 +306,14 @@ def test_discard_ratio_zeroes_the_smallest_off_diagonal_entries() -> None:
     same = attention_rollout([weights], discard_ratio=0.1, residual_weight=0.0,
                              causal_normalize=False)
     torch.testing.assert_close(same[0], fused / fused.sum(-1, keepdim=True))
+    # ratio 0.2 discards exactly one entry, per map of a batch of two
+    batch = torch.stack([fused, fused.T])[:, None]  # (B=2, H=1, 3, 3)
+    one = attention_rollout([batch], discard_ratio=0.2, residual_weight=0.0,
+                            causal_normalize=False)
+    for b, smallest in ((0, (1, 2)), (1, (2, 1))):  # 0.05, where each map holds it
+        kept = batch[b, 0].clone()
+        kept[smallest] = 0.0
+        torch.testing.assert_close(one[b], kept / kept.sum(-1, keepdim=True))
 
 
 def test_rollout_option_checks_name_the_values() -> None:
