@@ -336,3 +336,21 @@ def test_empty_lengths(lq: int, lk: int) -> None:
         assert torch.equal(out, torch.zeros_like(out))
         grads = torch.autograd.grad(out, [q, k, v], torch.randn_like(out), allow_unused=True)
         assert all(g is None or torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_documents_with_other_key_ids_at_equal_lengths(causal: bool) -> None:
+    """Equal lengths but key ids that differ from the query ids (e.g. a cache of another
+    packing): not the block-diagonal plan of q_ids, at the default tiles and small ones."""
+    g = torch.Generator().manual_seed(7)
+    q_ids = torch.tensor([[0] * 40 + [1] * 50 + [2] * 60, [0] * 100 + [1] * 50])
+    kv_ids = torch.tensor([[0] * 70 + [1] * 30 + [2] * 50, [0] * 20 + [1] * 130])
+    mask = oracle.document(q_ids, kv_ids)
+    if causal:
+        mask = mask & oracle.causal()
+    q = torch.randn(2, 2, 150, 8, generator=g)
+    k, v = torch.randn(2, 2, 150, 8, generator=g), torch.randn(2, 2, 150, 8, generator=g)
+    candidates = {name: get_backend(name) for name in FAST_BACKENDS}
+    candidates["blocked(small tiles)"] = BlockedBackend(TileSizes(16, 24))
+    ran = _check_backends(candidates, q, k, v, {"mask": mask}, grad=True)
+    assert "blocked" in ran and "blocked(small tiles)" in ran

@@ -260,6 +260,9 @@ def test_band_geometry_of_positional_masks() -> None:
     assert masks.causal().band(1, 10) == (None, None)  # one decoding query sees every key
     assert masks.sliding_window(8, offset=0).band(9, 12) == (None, 0)
     assert masks.sliding_window(7, offset=0).band(9, 12) == (-7, 0)
+    # an upper side that excludes a single pair (query 0, key 11) still binds
+    assert masks.causal(offset=10).band(9, 12) == (None, 10)
+    assert masks.causal(offset=11).band(9, 12) == (None, None)
     for not_a_band in (masks.padding([3]), masks.causal() | masks.sink(2), ~masks.causal(),
                        masks.causal() & masks.padding([5])):
         assert not_a_band.band(9, 12) is None
