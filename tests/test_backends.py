@@ -505,3 +505,17 @@ def test_dispatch_report_validates_like_attention() -> None:
             dispatch_report(q, k, v, **options)
         with pytest.raises(ValueError, match=message):
             attention(q, k, v, **options)
+
+
+@pytest.mark.parametrize("backend", ["reference", "sdpa_dense"])
+def test_dropout_drops_p_and_rescales_by_one_over_keep(backend: str) -> None:
+    """With v = identity the output is the dropped weights: each kept weight is the exact weight
+    divided by (1 - p), and about a fraction p of them are zero (p = 0.2, not torch's 0.5)."""
+    p, keys = 0.2, 16
+    q, k = torch.randn(64, 2, 8, 4), torch.randn(64, 2, keys, 4)
+    v = torch.eye(keys).expand(64, 2, keys, keys).contiguous()
+    _, weights = attention(q, k, v, return_weights=True)
+    dropped = attention(q, k, v, dropout_p=p, backend=backend)
+    kept = dropped != 0
+    torch.testing.assert_close(dropped[kept], weights[kept] / (1 - p), rtol=1e-5, atol=1e-6)
+    assert abs((~kept).float().mean().item() - p) < 0.02
