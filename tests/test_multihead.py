@@ -206,3 +206,21 @@ def test_registry_builds_mha() -> None:
     assert isinstance(layer, MultiHeadAttention) and isinstance(layer, AttentionLayer)
     assert layer.layout.num_kv_heads == 2 and layer.supports_cache
     assert "heads=4, kv_heads=2" in repr(layer)
+
+
+def test_fused_and_separate_projections_agree_with_the_transcription() -> None:
+    """Self-attention fuses q/k/v into one matmul only when it computes the same thing: not for
+    cross-attention with a context of the same width, not when one projection has a bias the
+    others lack (a user-replaced module)."""
+    layer = make_layer({})
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    context = torch.randn(2, 9, 16, dtype=torch.float64)  # same width: fusing would be possible
+    torch.testing.assert_close(layer(x, context), transcribe(layer, x, context)[0])
+    torch.testing.assert_close(layer(x), transcribe(layer, x)[0])
+    mixed = make_layer({"bias": False})
+    biased = nn.Linear(16, 16, bias=True).double()
+    with torch.no_grad():
+        biased.weight.copy_(mixed.k_proj.weight)
+        biased.bias.normal_()
+    mixed.k_proj = biased
+    torch.testing.assert_close(mixed(x), transcribe(mixed, x)[0])
