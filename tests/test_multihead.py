@@ -224,3 +224,17 @@ def test_fused_and_separate_projections_agree_with_the_transcription() -> None:
         biased.bias.normal_()
     mixed.k_proj = biased
     torch.testing.assert_close(mixed(x), transcribe(mixed, x)[0])
+
+
+def test_the_layer_runs_the_backend_it_was_built_with() -> None:
+    """backend= reaches the engine: a forced backend that cannot run the call refuses it."""
+    from attnkit.backends import NoBackendError
+
+    x = torch.randn(1, 6, 16, dtype=torch.float64)
+    forced = make_layer({"backend": "sdpa"})
+    with pytest.raises(NoBackendError, match="backend 'sdpa' cannot run this call"):
+        forced(x, mask=masks.sliding_window(2))
+    reference = make_layer({"backend": "reference"})
+    allowed = masks.sliding_window(2).dense(6, 6)
+    torch.testing.assert_close(reference(x, mask=masks.sliding_window(2)),
+                               transcribe(reference, x, allowed=allowed)[0])
