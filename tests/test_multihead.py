@@ -238,3 +238,20 @@ def test_the_layer_runs_the_backend_it_was_built_with() -> None:
     allowed = masks.sliding_window(2).dense(6, 6)
     torch.testing.assert_close(reference(x, mask=masks.sliding_window(2)),
                                transcribe(reference, x, allowed=allowed)[0])
+
+
+def test_documented_defaults() -> None:
+    """Biased projections, no qk-norm, RoPE, ALiBi or softcap unless asked; one head allowed;
+    with bias=False no projection has a bias."""
+    layer = MultiHeadAttention(16, 4)
+    for proj in (layer.q_proj, layer.k_proj, layer.v_proj, layer.out_proj):
+        assert proj.bias is not None
+    assert layer.q_norm is None and layer.k_norm is None and layer.rope is None
+    assert layer.use_alibi is False and layer.softcap is None and layer.backend == "auto"
+    plain = MultiHeadAttention(16, 4, bias=False, softcap=3.0, alibi=True)
+    assert all(p.bias is None for p in (plain.q_proj, plain.k_proj, plain.v_proj,
+                                        plain.out_proj))
+    assert plain.softcap == 3.0 and plain.use_alibi is True
+    single = MultiHeadAttention(8, 1).double()
+    x = torch.randn(1, 3, 8, dtype=torch.float64)
+    torch.testing.assert_close(single(x), transcribe(single, x)[0])
