@@ -1,4 +1,6 @@
 # make demo: set up and run the main job.  make test: set up and run the tests.
+# make test-thorough: the property tests with 500 hypothesis examples each (scheduled runs).
+# make mutation: mutation score of the core modules (tools/mutation/targets.toml; ~1 h on 2 cores).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -6,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The CPU wheel of this torch lies on the build machines' disk; an unpinned torch pulls CUDA.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-thorough mutation lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +26,14 @@ test: $(STAMP)
 	$(PY) -m ruff check src tests
 	$(PY) -m mypy
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 -q
+
+test-thorough: $(STAMP)
+	HYPOTHESIS_PROFILE=thorough OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 -q \
+		tests/test_attention.py tests/test_masks.py tests/test_bias.py
+
+mutation: $(STAMP)
+	$(PY) -m pip install -q -e ".[mutation]" "$(TORCH_PIN)"
+	nice -n 10 $(PY) tools/mutation/run.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests

@@ -1,12 +1,14 @@
-"""Shared test helpers: the float64 plain-math oracle, tolerances, the backend list, hypothesis.
+"""Shared test helpers: the float64 oracle checks, tolerances, the backend list, hypothesis.
 
 Import the helpers directly (``from conftest import check_against_reference``); pytest puts this
-directory on ``sys.path``. Every helper compares against :func:`reference_attention` evaluated
-in float64 on float64 copies of the inputs, so a backend is judged against exact math, not
-against another fast path.
+directory on ``sys.path``. Every helper compares against the independent oracle of
+``tests/oracle.py`` evaluated in float64 on float64 copies of the inputs: masks, biases, the
+default scale and GQA are computed there from their definitions, never by attnkit's own
+``validate``, ``dense()`` or reference backend, so a bug in those cannot hide on both sides.
 
-Hypothesis profiles: ``attnkit`` (default, small and fast) and ``thorough`` (many examples);
-choose with ``HYPOTHESIS_PROFILE=thorough``.
+Hypothesis profiles: ``default`` (what ``make test`` runs), ``thorough`` (``make
+test-thorough``) and ``mutation`` (derandomized, for ``make mutation``); choose one with
+``HYPOTHESIS_PROFILE=thorough``.
 """
 
 from __future__ import annotations
@@ -16,24 +18,30 @@ from collections.abc import Callable, Sequence
 
 import pytest
 import torch
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from torch import Tensor
 
+import oracle
 from attnkit.backends import list_backends
-from attnkit.functional.bias import Bias
-from attnkit.functional.masks import Mask
-from attnkit.functional.math import reference_attention, validate
+from oracle import BiasDef, MaskDef
 
 # Tests run with the default tuning constants, whatever tuning file this machine has.
 os.environ["ATTNKIT_TUNING"] = os.path.join(os.path.dirname(__file__), "no-such-tuning.json")
 
-settings.register_profile(
-    "attnkit", max_examples=25, deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile(
-    "thorough", max_examples=400, deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "attnkit"))
+_QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large]
+# default: what `make test` runs; sized so the property tests take a few minutes on 2 cores.
+settings.register_profile("default", max_examples=60, deadline=None,
+                          suppress_health_check=_QUIET)
+# thorough: `make test-thorough`, for a scheduled run or before a release.
+settings.register_profile("thorough", max_examples=500, deadline=None,
+                          suppress_health_check=_QUIET)
+# mutation: `make mutation` reruns the tests once per mutant; the same examples every time, so
+# a mutant's verdict does not depend on the draw, fewer of them, and no shrinking (a failure is
+# a kill; shrinking it would only cost time).
+settings.register_profile("mutation", max_examples=10, deadline=None, derandomize=True,
+                          database=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
+                          suppress_health_check=_QUIET)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 #: Every registered backend, read when the tests are collected: a new backend is tested at once.
 backend_names: list[str] = list_backends()
@@ -60,79 +68,64 @@ def tolerance(dtype: torch.dtype, device: str | torch.device = "cpu") -> dict[st
     return {"atol": 2e-2, "rtol": 2e-2}  # half precisions
 
 
-class RetensoredBias(Bias):
-    """A bias evaluated with replacement tensors (e.g. float64 leaves for the oracle)."""
-
-    def __init__(self, inner: Bias, tensors: Sequence[Tensor]) -> None:
-        self.inner, self.replacement = inner, tuple(tensors)
-        self.batch_size, self.num_heads = inner.batch_size, inner.num_heads
-
-    def tensors(self) -> tuple[Tensor, ...]:
-        return self.replacement
-
-    def values(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int,
-               tensors: Sequence[Tensor] | None = None) -> Tensor:
-        used = self.replacement if tensors is None else tensors
-        return self.inner.values(b, h, q, k, lq, lk, used).to(torch.float64)
-
-    def __repr__(self) -> str:
-        return repr(self.inner)
-
-
-def float64_reference(q: Tensor, k: Tensor, v: Tensor, *, mask: Mask | None = None,
-                      bias: Bias | None = None, scale: float | None = None,
+def float64_reference(q: Tensor, k: Tensor, v: Tensor, *, mask: MaskDef | None = None,
+                      bias: BiasDef | None = None, scale: float | None = None,
                       softcap: float | None = None,
-                      bias_tensors: Sequence[Tensor] | None = None) -> tuple[Tensor, Tensor]:
-    """Plain-math (out (B, Hq, Lq, Dv), weights (B, Hq, Lq, Lk)) in float64.
+                      bias_leaves: Sequence[Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """The independent oracle (``tests/oracle.py``): (out (B, Hq, Lq, Dv), weights) in float64.
 
-    ``q``, ``k``, ``v`` are cast with ``.double()`` (gradients flow back to them);
-    ``bias_tensors`` replace ``bias.tensors()`` (default: float64 casts of them).
+    ``mask`` and ``bias`` are oracle definitions (``oracle.causal()``, ``oracle.alibi(4)``...),
+    never attnkit objects: the oracle computes their matrices itself. ``bias_leaves`` replace
+    the bias definition's learned tensors (default: float64 casts of them).
     """
-    if bias is not None:
-        if bias_tensors is None:
-            bias_tensors = [t.double() for t in bias.tensors()]
-        bias = RetensoredBias(bias, bias_tensors)
-    spec = validate(q.double(), k.double(), v.double(), mask=mask, bias=bias, scale=scale,
-                    softcap=softcap, dropout_p=0.0)
-    return reference_attention(spec)
+    for name, given, kind in (("mask", mask, MaskDef), ("bias", bias, BiasDef)):
+        if given is not None and not isinstance(given, kind):
+            raise TypeError(f"{name} must be an oracle definition ({kind.__name__}, e.g. "
+                            f"oracle.causal()), got {type(given).__name__}: the oracle must not "
+                            f"reuse the library's own mask and bias code")
+    batch, heads, lq, lk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+    allowed = mask.allowed(batch, heads, lq, lk) if mask is not None else None
+    values = bias.values(batch, heads, lq, lk, bias_leaves) if bias is not None else None
+    return oracle.attention(q, k, v, allowed=allowed, bias=values, scale=scale, softcap=softcap)
 
 
 def check_against_reference(run: Callable[[Tensor, Tensor, Tensor], Tensor], q: Tensor,
-                            k: Tensor, v: Tensor, *, mask: Mask | None = None,
-                            bias: Bias | None = None, scale: float | None = None,
+                            k: Tensor, v: Tensor, *, mask: MaskDef | None = None,
+                            bias: BiasDef | None = None, scale: float | None = None,
                             softcap: float | None = None, grad: bool = True,
                             tol: dict[str, float] | None = None) -> Tensor:
-    """Assert ``run(q, k, v)`` equals float64 plain math, forward and (if ``grad``) backward.
+    """Assert ``run(q, k, v)`` equals the independent float64 oracle, forward and backward.
 
-    Gradients are compared for q, k, v and every bias tensor that requires grad, under a random
-    (never all-ones) output cotangent. ``bias`` must be the object ``run`` uses. Returns the
-    output of ``run``.
+    ``mask`` / ``bias`` are the oracle definitions whose built objects ``run`` uses
+    (``oracle.attnkit_options``). Gradients are compared for q, k, v and every bias leaf that
+    requires grad, under a random (never all-ones) output cotangent. Returns the output of ``run``.
     """
     tol = tol or tolerance(q.dtype, q.device)
     q, k, v = (t.detach().clone().requires_grad_(grad) for t in (q, k, v))
-    bias_tensors = list(bias.tensors()) if bias is not None else []
-    bias_leaves = [t for t in bias_tensors if grad and t.requires_grad]
-    ref_bias = [t.detach().double().requires_grad_(any(t is b for b in bias_leaves))
-                for t in bias_tensors]
+    leaves = list(bias.leaves) if bias is not None else []
+    grad_leaves = [t for t in leaves if grad and t.requires_grad]
+    ref_leaves = [t.detach().double().requires_grad_(any(t is g for g in grad_leaves))
+                  for t in leaves]
     out = run(q, k, v)
     ref_qkv = [t.detach().double().requires_grad_(grad) for t in (q, k, v)]
     ref_out, _ = float64_reference(*ref_qkv, mask=mask, bias=bias, scale=scale, softcap=softcap,
-                                   bias_tensors=ref_bias)
+                                   bias_leaves=ref_leaves)
     assert out.dtype == q.dtype, f"output dtype {out.dtype}, inputs {q.dtype}"
     torch.testing.assert_close(out.double(), ref_out.detach(), **tol)
     if not grad:
         return out
     cotangent = torch.randn(out.shape, dtype=torch.float64, device=out.device)
-    got = torch.autograd.grad(out, [q, k, v, *bias_leaves], cotangent.to(out.dtype),
+    got = torch.autograd.grad(out, [q, k, v, *grad_leaves], cotangent.to(out.dtype),
                               allow_unused=True)
-    ref_bias_leaves = [r for r, t in zip(ref_bias, bias_tensors) if r.requires_grad]
-    want = torch.autograd.grad(ref_out, [*ref_qkv, *ref_bias_leaves], cotangent,
+    ref_grad_leaves = [r for r in ref_leaves if r.requires_grad]
+    want = torch.autograd.grad(ref_out, [*ref_qkv, *ref_grad_leaves], cotangent,
                                allow_unused=True)
-    names = ["q", "k", "v", *[f"bias tensor {i}" for i in range(len(bias_leaves))]]
+    names = ["q", "k", "v", *[f"bias tensor {i}" for i in range(len(grad_leaves))]]
     # A float32 bias table gets a float32 gradient even in a float64 call.
     tols = [tol] * 3 + [tol if t.dtype == torch.float64 else tolerance(t.dtype, t.device)
-                        for t in bias_leaves]
+                        for t in grad_leaves]
     for name, g, w, t in zip(names, got, want, tols):
+        w = torch.zeros_like(g) if w is None and g is not None else w  # e.g. no key at all
         assert g is not None and w is not None, f"no gradient reached {name}"
         assert torch.isfinite(g).all(), f"non-finite gradient for {name}"
         torch.testing.assert_close(g.double(), w, **t, msg=lambda m, n=name: f"grad {n}: {m}")

@@ -2,7 +2,8 @@
 
 Every mask strategy returns the mask *and* the boolean matrix it should produce, computed here
 from the definitions with plain index arithmetic (not through the mask classes), so mask code is
-checked against an independent statement of what it means.
+checked against an independent statement of what it means. ``mask_defs`` and ``bias_defs`` give
+the same draws as definitions of the independent oracle (``tests/oracle.py``).
 
 Shape legend: B batch, Hq / Hkv query / key-value heads, Lq / Lk lengths, D / Dv head dims.
 """
@@ -15,9 +16,8 @@ import torch
 from hypothesis import strategies as st
 from torch import Tensor
 
-from attnkit import bias as biases
+import oracle
 from attnkit import masks
-from attnkit.functional.bias import Bias
 from attnkit.functional.masks import Mask
 
 #: Head dims that are not multiples of 8 on purpose, and 1.
@@ -43,14 +43,43 @@ class Shape:
         return q, k, v
 
 
+#: Lengths around the default tiles of the registered backends: blocked's fused path plans
+#: 128 x 128 tiles (and bands of 32 / 128 rows), its pure loop 256 x 512.
+TILE_EDGE_LENGTHS = [31, 32, 33, 127, 128, 129, 200, 255, 256, 257, 300]
+
+#: How Lq compares with Lk: every property runs each relation, so neither is left to chance.
+RELATIONS = ["lq<lk", "lq=lk", "lq>lk"]
+
+
 @st.composite
-def shapes(draw: st.DrawFn, max_len: int = 9) -> Shape:
-    """Random small attention shapes, GQA / MQA included, Lq != Lk and length 1 included."""
-    kv_heads = draw(st.integers(1, 3))
+def lengths(draw: st.DrawFn, max_len: int = 9, relation: str | None = None,
+            long: bool = False) -> tuple[int, int]:
+    """(Lq, Lk) with ``relation`` held; ``long`` draws around the default tile edges."""
+    length = (st.sampled_from(TILE_EDGE_LENGTHS) | st.integers(100, 300)) if long else \
+        st.integers(1, max_len)
+    a, b = draw(length), draw(length)
+    if relation is None:
+        return a, b
+    if relation == "lq=lk":
+        return a, a
+    if a == b:
+        b = a + 1 if a < (300 if long else max_len) else a - 1
+        if b < 1:  # max_len 1 cannot differ: the caller asked for the impossible
+            raise ValueError(f"lengths up to {max_len} cannot satisfy {relation}")
+    small, large = min(a, b), max(a, b)
+    return (small, large) if relation == "lq<lk" else (large, small)
+
+
+@st.composite
+def shapes(draw: st.DrawFn, max_len: int = 9, relation: str | None = None,
+           long: bool = False) -> Shape:
+    """Random attention shapes, GQA / MQA included, length 1 included (short ones)."""
+    kv_heads = draw(st.integers(1, 2 if long else 3))
     groups = draw(st.integers(1, 3))
+    lq, lk = draw(lengths(max_len, relation, long))
     return Shape(batch=draw(st.integers(1, 2)), heads=kv_heads * groups, kv_heads=kv_heads,
-                 lq=draw(st.integers(1, max_len)), lk=draw(st.integers(1, max_len)),
-                 dim=draw(st.sampled_from(HEAD_DIMS)), dim_v=draw(st.sampled_from(HEAD_DIMS)))
+                 lq=lq, lk=lk, dim=draw(st.sampled_from(HEAD_DIMS)),
+                 dim_v=draw(st.sampled_from(HEAD_DIMS)))
 
 
 def _grid(lq: int, lk: int) -> tuple[Tensor, Tensor]:
@@ -130,24 +159,31 @@ def composed_masks(draw: st.DrawFn, batch: int, heads: int, lq: int, lk: int,
 BIAS_KINDS = ["alibi", "relative_buckets", "dense", "dense_grad", "sum"]
 
 
+# -- oracle definitions: the same draws, stated for the independent oracle -------------------------
 @st.composite
-def score_biases(draw: st.DrawFn, batch: int, heads: int, lq: int, lk: int,
-                 dtype: torch.dtype = torch.float32, allow_sum: bool = True) -> Bias:
-    """ALiBi, T5 buckets (learned: gradients into the table), dense (optionally learned), sums."""
+def mask_defs(draw: st.DrawFn, batch: int, heads: int, lq: int, lk: int,
+              depth: int = 2, kinds: list[str] | None = None) -> oracle.MaskDef:
+    """A composed mask as an oracle definition: the attnkit object and its independent matrix."""
+    mask, expected = draw(composed_masks(batch, heads, lq, lk, depth, kinds))
+    return oracle.MaskDef(lambda: mask, lambda *_: expected, repr(mask))
+
+
+@st.composite
+def bias_defs(draw: st.DrawFn, heads: int, lq: int, lk: int, dtype: torch.dtype = torch.float32,
+              batch: int = 1, allow_sum: bool = True) -> oracle.BiasDef:
+    """ALiBi, learned T5 buckets, dense (optionally learned) and sums, as oracle definitions."""
     kind = draw(st.sampled_from(BIAS_KINDS if allow_sum else BIAS_KINDS[:-1]))
     if kind == "alibi":
-        return biases.alibi(heads, offset=draw(st.none() | st.integers(-2, 2)))
+        return oracle.alibi(heads, offset=draw(st.none() | st.integers(-2, 2)))
     if kind == "relative_buckets":
-        buckets = draw(st.integers(4, 12))
-        module = biases.relative_buckets(heads, num_buckets=buckets,
-                                         max_distance=draw(st.integers(buckets // 2 + 1, 20)),
-                                         bidirectional=draw(st.booleans()))
-        with torch.no_grad():  # default init is tiny; make the bias matter
-            module.table.normal_(generator=_generator(draw))
-        return module.to(dtype)
+        num_buckets = draw(st.integers(4, 12))
+        return oracle.buckets(heads, num_buckets=num_buckets,
+                              max_distance=draw(st.integers(num_buckets // 2 + 1, 20)),
+                              bidirectional=draw(st.booleans()), generator=_generator(draw),
+                              dtype=dtype)
     if kind == "sum":
-        return biases.alibi(heads) + draw(score_biases(batch, heads, lq, lk, dtype, False))
+        return oracle.alibi(heads) + draw(bias_defs(heads, lq, lk, dtype, batch, False))
     b = draw(st.sampled_from([1, batch]))
     h = draw(st.sampled_from([1, heads]))
     table = torch.randn(b, h, lq, lk, generator=_generator(draw), dtype=dtype)
-    return biases.dense(table.requires_grad_(kind == "dense_grad"))
+    return oracle.dense_bias(table.requires_grad_(kind == "dense_grad"))

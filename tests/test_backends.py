@@ -8,7 +8,7 @@ a backend that declines must refuse with an error that lists its reasons.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import Tensor
 
+import oracle
 from attnkit import attention, dispatch_report, masks
 from attnkit import bias as biases
 from attnkit.backends import (
@@ -31,7 +32,6 @@ from attnkit.backends.dispatch import _REGISTRY
 from attnkit.backends.reference import ReferenceBackend
 from attnkit.functional.math import AttentionSpec, validate
 from conftest import (
-    RetensoredBias,
     backend_names,
     check_against_reference,
     cuda_only,
@@ -58,16 +58,13 @@ class Case:
             v = torch.randn(b, hkv, lk, dv, dtype=self.dtype, requires_grad=grad)
             options = self.options()
         if not grad and options.get("bias") is not None:
-            for t in options["bias"].tensors():
+            for t in options["bias"].leaves:
                 t.requires_grad_(False)
         return q, k, v, options
 
 
-def _learned_buckets(heads: int) -> biases.RelativeBucketBias:
-    module = biases.relative_buckets(heads, num_buckets=8, max_distance=12)
-    with torch.no_grad():
-        module.table.normal_()
-    return module
+def _learned_buckets(heads: int) -> oracle.BiasDef:
+    return oracle.buckets(heads, num_buckets=8, max_distance=12, bidirectional=True)
 
 
 def _doc_ids() -> Tensor:
@@ -77,48 +74,48 @@ def _doc_ids() -> Tensor:
 CASES = [
     Case("plain", (2, 4, 4, 7, 7, 8, 8)),
     Case("plain_f64_lq_ne_lk", (1, 2, 2, 5, 9, 5, 3), dtype=torch.float64),
-    Case("causal", (1, 2, 2, 9, 9, 12, 12), lambda: {"mask": masks.causal()}),
-    Case("causal_bottom_right", (2, 2, 1, 3, 10, 6, 6), lambda: {"mask": masks.causal()}),
-    Case("causal_top_left", (1, 2, 2, 6, 9, 4, 4), lambda: {"mask": masks.causal(offset=0)}),
+    Case("causal", (1, 2, 2, 9, 9, 12, 12), lambda: {"mask": oracle.causal()}),
+    Case("causal_bottom_right", (2, 2, 1, 3, 10, 6, 6), lambda: {"mask": oracle.causal()}),
+    Case("causal_top_left", (1, 2, 2, 6, 9, 4, 4), lambda: {"mask": oracle.causal(offset=0)}),
     Case("causal_negative_offset", (1, 2, 2, 8, 8, 4, 4),
-         lambda: {"mask": masks.causal(offset=-2)}),  # the first two rows see nothing
-    Case("gqa_causal", (2, 6, 2, 8, 8, 5, 7), lambda: {"mask": masks.causal()}),
-    Case("mqa_decode_step", (2, 4, 1, 1, 11, 8, 8), lambda: {"mask": masks.causal()}),
-    Case("sliding_window", (1, 2, 2, 11, 11, 4, 4), lambda: {"mask": masks.sliding_window(3)}),
+         lambda: {"mask": oracle.causal(offset=-2)}),  # the first two rows see nothing
+    Case("gqa_causal", (2, 6, 2, 8, 8, 5, 7), lambda: {"mask": oracle.causal()}),
+    Case("mqa_decode_step", (2, 4, 1, 1, 11, 8, 8), lambda: {"mask": oracle.causal()}),
+    Case("sliding_window", (1, 2, 2, 11, 11, 4, 4), lambda: {"mask": oracle.window(3)}),
     Case("window_right_padding", (2, 2, 2, 9, 11, 3, 3),
-         lambda: {"mask": masks.sliding_window(2, right=1) & masks.padding([5, 11])}),
+         lambda: {"mask": oracle.window(2, right=1) & oracle.padding([5, 11])}),
     Case("document_causal", (2, 3, 1, 9, 9, 4, 4),
-         lambda: {"mask": masks.document(_doc_ids()) & masks.causal()}),
+         lambda: {"mask": oracle.document(_doc_ids()) & oracle.causal()}),
     Case("padding_bool_empty_sequence", (2, 2, 2, 5, 7, 4, 4), lambda: {
-        "mask": masks.padding(torch.tensor([[True, False, True, True, False, True, True],
+        "mask": oracle.padding(torch.tensor([[True, False, True, True, False, True, True],
                                             [False] * 7]))}),
     Case("dense_per_head", (1, 3, 3, 6, 8, 4, 4),
-         lambda: {"mask": masks.dense(torch.rand(1, 3, 6, 8) < 0.5)}),
+         lambda: {"mask": oracle.dense_mask(torch.rand(1, 3, 6, 8) < 0.5)}),
     Case("streaming_sink", (1, 2, 2, 10, 10, 4, 4),
-         lambda: {"mask": masks.causal() & (masks.sliding_window(2) | masks.sink(2))}),
-    Case("not_causal", (1, 2, 2, 6, 6, 4, 4), lambda: {"mask": ~masks.causal()}),
+         lambda: {"mask": oracle.causal() & (oracle.window(2) | oracle.sink(2))}),
+    Case("not_causal", (1, 2, 2, 6, 6, 4, 4), lambda: {"mask": ~oracle.causal()}),
     Case("alibi_6_heads", (1, 6, 3, 7, 7, 4, 4),
-         lambda: {"mask": masks.causal(), "bias": biases.alibi(6)}),
+         lambda: {"mask": oracle.causal(), "bias": oracle.alibi(6)}),
     Case("relative_buckets", (2, 2, 2, 5, 8, 4, 4),
-         lambda: {"mask": masks.causal(), "bias": _learned_buckets(2)}),
+         lambda: {"mask": oracle.causal(), "bias": _learned_buckets(2)}),
     Case("dense_bias_grad", (2, 2, 1, 6, 7, 4, 4),
-         lambda: {"bias": biases.dense(torch.randn(1, 2, 6, 7, requires_grad=True))}),
+         lambda: {"bias": oracle.dense_bias(torch.randn(1, 2, 6, 7, requires_grad=True))}),
     Case("softcap_alibi_window", (1, 2, 2, 9, 9, 4, 4), lambda: {
-        "mask": masks.sliding_window(4), "bias": biases.alibi(2), "softcap": 2.0}),
+        "mask": oracle.window(4), "bias": oracle.alibi(2), "softcap": 2.0}),
     Case("softcap_only", (1, 2, 2, 5, 5, 4, 4), lambda: {"softcap": 0.5}),
     Case("custom_scale", (1, 2, 2, 4, 6, 4, 9), lambda: {"scale": 0.3}),
     Case("f64_everything", (2, 4, 2, 9, 9, 3, 5), lambda: {
-        "mask": masks.document(_doc_ids()) & masks.sliding_window(3),
-        "bias": biases.dense(torch.randn(2, 4, 9, 9, dtype=torch.float64, requires_grad=True))
-        + biases.alibi(4),
+        "mask": oracle.document(_doc_ids()) & oracle.window(3),
+        "bias": oracle.dense_bias(torch.randn(2, 4, 9, 9, dtype=torch.float64, requires_grad=True))
+        + oracle.alibi(4),
         "softcap": 3.0}, dtype=torch.float64),
     Case("bf16_window_alibi", (1, 4, 2, 9, 9, 8, 8), lambda: {
-        "mask": masks.sliding_window(3), "bias": biases.alibi(4)}, dtype=torch.bfloat16),
-    Case("f16_causal", (2, 2, 2, 7, 7, 8, 8), lambda: {"mask": masks.causal()},
+        "mask": oracle.window(3), "bias": oracle.alibi(4)}, dtype=torch.bfloat16),
+    Case("f16_causal", (2, 2, 2, 7, 7, 8, 8), lambda: {"mask": oracle.causal()},
          dtype=torch.float16),
     Case("flex_small", (2, 2, 1, 8, 8, 16, 16), lambda: {  # FlexAttention on CUDA needs D >= 16
-        "mask": masks.causal() & masks.sliding_window(3) & masks.padding([8, 0]),
-        "bias": biases.alibi(2), "softcap": 5.0}),
+        "mask": oracle.causal() & oracle.window(3) & oracle.padding([8, 0]),
+        "bias": oracle.alibi(2), "softcap": 5.0}),
 ]
 CASES_BY_NAME = {c.name: c for c in CASES}
 
@@ -152,6 +149,7 @@ def _backend(name: str) -> Backend | None:
 
 
 def _run(name: str, options: dict[str, Any]) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    options = oracle.attnkit_options(options)
     if name in EXTRA_BACKENDS:
         backend = EXTRA_BACKENDS[name]
         return lambda q, k, v: backend.forward(validate(q, k, v, dropout_p=0.0, **{
@@ -160,6 +158,7 @@ def _run(name: str, options: dict[str, Any]) -> Callable[[Tensor, Tensor, Tensor
 
 
 def _reasons(name: str, q: Tensor, k: Tensor, v: Tensor, options: dict[str, Any]) -> list[str]:
+    options = oracle.attnkit_options(options)
     spec = validate(q, k, v, dropout_p=0.0, **{"mask": None, "bias": None, "scale": None,
                                                 "softcap": None, **options})
     backend = _backend(name)
@@ -175,6 +174,7 @@ def _check_refusal(name: str, q: Tensor, k: Tensor, v: Tensor, options: dict[str
     assert name in EXTRA_BACKENDS or name in list_backends()
     if name in EXTRA_BACKENDS:
         return
+    options = oracle.attnkit_options(options)
     with pytest.raises(NoBackendError) as err:
         attention(q, k, v, backend=name, **options)
     for reason in reasons:
@@ -228,7 +228,7 @@ def test_the_grid_is_not_vacuous() -> None:
 
 
 # -- fully masked rows --------------------------------------------------------------------------
-FULLY_MASKED = masks.causal(offset=-2) & masks.padding([6, 0])  # rows 0-1 of seq 0, all of seq 1
+FULLY_MASKED = oracle.causal(offset=-2) & oracle.padding([6, 0])  # rows 0-1 of seq 0, all of seq 1
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[cuda_only,
@@ -241,7 +241,7 @@ def test_fully_masked_rows_are_zero_with_finite_gradients(name: str, device: str
     v = torch.randn(2, 2, 6, 4, requires_grad=True, device=device)
     table = torch.randn(2, 2, 6, 6, requires_grad=True, device=device)
     for options in ({"mask": FULLY_MASKED},
-                    {"mask": FULLY_MASKED, "bias": biases.dense(table), "softcap": 3.0}):
+                    {"mask": FULLY_MASKED, "bias": oracle.dense_bias(table), "softcap": 3.0}):
         if _reasons(name, q, k, v, options):
             _check_refusal(name, q, k, v, options, _reasons(name, q, k, v, options))
             continue
@@ -257,6 +257,22 @@ def test_fully_masked_rows_are_zero_with_finite_gradients(name: str, device: str
 
 
 # -- gradcheck ----------------------------------------------------------------------------------
+class RetensoredBias(biases.Bias):
+    """A bias evaluated with replacement tensors, so gradcheck can perturb a learned table."""
+
+    def __init__(self, inner: biases.Bias, tensors: Sequence[Tensor]) -> None:
+        self.inner, self.replacement = inner, tuple(tensors)
+        self.batch_size, self.num_heads = inner.batch_size, inner.num_heads
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        return self.replacement
+
+    def values(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int,
+               tensors: Sequence[Tensor] | None = None) -> Tensor:
+        used = self.replacement if tensors is None else tensors
+        return self.inner.values(b, h, q, k, lq, lk, used)
+
+
 TINY = TileSizes(block_q=3, block_k=4)
 
 
@@ -294,7 +310,7 @@ def test_blocked_gradcheck(variant: str, fused: bool | None) -> None:
         fn = _blocked_fn(masks.causal(offset=-1) & masks.sliding_window(4, offset=-1),
                          biases.dense, 2.0, fused)
     else:
-        module = _learned_buckets(4).double()
+        module = _learned_buckets(4).build().double()
         extra = (module.table.detach().clone().requires_grad_(True),)
         fn = _blocked_fn(masks.causal(), lambda table: RetensoredBias(module, [table]), None,
                          fused)
@@ -306,12 +322,13 @@ def test_blocked_gradcheck(variant: str, fused: bool | None) -> None:
 @pytest.mark.parametrize("name", [n for n in backend_names if n not in SLOW_BACKENDS])
 def test_return_weights_whatever_backend_ran(name: str) -> None:
     q, k, v = torch.randn(2, 4, 5, 6), torch.randn(2, 2, 8, 6), torch.randn(2, 2, 8, 3)
-    for options in ({}, {"mask": masks.causal()},
-                    {"mask": masks.sliding_window(2) & masks.padding([8, 3]),
-                     "bias": biases.alibi(4), "softcap": 4.0}):
+    for options in ({}, {"mask": oracle.causal()},
+                    {"mask": oracle.window(2) & oracle.padding([8, 3]),
+                     "bias": oracle.alibi(4), "softcap": 4.0}):
         if _reasons(name, q, k, v, options):
             continue
-        out, weights = attention(q, k, v, backend=name, return_weights=True, **options)
+        out, weights = attention(q, k, v, backend=name, return_weights=True,
+                                 **oracle.attnkit_options(options))
         ref_out, ref_weights = float64_reference(q, k, v, **options)
         torch.testing.assert_close(out.double(), ref_out, **tolerance(q.dtype))
         torch.testing.assert_close(weights.double(), ref_weights, **tolerance(q.dtype))
@@ -447,3 +464,58 @@ def test_dropout_is_unbiased() -> None:
         out = attention(q, k, v, mask=masks.sliding_window(2), dropout_p=0.5, backend=backend)
         assert not torch.allclose(out[0], exact[0])
         torch.testing.assert_close(out.mean(0, keepdim=True), exact, atol=0.08, rtol=0.08)
+
+
+def test_flex_allow_in_auto_lifts_only_the_opt_in_reason(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """Auto skips flex until ``allow_in_auto()``; then flex is chosen where it is the first
+    backend that can run (here: blocked made to decline), and opting out restores the skip."""
+    if "flex" not in backend_names:
+        pytest.fail("flex backend is not registered")
+    from attnkit.backends import flex
+
+    q, k, v = _qkv(5, 7)
+    window = masks.sliding_window(2)
+    blocked = get_backend("blocked")
+    monkeypatch.setattr(blocked, "not_supported_reasons", lambda spec: ["declined for the test"])
+    opt_in = "needs compilation: opt in with attnkit.backends.flex.allow_in_auto()"
+    before = dispatch_report(q, k, v, mask=window)
+    assert before.reasons["flex"][0] == opt_in and before.chosen == "sdpa_dense"
+    try:
+        flex.allow_in_auto()
+        allowed = dispatch_report(q, k, v, mask=window)
+        assert allowed.reasons["flex"] == [] and allowed.chosen == "flex"
+        # still declined for what flex cannot do (backward on CPU), with no opt-in reason
+        grad = dispatch_report(q.requires_grad_(), k, v, mask=window)
+        assert grad.chosen == "sdpa_dense"
+        assert opt_in not in grad.reasons["flex"]
+        assert any("backward" in r for r in grad.reasons["flex"])
+    finally:
+        flex.allow_in_auto(False)
+    assert dispatch_report(q.detach(), k, v, mask=window).reasons["flex"][0] == opt_in
+
+
+def test_dispatch_report_validates_like_attention() -> None:
+    """dispatch_report checks every option as attention() does (scale and softcap included)."""
+    q, k, v = _qkv()
+    for options, message in (({"scale": float("nan")}, "scale must be finite"),
+                             ({"softcap": -1.0}, "softcap must be a positive"),
+                             ({"dropout_p": 1.0}, r"dropout_p must be in \[0, 1\)")):
+        with pytest.raises(ValueError, match=message):
+            dispatch_report(q, k, v, **options)
+        with pytest.raises(ValueError, match=message):
+            attention(q, k, v, **options)
+
+
+@pytest.mark.parametrize("backend", ["reference", "sdpa_dense"])
+def test_dropout_drops_p_and_rescales_by_one_over_keep(backend: str) -> None:
+    """With v = identity the output is the dropped weights: each kept weight is the exact weight
+    divided by (1 - p), and about a fraction p of them are zero (p = 0.2, not torch's 0.5)."""
+    p, keys = 0.2, 16
+    q, k = torch.randn(64, 2, 8, 4), torch.randn(64, 2, keys, 4)
+    v = torch.eye(keys).expand(64, 2, keys, keys).contiguous()
+    _, weights = attention(q, k, v, return_weights=True)
+    dropped = attention(q, k, v, dropout_p=p, backend=backend)
+    kept = dropped != 0
+    torch.testing.assert_close(dropped[kept], weights[kept] / (1 - p), rtol=1e-5, atol=1e-6)
+    assert abs((~kept).float().mean().item() - p) < 0.02

@@ -9,6 +9,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+import oracle
 from attnkit import attention, masks
 from attnkit import bias as biases
 from attnkit.backends.blocked import TileSizes, blocked_attention
@@ -113,17 +114,16 @@ def test_relative_bucket_bias_module() -> None:
 
 def test_relative_bucket_table_learns_through_attention() -> None:
     """Gradients reach the bucket table through every differentiable path, equal to plain math."""
-    module = biases.relative_buckets(2, num_buckets=6, max_distance=10)
-    with torch.no_grad():
-        module.table.normal_()
+    definition = oracle.buckets(2, num_buckets=6, max_distance=10, bidirectional=True)
+    module = definition.build()
     q, k, v = torch.randn(1, 2, 5, 4), torch.randn(1, 2, 7, 4), torch.randn(1, 2, 7, 3)
     check_against_reference(lambda q, k, v: attention(q, k, v, bias=module, mask=masks.causal()),
-                            q, k, v, bias=module, mask=masks.causal())
+                            q, k, v, bias=definition, mask=oracle.causal())
     spec_tiles = TileSizes(block_q=2, block_k=3)
     check_against_reference(
         lambda q, k, v: blocked_attention(validate(q, k, v, mask=None, bias=module, scale=None,
                                                    softcap=None, dropout_p=0.0), spec_tiles),
-        q, k, v, bias=module)
+        q, k, v, bias=definition)
 
 
 @pytest.mark.parametrize("shape", [(5, 6), (1, 5, 6), (2, 1, 5, 6), (1, 3, 5, 6), (2, 3, 5, 6)])
@@ -144,7 +144,7 @@ def test_dense_bias_gradient_equals_plain_math() -> None:
     for backend in ("auto", "blocked", "reference", "sdpa_dense"):
         check_against_reference(lambda q, k, v, b=backend: attention(q, k, v, bias=bias,
                                                                      backend=b),
-                                q, k, v, bias=bias)
+                                q, k, v, bias=oracle.dense_bias(table))
 
 
 def test_sum_of_biases() -> None:

@@ -13,11 +13,13 @@ from attnkit.layers.differential import default_lambda_init
 from kinds_reference import heads_of, linear64, merge64
 
 
-def reference(layer, x: torch.Tensor, heads: int, kv_heads: int, causal: bool) -> torch.Tensor:
+def reference(layer, x: torch.Tensor, heads: int, kv_heads: int, causal: bool,
+              context: torch.Tensor | None = None) -> torch.Tensor:
     d = layer.layout.head_dim
     q = heads_of(linear64(layer.q_proj, x), 2 * heads)  # halves of head h: 2h, 2h + 1
-    k = heads_of(linear64(layer.k_proj, x), 2 * kv_heads)
-    v = heads_of(linear64(layer.v_proj, x), kv_heads)  # (B, Hkv, L, 2d)
+    source = x if context is None else context  # cross-attention: keys and values from it
+    k = heads_of(linear64(layer.k_proj, source), 2 * kv_heads)
+    v = heads_of(linear64(layer.v_proj, source), kv_heads)  # (B, Hkv, S, 2d)
     lq1, lk1, lq2, lk2 = (p.detach().double() for p in (layer.lambda_q1, layer.lambda_k1,
                                                          layer.lambda_q2, layer.lambda_k2))
     lam = (math.exp(float(lq1 @ lk1))

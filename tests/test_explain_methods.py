@@ -251,3 +251,123 @@ def test_input_x_gradient_float_and_tokens() -> None:
     got = input_x_gradient(bag, tokens, target=2)
     want = (bag.embed.weight[tokens[0]] * bag.head.weight[2]).sum(-1).detach()[None]
     torch.testing.assert_close(got, want)
+
+
+# -- rollout pieces by value (survivors of mutating explain/rollout.py) ---------------------------
+def test_is_causal_reads_only_the_strict_upper_triangle() -> None:
+    from attnkit.explain.rollout import is_causal
+
+    lower = torch.tril(torch.rand(2, 3, 4, 4)) + 0.1 * torch.eye(4)
+    assert is_causal(lower)
+    above = lower.clone()
+    above[1, 2, 0, 3] = 1e-3  # one entry above the diagonal, in one map
+    assert not is_causal(above)
+    assert is_causal(above, tol=1e-2) and not is_causal(above, tol=1e-4)
+    negative = lower.clone()
+    negative[0, 0, 1, 2] = -1e-3  # magnitude counts, not sign
+    assert not is_causal(negative)
+    assert not is_causal(torch.tril(torch.rand(1, 1, 3, 5)))  # not square: cross-attention
+    assert not is_causal(torch.ones(1, 1, 1, 1))  # one token: nothing to tell
+    assert is_causal(torch.tensor([[[[1.0, 0.0], [0.5, 0.5]]]]))  # two tokens already tell
+
+
+def test_causal_receptive_baseline_equals_uniform_causal_rollout() -> None:
+    """Three tokens, uniform causal attention, residual 0.5: each layer's matrix by hand."""
+    from attnkit.explain.rollout import causal_receptive_baseline
+
+    step = torch.tensor([[1.0, 0.0, 0.0],  # 0.5 * uniform row + 0.5 * identity row
+                         [0.25, 0.75, 0.0],
+                         [1 / 6, 1 / 6, 2 / 3]], dtype=torch.float64)
+    for layers in (1, 2, 3):
+        want = torch.linalg.matrix_power(step, layers)
+        got = causal_receptive_baseline(3, layers, dtype=torch.float64)
+        torch.testing.assert_close(got, want)
+    assert causal_receptive_baseline(3, 2).dtype == torch.float32
+    # residual weight 0.2: 0.8 * uniform + 0.2 * identity
+    got = causal_receptive_baseline(2, 1, residual_weight=0.2, dtype=torch.float64)
+    torch.testing.assert_close(got, torch.tensor([[1.0, 0.0], [0.4, 0.6]], dtype=torch.float64))
+
+
+def test_discard_ratio_zeroes_the_smallest_off_diagonal_entries() -> None:
+    """L = 3 has 6 off-diagonal entries; ratio 0.5 zeroes the 3 smallest (never the diagonal,
+    however small) before the rows are renormalized."""
+    fused = torch.tensor([[0.01, 0.5, 0.2],
+                          [0.3, 0.02, 0.05],
+                          [0.1, 0.6, 0.03]])
+    weights = fused[None, None]  # (B=1, H=1, 3, 3)
+    kept = torch.tensor([[0.01, 0.5, 0.0],
+                         [0.3, 0.02, 0.0],
+                         [0.0, 0.6, 0.03]])  # 0.05, 0.1 and 0.2 are the smallest off-diagonal
+    want = kept / kept.sum(-1, keepdim=True)
+    got = attention_rollout([weights], discard_ratio=0.5, residual_weight=0.0,
+                            causal_normalize=False)
+    torch.testing.assert_close(got[0], want)
+    # a ratio too small to discard one entry changes nothing
+    same = attention_rollout([weights], discard_ratio=0.1, residual_weight=0.0,
+                             causal_normalize=False)
+    torch.testing.assert_close(same[0], fused / fused.sum(-1, keepdim=True))
+    # ratio 0.2 discards exactly one entry, per map of a batch of two
+    batch = torch.stack([fused, fused.T])[:, None]  # (B=2, H=1, 3, 3)
+    one = attention_rollout([batch], discard_ratio=0.2, residual_weight=0.0,
+                            causal_normalize=False)
+    for b, smallest in ((0, (1, 2)), (1, (2, 1))):  # 0.05, where each map holds it
+        kept = batch[b, 0].clone()
+        kept[smallest] = 0.0
+        torch.testing.assert_close(one[b], kept / kept.sum(-1, keepdim=True))
+
+
+def test_rollout_option_checks_name_the_values() -> None:
+    w = torch.softmax(torch.randn(1, 2, 4, 4), -1)
+    with pytest.raises(ValueError, match="attention_rollout needs at least one layer of weights"):
+        attention_rollout([])
+    with pytest.raises(ValueError, match=r"discard_ratio must be in \[0, 1\), got 1.0"):
+        attention_rollout([w], discard_ratio=1.0)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=rf"residual_weight must be in \[0, 1\], got {bad}"):
+            attention_rollout([w], residual_weight=bad)
+    for edge in (0.0, 1.0):  # both ends are allowed; 1 is the identity (attention ignored)
+        attention_rollout([w], residual_weight=edge)
+    torch.testing.assert_close(attention_rollout([w], residual_weight=1.0)[0], torch.eye(4))
+
+
+def test_causal_normalize_by_value_and_auto_detection() -> None:
+    """Rollout divided by the uniform-causal rollout of the same residual weight, rows
+    renormalized; detected as causal despite float noise of 1e-8 above the diagonal; forced on
+    non-causal maps, positions outside the causal receptive field get 0."""
+    g = torch.Generator().manual_seed(0)
+    length, residual = 4, 0.3
+    lower = torch.tril(torch.rand(2, 3, length, length, generator=g, dtype=torch.float64))
+    layers = [lower / lower.sum(-1, keepdim=True) for _ in range(2)]
+    plain = torch.eye(length, dtype=torch.float64)
+    for w in layers:
+        a = (1 - residual) * w.mean(1) + residual * torch.eye(length, dtype=torch.float64)
+        plain = (a / a.sum(-1, keepdim=True)) @ plain
+    uniform = torch.tril(torch.ones(length, length, dtype=torch.float64))
+    uniform = (1 - residual) * uniform / uniform.sum(-1, keepdim=True) + residual * torch.eye(
+        length, dtype=torch.float64)
+    base = torch.linalg.matrix_power(uniform / uniform.sum(-1, keepdim=True), 2)
+    ratio = torch.where(base > 0, plain / base, torch.zeros_like(plain))
+    want = ratio / ratio.sum(-1, keepdim=True)
+    got = attention_rollout(layers, residual_weight=residual, causal_normalize=True)
+    torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=1e-5)
+    noisy = [w + 1e-8 * torch.triu(torch.ones(length, length, dtype=torch.float64), 1)
+             for w in layers]
+    auto = attention_rollout(noisy, residual_weight=residual)
+    torch.testing.assert_close(auto.double(), want, atol=1e-6, rtol=1e-5)
+    full = torch.softmax(torch.randn(1, 2, length, length, generator=g), -1)
+    forced = attention_rollout([full], causal_normalize=True)
+    assert torch.equal(torch.triu(forced[0], 1), torch.zeros(length, length))
+
+
+def test_rollout_zero_rows_stay_zero_and_bad_shapes_are_named() -> None:
+    """A position that attends nowhere (all-zero row) with no residual gives a zero row, not
+    NaN; weights that are not (B, H, Lq, Lk) are refused with their shape."""
+    w = torch.softmax(torch.randn(1, 2, 3, 3), -1)
+    w[0, :, 1] = 0.0
+    out = attention_rollout([w], residual_weight=0.0, causal_normalize=False)
+    assert torch.isfinite(out).all()
+    assert torch.equal(out[0, 1], torch.zeros(3))
+    torch.testing.assert_close(out[0, 0], w[0, :, 0].mean(0) / w[0, :, 0].mean(0).sum())
+    with pytest.raises(ValueError, match=r"must be \(batch, heads, Lq, Lk\), got shape "
+                                         r"\(2, 3, 3\)"):
+        attention_rollout([w[0]])

@@ -84,3 +84,34 @@ def test_cascading_randomization_decorrelates_relevance() -> None:
         torch.testing.assert_close(value, before[key])
     with pytest.raises(ValueError, match="unknown blocks"):
         cascading_randomization(model, explain, blocks=["nope"])
+
+
+class _TwoBlocks(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList([torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)])
+        self.head = torch.nn.Linear(3, 2)
+
+
+@pytest.mark.parametrize("depends_on, expected", [
+    (None, [1.0, 1.0, 1.0]),  # a map that ignores the model: the check's failing case
+    ("head", [0.0, 0.0, 0.0]),  # half the batch reverses once the head is randomized
+    ("blocks.0", [1.0, 1.0, 0.0]),  # ... only once the cascade reaches the first block
+])
+def test_cascading_randomization_reports_known_correlations(depends_on: str | None,
+                                                            expected: list[float]) -> None:
+    """Two maps per call: one fixed (rho 1 always), one reversed (rho -1) once the block it
+    depends on is re-initialized; the step reports the batch mean, in cascade order."""
+    model = _TwoBlocks()
+    base = torch.tensor([0.1, 0.7, 0.3, 0.9, 0.5])
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def explain(m: torch.nn.Module) -> Tensor:
+        intact = depends_on is None or all(
+            torch.equal(v, original[k]) for k, v in m.state_dict().items()
+            if k.startswith(depends_on + "."))
+        return torch.stack([base, base if intact else -base])
+
+    steps = cascading_randomization(model, explain)
+    assert [s.block for s in steps] == ["head", "blocks.1", "blocks.0"]
+    assert [s.spearman for s in steps] == pytest.approx(expected)

@@ -167,3 +167,54 @@ def test_cli_explain_and_faithfulness(tmp_path: Path, capsys: pytest.CaptureFixt
     code = main(["faithfulness", str(run), "--examples", "6", "--steps", "4"])
     table = capsys.readouterr().out
     assert code == 0 and "| attention rollout |" in table and "random order" in table
+
+
+# -- pixels where the value is known ------------------------------------------------------------
+def _pixels_of(png: Path, rgb: tuple[float, ...], tol: float = 2.5 / 255) -> np.ndarray:
+    """(N, 2) row, column coordinates of the decoded PNG's pixels of colour ``rgb``."""
+    import matplotlib.image
+
+    image = matplotlib.image.imread(str(png))[..., :3]  # decoded, floats in [0, 1]
+    close = (np.abs(image - np.asarray(rgb[:3])) <= tol).all(-1)
+    return np.argwhere(close)
+
+
+def test_layer_grid_pixels_show_each_cell_where_and_as_dark_as_its_value(tmp_path: Path) -> None:
+    """A 4x4 map, 1 at (row 0, col 3), 0.5 at (row 3, col 0), 0 elsewhere: the darkest blue is
+    the top-right cell, the middle blue the bottom-left one, the lightest the 14 others."""
+    import matplotlib
+
+    blues = matplotlib.colormaps["Blues"]
+    grid = torch.zeros(1, 4, 4)
+    grid[0, 0, 3], grid[0, 3, 0] = 1.0, 0.5
+    png = plot_layer_grid([grid], tmp_path / "grid.png")
+    dark, middle, light = (_pixels_of(png, blues(x)) for x in (1.0, 0.5, 0.0))
+    assert len(dark) > 50 and len(middle) > 50 and len(light) > 50
+    cells = np.concatenate([dark, middle, light])
+    top, left = cells.min(0)
+    bottom, right = cells.max(0)
+    height, width = bottom - top + 1, right - left + 1
+
+    def cell(points: np.ndarray) -> tuple[int, int]:
+        row, col = points.mean(0)
+        return int((row - top) * 4 // height), int((col - left) * 4 // width)
+
+    assert cell(dark) == (0, 3)
+    assert cell(middle) == (3, 0)
+    # one cell each for the two marked values, fourteen for the rest
+    assert len(dark) == pytest.approx(len(middle), rel=0.15)
+    assert len(light) == pytest.approx(14 * len(dark), rel=0.15)
+
+
+def test_token_highlight_pixels_follow_the_scores(tmp_path: Path) -> None:
+    """Boxes coloured Reds(score / max positive score): 1.0 darkest, 0.5 middle, negative blank."""
+    import matplotlib
+
+    reds = matplotlib.colormaps["Reds"]
+    png = plot_token_highlight(["half", "full", "minus"], torch.tensor([1.0, 2.0, -3.0]),
+                               tmp_path / "tokens.png")
+    half, full, blank = (_pixels_of(png, reds(x)) for x in (0.5, 1.0, 0.0))
+    assert len(half) > 30 and len(full) > 30 and len(blank) > 30
+    # left to right in token order
+    assert half[:, 1].mean() < full[:, 1].mean() < blank[:, 1].mean()
+    assert len(_pixels_of(png, reds(0.25))) < 5  # no score maps to a quarter shade

@@ -195,3 +195,26 @@ def test_rolling_cache_decoding_on_cuda() -> None:
     steps = [layer(x[:, :4], mask=masks.causal(), cache=cache)]
     steps += [layer(x[:, t:t + 1], cache=cache) for t in range(4, 12)]
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-10, rtol=1e-8)
+
+
+def test_cache_edges_one_position_values_shape_and_defaults() -> None:
+    """A one-position cache works; a values-only shape mismatch names the values; the rolling
+    cache keeps 4 sink tokens by default and integer positions."""
+    tiny = StaticKVCache(1)
+    k, v = kv(1)
+    keys, values, extra = tiny.update(k, v)
+    assert torch.equal(keys, k) and torch.equal(values, v) and extra is None
+    cache = StaticKVCache(4)
+    k, v = kv(1)
+    cache.update(k, v)
+    with pytest.raises(ValueError, match=r"new values have shape \(2, 2, 1, 5\) but the cache "
+                                         r"holds \(2, 2, 4, 4\)"):
+        cache.update(k, torch.randn(2, 2, 1, 5))
+    rolling = RollingKVCache(window=3)
+    assert rolling.sink == 4
+    rolling.update(*kv(6))
+    assert rolling.key_positions.dtype == torch.long
+    # sinks 0-3 and the window of the last 3 (3, 4, 5) stay: 0..5 all kept
+    assert rolling.key_positions.tolist() == [0, 1, 2, 3, 4, 5]
+    rolling.update(*kv(3))
+    assert rolling.key_positions.tolist() == [0, 1, 2, 3, 6, 7, 8]

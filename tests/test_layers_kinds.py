@@ -22,6 +22,7 @@ from attnkit.layers import (
     list_attention_kinds,
 )
 from attnkit.layers.kernelized import KernelizedAttention
+from cross_reference import CROSS_REFERENCES
 
 KINDS = list(list_attention_kinds())
 DIM, HEADS = 32, 4
@@ -142,12 +143,20 @@ def test_incremental_decoding_matches_full_causal_pass_or_is_refused(kind: str) 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_cross_attention_with_context_of_other_length(kind: str) -> None:
+    """Queries from x (5 tokens), keys and values from a 13-token context, GQA: equal to the
+    kind's definition transcribed in float64 (tests/cross_reference.py)."""
+    if kind not in CROSS_REFERENCES:
+        pytest.fail(f"kind {kind!r} has no cross-attention definition in "
+                    f"tests/cross_reference.py: add one so its values are checked")
     extra = {"conv_kernel": None} if kind == "nystrom" else {}
-    layer = make(kind, **extra)
+    layer = make(kind, num_kv_heads=2, **extra)
     x = torch.randn(2, 5, DIM, dtype=torch.float64)
     context = torch.randn(2, 13, DIM, dtype=torch.float64)
     y = layer(x, context)
-    assert y.shape == x.shape and torch.isfinite(y).all()
+    assert y.shape == x.shape
+    torch.testing.assert_close(y, CROSS_REFERENCES[kind](layer, x, context))
+    # the context is what is attended: a different one gives a different output
+    assert not torch.allclose(layer(x, context.flip(1) + 1), y)
 
 
 def test_auxiliary_losses_are_collected_from_a_model() -> None:

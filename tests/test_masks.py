@@ -240,7 +240,11 @@ def test_band_geometry_of_positional_masks() -> None:
     """``band`` gives the (lo, hi) of k - q that a mask allows, checked against its dense form."""
     cases = [(masks.causal(), (None, 3)), (masks.sliding_window(4), (-1, 3)),
              (masks.sliding_window(2, 5, offset=0), (-2, 5)),
-             (masks.causal() & masks.sliding_window(6, 2), (-3, 3)), (masks.full(), (None, None))]
+             (masks.causal() & masks.sliding_window(6, 2), (-3, 3)), (masks.full(), (None, None)),
+             # and-combinations where one or both sides leave a bound open
+             (masks.causal() & masks.causal(offset=1), (None, 1)),
+             (masks.full() & masks.full(), (None, None)),
+             (masks.full() & masks.sliding_window(2, 20), (1, None))]
     for mask, want in cases:
         assert mask.band(9, 12) == want, mask
         lo, hi = want
@@ -256,6 +260,9 @@ def test_band_geometry_of_positional_masks() -> None:
     assert masks.causal().band(1, 10) == (None, None)  # one decoding query sees every key
     assert masks.sliding_window(8, offset=0).band(9, 12) == (None, 0)
     assert masks.sliding_window(7, offset=0).band(9, 12) == (-7, 0)
+    # an upper side that excludes a single pair (query 0, key 11) still binds
+    assert masks.causal(offset=10).band(9, 12) == (None, 10)
+    assert masks.causal(offset=11).band(9, 12) == (None, None)
     for not_a_band in (masks.padding([3]), masks.causal() | masks.sink(2), ~masks.causal(),
                        masks.causal() & masks.padding([5])):
         assert not_a_band.band(9, 12) is None

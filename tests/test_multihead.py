@@ -206,3 +206,52 @@ def test_registry_builds_mha() -> None:
     assert isinstance(layer, MultiHeadAttention) and isinstance(layer, AttentionLayer)
     assert layer.layout.num_kv_heads == 2 and layer.supports_cache
     assert "heads=4, kv_heads=2" in repr(layer)
+
+
+def test_fused_and_separate_projections_agree_with_the_transcription() -> None:
+    """Self-attention fuses q/k/v into one matmul only when it computes the same thing: not for
+    cross-attention with a context of the same width, not when one projection has a bias the
+    others lack (a user-replaced module)."""
+    layer = make_layer({})
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    context = torch.randn(2, 9, 16, dtype=torch.float64)  # same width: fusing would be possible
+    torch.testing.assert_close(layer(x, context), transcribe(layer, x, context)[0])
+    torch.testing.assert_close(layer(x), transcribe(layer, x)[0])
+    mixed = make_layer({"bias": False})
+    biased = nn.Linear(16, 16, bias=True).double()
+    with torch.no_grad():
+        biased.weight.copy_(mixed.k_proj.weight)
+        biased.bias.normal_()
+    mixed.k_proj = biased
+    torch.testing.assert_close(mixed(x), transcribe(mixed, x)[0])
+
+
+def test_the_layer_runs_the_backend_it_was_built_with() -> None:
+    """backend= reaches the engine: a forced backend that cannot run the call refuses it."""
+    from attnkit.backends import NoBackendError
+
+    x = torch.randn(1, 6, 16, dtype=torch.float64)
+    forced = make_layer({"backend": "sdpa"})
+    with pytest.raises(NoBackendError, match="backend 'sdpa' cannot run this call"):
+        forced(x, mask=masks.sliding_window(2))
+    reference = make_layer({"backend": "reference"})
+    allowed = masks.sliding_window(2).dense(6, 6)
+    torch.testing.assert_close(reference(x, mask=masks.sliding_window(2)),
+                               transcribe(reference, x, allowed=allowed)[0])
+
+
+def test_documented_defaults() -> None:
+    """Biased projections, no qk-norm, RoPE, ALiBi or softcap unless asked; one head allowed;
+    with bias=False no projection has a bias."""
+    layer = MultiHeadAttention(16, 4)
+    for proj in (layer.q_proj, layer.k_proj, layer.v_proj, layer.out_proj):
+        assert proj.bias is not None
+    assert layer.q_norm is None and layer.k_norm is None and layer.rope is None
+    assert layer.use_alibi is False and layer.softcap is None and layer.backend == "auto"
+    plain = MultiHeadAttention(16, 4, bias=False, softcap=3.0, alibi=True)
+    assert all(p.bias is None for p in (plain.q_proj, plain.k_proj, plain.v_proj,
+                                        plain.out_proj))
+    assert plain.softcap == 3.0 and plain.use_alibi is True
+    single = MultiHeadAttention(8, 1).double()
+    x = torch.randn(1, 3, 8, dtype=torch.float64)
+    torch.testing.assert_close(single(x), transcribe(single, x)[0])

@@ -133,3 +133,31 @@ def test_sinusoidal_table_values() -> None:
     assert torch.equal(table[0, 1::2], torch.ones(dim // 2))
     custom = sinusoidal_table(3, 4, base=100.0)
     assert custom[2, 2].item() == pytest.approx(math.sin(2 / 100.0 ** 0.5), abs=1e-6)
+
+
+def test_documented_defaults_and_float64_tables() -> None:
+    """base 10000 and the half-split convention by default; angles in float64; the sin/cos
+    table computed in float64 and rounded once to float32 (float32 arithmetic is ~1e-5 off at
+    position 4999)."""
+    positions = torch.arange(7)
+    x = torch.randn(2, 7, 8, dtype=torch.float64)
+    angles = rotary_angles(positions, 8)
+    assert angles.dtype == torch.float64
+    torch.testing.assert_close(angles, rotary_angles(positions, 8, base=10000.0))
+    torch.testing.assert_close(angles[3, 1], torch.tensor(3 * 10000.0 ** (-2 / 8),
+                                                           dtype=torch.float64))
+    torch.testing.assert_close(apply_rotary(x, angles),
+                               apply_rotary(x, angles, interleaved=False))
+    rope = RotaryEmbedding(8)
+    assert (rope.base, rope.interleaved) == (10000.0, False)
+    torch.testing.assert_close(rope(x, positions), apply_rotary(x, angles))
+    for even in (2, 4, 10):  # every even head dim is accepted, odd ones are refused
+        RotaryEmbedding(even)
+    with pytest.raises(ValueError, match="even"):
+        RotaryEmbedding(9)
+    table = sinusoidal_table(5000, 6)
+    assert table.dtype == torch.float32
+    p, i = 4999, 1
+    want = torch.tensor([math.sin(p / 10000 ** (2 * i / 6)), math.cos(p / 10000 ** (2 * i / 6))],
+                        dtype=torch.float64)
+    torch.testing.assert_close(table[p, 2 * i:2 * i + 2].double(), want, atol=1e-7, rtol=0)

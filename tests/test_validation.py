@@ -92,7 +92,7 @@ OPTION_ERRORS: list[tuple[str, dict[str, Any], type[Exception], list[str]]] = [
      {"mask": masks.causal() | ~masks.dense(torch.ones(3, 5, dtype=torch.bool))},
      ValueError, ["dense mask is (3, 5) but attention is (4, 5)"]),
     ("bias not a Bias", {"bias": torch.zeros(4, 5)}, TypeError,
-     ["bias must be an attnkit.bias.Bias", "bias.dense(tensor)"]),
+     ["bias must be an attnkit.bias.Bias", "bias.dense(tensor)", "got Tensor"]),
     ("alibi with other heads", {"bias": biases.alibi(3)}, ValueError,
      ["has 3 heads but q has 4 heads", "num_heads=4"]),
     ("learned buckets with other heads", {"bias": biases.relative_buckets(2)}, ValueError,

@@ -1,0 +1,187 @@
+"""Run mutmut over the core modules, one scratch copy per module, and print the scores.
+
+Usage (from the repository root; ``make mutation`` runs every target)::
+
+    .venv/bin/python tools/mutation/run.py                 # every target in targets.toml
+    .venv/bin/python tools/mutation/run.py math kv_cache   # some targets
+    .venv/bin/python tools/mutation/run.py --report        # scores of finished runs only
+    .venv/bin/python tools/mutation/run.py --resume math   # go on from an interrupted run
+    .venv/bin/python tools/mutation/run.py --collect math  # score an interrupted run as it is
+
+Each target gets ``runs/mutation/<name>/``: a copy of ``src/`` and ``tests/`` taken when the run
+starts, a pyproject.toml that tells mutmut which file to mutate and which tests to run, and
+after the run ``summary.json`` (counts) and ``survivors.txt`` (``mutmut show`` of each mutant
+that no test killed). The score is killed / (killed + survived + timeouts-that-were-not-kills +
+no-tests): a mutant that no selected test reaches counts against the module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[2]
+TARGETS = Path(__file__).with_name("targets.toml")
+RUNS = ROOT / "runs" / "mutation"
+#: The pytest settings of the project (markers, timeout) that every scratch copy keeps.
+PYTEST_SETTINGS = """
+[tool.pytest.ini_options]
+testpaths = ["tests"]
+addopts = "-ra --strict-markers"
+timeout = 600
+markers = ["slow: longer tests (still run in CI)", "cuda: needs a CUDA device"]
+"""
+
+
+def load_targets() -> tuple[list[str], dict[str, dict[str, object]]]:
+    config = tomllib.loads(TARGETS.read_text())
+    return list(config["defaults"]["pytest_args"]), dict(config["modules"])
+
+
+def toml_list(items: list[str]) -> str:
+    return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+
+def prepare(name: str, target: dict[str, object], pytest_args: list[str],
+            resume: bool = False) -> Path:
+    """A fresh scratch copy for one target, with the mutmut config that selects it."""
+    work = RUNS / name
+    if resume and (work / "mutants").is_dir():
+        return work  # mutmut keeps each verdict: the run goes on where it stopped
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    shutil.copytree(ROOT / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    tests = [str(t) for t in target["tests"]]  # type: ignore[attr-defined]
+    present = [t for t in tests if (work / t.split("::")[0]).exists()]
+    missing = sorted(set(tests) - set(present))
+    if missing:
+        print(f"[{name}] tests not found, left out: {missing}", flush=True)
+    (work / "pyproject.toml").write_text(
+        "[tool.mutmut]\n"
+        'source_paths = ["src"]\n'
+        f"only_mutate = {toml_list([str(target['path'])])}\n"
+        f"pytest_add_cli_args_test_selection = {toml_list(present)}\n"
+        f"pytest_add_cli_args = {toml_list(pytest_args)}\n"
+        + PYTEST_SETTINGS)
+    return work
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HYPOTHESIS_PROFILE": "mutation",
+       "PYTHONDONTWRITEBYTECODE": "1"}
+MUTMUT = [sys.executable, "-m", "mutmut"]
+
+
+def run_one(name: str, target: dict[str, object], pytest_args: list[str],
+            children: int, resume: bool) -> dict[str, object]:
+    work = prepare(name, target, pytest_args, resume)
+    start = time.monotonic()
+    with open(work / "mutmut.log", "a" if resume else "w") as log:
+        code = subprocess.call([*MUTMUT, "run", "--max-children", str(children)], cwd=work,
+                               env=ENV, stdout=log, stderr=subprocess.STDOUT)
+    return collect(name, target, time.monotonic() - start, code)
+
+
+def collect(name: str, target: dict[str, object], elapsed: float | None = None,
+            code: int | None = None) -> dict[str, object]:
+    """Counts, score and survivors of a run, finished or not (unrun mutants count as not
+    killed, under "not_checked")."""
+    work = RUNS / name
+    subprocess.call([*MUTMUT, "export-cicd-stats"], cwd=work, env=ENV,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    previous = work / "summary.json"
+    if elapsed is None and previous.exists():
+        elapsed = json.loads(previous.read_text()).get("seconds")
+    if elapsed is None:  # a run whose driver was stopped: from its config to its last output
+        elapsed = (work / "mutmut.log").stat().st_mtime - (work / "pyproject.toml").stat().st_mtime
+    summary = summarize(name, target, work, elapsed or 0.0, code)
+    write_survivors(work)
+    return summary
+
+
+def summarize(name: str, target: dict[str, object], work: Path, elapsed: float,
+              code: int | None) -> dict[str, object]:
+    stats_file = work / "mutants" / "mutmut-cicd-stats.json"
+    counts = json.loads(stats_file.read_text()) if stats_file.exists() else {}
+    killed = int(counts.get("killed", 0))
+    timeouts = int(counts.get("timeout", 0))  # hypothesis hunting a failure past the limit
+    not_killed = sum(int(counts.get(k, 0)) for k in ("survived", "no_tests", "suspicious",
+                                                        "segfault"))
+    total = killed + timeouts + not_killed  # mutants with a verdict (all, if the run finished)
+    summary = {"name": name, "path": target["path"], "exit_code": code,
+               "seconds": round(elapsed), "counts": counts,
+               "score": round(100 * (killed + timeouts) / total, 1) if total else None}
+    (work / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def write_survivors(work: Path) -> None:
+    listing = subprocess.run([*MUTMUT, "results"], cwd=work, env=ENV, capture_output=True,
+                             text=True).stdout
+    # the mutants no test caught; not the ones an interrupted run never reached
+    names = [line.split(":")[0].strip() for line in listing.splitlines()
+             if line.strip().endswith((": survived", ": no tests", ": suspicious"))]
+    with open(work / "survivors.txt", "w") as out:
+        for mutant in names:
+            shown = subprocess.run([*MUTMUT, "show", mutant], cwd=work, env=ENV,
+                                   capture_output=True, text=True).stdout
+            out.write(f"## {mutant}\n{shown}\n")
+
+
+def report() -> None:
+    """A markdown table of every run under runs/mutation/ (a run cut short shows fewer checked
+    mutants than it has: its score covers the checked ones only)."""
+    print("| module | mutants | checked | killed | timeout | survived | no tests | score "
+          "(of checked) | minutes |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for summary_file in sorted(RUNS.glob("*/summary.json")):
+        s = json.loads(summary_file.read_text())
+        c = s["counts"]
+        checked = sum(int(c.get(k, 0)) for k in ("killed", "timeout", "survived", "no_tests",
+                                                  "suspicious", "segfault"))
+        print(f"| {s['path']} | {c.get('total', checked)} | {checked} | {c.get('killed', 0)} | "
+              f"{c.get('timeout', 0)} | {c.get('survived', 0)} | {c.get('no_tests', 0)} | "
+              f"{s['score']}% | {s['seconds'] / 60:.0f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="targets from targets.toml (default: all)")
+    parser.add_argument("--children", type=int, default=1,
+                        help="parallel mutant workers (default 1: the machine is shared)")
+    parser.add_argument("--report", action="store_true", help="only print finished scores")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the scratch copies and go on from the verdicts they hold")
+    parser.add_argument("--collect", action="store_true",
+                        help="score the named runs as they are (e.g. interrupted), run nothing")
+    args = parser.parse_args()
+    if args.report:
+        report()
+        return
+    pytest_args, targets = load_targets()
+    unknown = sorted(set(args.names) - set(targets))
+    if unknown:
+        parser.error(f"unknown targets {unknown}; known: {sorted(targets)}")
+    for name in args.names or list(targets):
+        if args.collect:
+            summary = collect(name, targets[name])
+        else:
+            summary = run_one(name, targets[name], pytest_args, args.children, args.resume)
+        print(json.dumps(summary), flush=True)
+    report()
+
+
+if __name__ == "__main__":
+    main()
