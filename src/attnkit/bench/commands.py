@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 # suites outside this file, each with register()
-SUITE_MODULES = ("attnkit.bench.kinds", "attnkit.bench.lm_throughput", "attnkit.bench.task_kinds")
+SUITE_MODULES = ("attnkit.bench.kinds", "attnkit.bench.lm_throughput", "attnkit.bench.task_kinds",
+                 "attnkit.bench.lra")
 
 
 def register(subparsers: Any) -> None:
