@@ -15,13 +15,15 @@ pathfinder  ``pathfinder``           are the two dots joined by a dashed path   
 Every attention kind (:func:`attnkit.layers.list_attention_kinds`) is trained on every task with
 the same model, the same data and the same budget: a fixed number of optimizer steps (not a
 fixed time), through the project's training loop (:func:`attnkit.bench.task_kinds.train_kind`).
-Each cell reports test accuracy (best validation weights), then the cost of one training step
-(forward, backward, AdamW) on a fixed batch, the same batch for every kind: a warm-up step, then
-``repeats`` timed steps (median, min, max) and the peak memory of one more step
-(:func:`attnkit.bench.harness.measure`). Before timing, the step's loss and gradients are
-checked finite and the model's output deterministic: the kinds compute different functions, so
-there is no cross-kind agreement to check (each kind's agreement with the float64 reference is
-in the test suite).
+Each cell reports test accuracy (best validation weights). Then, per task, every kind's
+training step (forward, backward, AdamW) on the same fixed batch is timed side by side
+(:func:`attnkit.bench.side_by_side.run_rounds`: each round times the first kind, then every
+other kind right after it, after a warm-up step), giving each kind's median, min and max seconds
+per step over the rounds and its speed-up over the first kind (median of per-round ratios); the
+peak memory comes from one more step (:class:`attnkit.bench.harness.PeakMemory`). Before timing,
+the step's loss and gradients are checked finite and the model's output deterministic: the
+kinds compute different functions, so there is no cross-kind agreement to check (each kind's
+agreement with the float64 reference is in the test suite).
 
 Outputs in ``--out``: ``lra.csv`` (one row per task and kind), ``lra.md`` (command, scale,
 environment and the tables), ``lra.json`` (all of it) and ``lra.png`` (accuracy against seconds
@@ -47,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from attnkit.bench.harness import measure, write_csv
+from attnkit.bench.harness import write_csv
 from attnkit.bench.task_kinds import train_kind
 from attnkit.layers import list_attention_kinds
 from attnkit.tasks.listops import LRA_SETTINGS
@@ -132,9 +134,12 @@ class LraCell:
     parameters: int = 0
     steps: int = 0
     loop_step_s: float = math.nan  # the training loop's mean seconds per step (incl. data)
-    step_s: float = math.nan  # median seconds per timed training step
+    step_s: float = math.nan  # median over the side-by-side rounds of one training step
     step_s_min: float = math.nan
     step_s_max: float = math.nan
+    forward_s: float = math.nan  # median seconds of one eval-mode forward pass
+    speedup: float = math.nan  # median over rounds of reference step time / this kind's
+    reference: str = ""  # the kind the speed-up is relative to (the first kind timed)
     peak_mib: float = math.nan  # peak extra memory of one training step
     timed_length: int = 0  # padded length of the timed batch
     error: str = ""
@@ -216,59 +221,119 @@ def _timed_batch(task: Task, batch_size: int, seed: int) -> Any:
     return collate([task.train[i] for i in picks], pad_id=task.pad_id)
 
 
-def time_training_step(raw: dict[str, Any], kind: str, task: Task, *, repeats: int,
-                       seed: int) -> tuple[float, float, float, float, int]:
-    """(median, min, max seconds, peak MiB, padded length) of one training step of ``kind``.
+class TrainingStep:
+    """A fresh model of ``kind`` with the cell's config, its optimizer and the timed batch.
 
-    A fresh model with the cell's config, the same seeded batch for every kind. Raises
-    FloatingPointError if the loss or a gradient is not finite, RuntimeError if two forward
-    passes in eval mode differ.
+    ``forward()`` is one eval-mode forward pass, ``step()`` one training step (forward,
+    backward, AdamW). Building it checks that the loss and every gradient are finite and that
+    two eval-mode passes agree (raising FloatingPointError / RuntimeError otherwise).
     """
-    from attnkit.layers import collect_auxiliary_losses
-    from attnkit.models import build_model, default_family
-    from attnkit.train.config import apply_overrides, resolve_config
-    from attnkit.train.loop import build_optimizer
-    from attnkit.train.objectives import objective_for
 
-    config = resolve_config(apply_overrides(raw, [f"model.attention={kind}"]),
-                            family=default_family(task))
-    torch.manual_seed(seed)
-    model = build_model(config.model, task)
-    optimizer = build_optimizer(model, config)
-    objective = objective_for(task)
-    batch = _timed_batch(task, config.train.batch_size, seed)
+    def __init__(self, raw: dict[str, Any], kind: str, task: Task, *, seed: int) -> None:
+        from attnkit.models import build_model, default_family
+        from attnkit.train.config import apply_overrides, resolve_config
+        from attnkit.train.loop import build_optimizer
+        from attnkit.train.objectives import objective_for
 
-    model.eval()
-    with torch.no_grad():
-        first = model(batch.inputs, batch.lengths)
-        again = model(batch.inputs, batch.lengths)
-    if not torch.equal(first, again):
-        raise RuntimeError(f"{kind}: two eval-mode forward passes on the same batch differ "
-                           f"by {float((first - again).abs().max()):.3g}")
-    model.train()
+        config = resolve_config(apply_overrides(raw, [f"model.attention={kind}"]),
+                                family=default_family(task))
+        torch.manual_seed(seed)
+        self.kind, self.task = kind, task
+        self.model = build_model(config.model, task)
+        self.optimizer = build_optimizer(self.model, config)
+        self.objective = objective_for(task)
+        self.batch = _timed_batch(task, config.train.batch_size, seed)
+        self.length = int(self.batch.inputs.shape[1])
+        self._check()
 
-    def step() -> None:
-        loss, _ = objective(model, batch, task, 0.0)
-        aux = collect_auxiliary_losses(model)
+    def _check(self) -> None:
+        with torch.no_grad():
+            self.model.eval()
+            first = self.model(self.batch.inputs, self.batch.lengths)
+            again = self.model(self.batch.inputs, self.batch.lengths)
+        if not torch.equal(first, again):
+            raise RuntimeError(f"{self.kind}: two eval-mode forward passes on the same batch "
+                               f"differ by {float((first - again).abs().max()):.3g}")
+        self.model.train()
+        loss, _ = self.objective(self.model, self.batch, self.task, 0.0)
+        loss.backward()
+        bad = [n for n, p in self.model.named_parameters() if p.grad is not None
+               and not bool(torch.isfinite(p.grad).all())]
+        value = float(loss.detach())
+        if not math.isfinite(value) or bad:
+            raise FloatingPointError(f"{self.kind}: loss {value} or gradients of {bad[:3]} are "
+                                     f"not finite before timing")
+
+    def forward(self) -> None:
+        self.model.eval()
+        with torch.no_grad():
+            self.model(self.batch.inputs, self.batch.lengths)
+        self.model.train()
+
+    def step(self) -> None:
+        from attnkit.layers import collect_auxiliary_losses
+
+        loss, _ = self.objective(self.model, self.batch, self.task, 0.0)
+        aux = collect_auxiliary_losses(self.model)
         total = loss + aux if aux is not None else loss
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        optimizer.step()
-
-    loss, _ = objective(model, batch, task, 0.0)
-    loss.backward()
-    bad = [n for n, p in model.named_parameters() if p.grad is not None
-           and not bool(torch.isfinite(p.grad).all())]
-    if not math.isfinite(float(loss.detach())) or bad:
-        raise FloatingPointError(f"{kind}: loss {float(loss.detach())} or gradients of "
-                                 f"{bad[:3]} are not finite before timing")
-    m = measure(step, repeats=repeats, warmup=1, long_s=math.inf)
-    return m.seconds, min(m.samples), max(m.samples), m.peak_mib, int(batch.inputs.shape[1])
+        self.optimizer.step()
 
 
-def run_cell(spec: LraTask, kind: str, task: Task, raw: dict[str, Any], scale: LraScale, *,
+def time_kinds_side_by_side(cells: Sequence[LraCell], raw: dict[str, Any], task: Task, *,
+                            rounds: int, seed: int, log: Callable[[str], None]) -> None:
+    """Fill in the time and memory of ``cells`` (one task), all kinds timed in the same rounds.
+
+    Peak memory: one training step per kind. Time: :func:`attnkit.bench.side_by_side.run_rounds`
+    with the first kind as the reference: every round times the reference's forward and
+    training step, then each other kind's right after, so the machine's drift (this shared VM
+    runs the same call at very different speeds minutes apart) hits every kind alike. A kind's
+    seconds per step are the median, min and max over rounds; its speed-up is the median over
+    rounds of reference / kind.
+    """
+    from attnkit.bench.harness import PeakMemory
+    from attnkit.bench.side_by_side import MODES, run_rounds
+
+    steps: dict[str, TrainingStep] = {}
+    for cell in cells:
+        try:
+            steps[cell.kind] = TrainingStep(raw, cell.kind, task, seed=seed)
+        except (RuntimeError, FloatingPointError, ValueError) as err:
+            cell.error = f"timing: {type(err).__name__}: {err}".splitlines()[0][:300]
+            continue
+        steps[cell.kind].step()  # warm-up
+        with PeakMemory("cpu") as mem:
+            steps[cell.kind].step()
+        cell.peak_mib, cell.timed_length = mem.mib, steps[cell.kind].length
+    if not steps:
+        return
+    reference, *others = steps
+    timings = run_rounds((steps[reference].forward, steps[reference].step),
+                         {k: (steps[k].forward, steps[k].step) for k in others},
+                         rounds=rounds, calls=1, log=log)
+    by_kind: dict[str, dict[str, list[float]]] = {k: {m: [] for m in MODES} for k in steps}
+    ratios: dict[str, list[float]] = {k: [] for k in steps}
+    for t in timings:
+        by_kind[t.kind][t.mode].append(t.kind_s)
+        if t.kind == others[0]:  # the reference's own time, once per round and mode
+            by_kind[reference][t.mode].append(t.reference_s)
+        if t.mode == MODES[1]:
+            ratios[t.kind].append(t.speedup)
+    for cell in cells:
+        if cell.kind not in steps or not by_kind[cell.kind][MODES[1]]:
+            continue
+        step_times = by_kind[cell.kind][MODES[1]]
+        cell.step_s = statistics.median(step_times)
+        cell.step_s_min, cell.step_s_max = min(step_times), max(step_times)
+        cell.forward_s = statistics.median(by_kind[cell.kind][MODES[0]])
+        cell.reference = reference
+        cell.speedup = statistics.median(ratios[cell.kind]) if ratios[cell.kind] else 1.0
+
+
+def run_cell(spec: LraTask, kind: str, task: Task, raw: dict[str, Any], *,
              seed: int) -> LraCell:
-    """Train, test and time ``kind`` on ``task``."""
+    """Train and test ``kind`` on ``task`` (its timing comes later, side by side)."""
     cell = LraCell(task=spec.name, kind=kind, chance=_chance(task))
     trained = train_kind(kind, raw, [], noise_examples=None, noise_seed=seed, task=task)
     if trained.error:
@@ -277,12 +342,6 @@ def run_cell(spec: LraTask, kind: str, task: Task, raw: dict[str, Any], scale: L
     cell.test_accuracy, cell.parameters, cell.steps = (trained.test_accuracy, trained.parameters,
                                                        trained.steps)
     cell.loop_step_s = trained.train_seconds / max(trained.steps, 1)
-    try:
-        (cell.step_s, cell.step_s_min, cell.step_s_max, cell.peak_mib,
-         cell.timed_length) = time_training_step(raw, kind, task, repeats=scale.repeats,
-                                                 seed=seed)
-    except (RuntimeError, FloatingPointError, ValueError) as err:
-        cell.error = f"timing: {type(err).__name__}: {err}".splitlines()[0][:300]
     return cell
 
 
@@ -337,20 +396,30 @@ def run_lra(tasks: Sequence[str], kinds: Sequence[str], scale: LraScale, *, out_
         log(f"== {name} ({spec.task}): lengths {min(lengths)}..{max(lengths)}, "
             f"{task.num_classes} classes, loaded in {time.perf_counter() - load_start:.0f} s")
         raw = run_config(spec, scale, seed=seed, threads=threads, out_dir=out_dir)
+        cells = []
         for kind in kinds:
             if (name, kind) in done:
-                run.cells.append(done[(name, kind)])
+                cells.append(done[(name, kind)])
+                run.cells.append(cells[-1])
                 continue
             cell_start = time.perf_counter()
-            cell = run_cell(spec, kind, task, raw, scale, seed=seed)
-            run.cells.append(cell)
-            log(f"   {kind:14s} " + (cell.error or
-                f"acc {100 * cell.test_accuracy:5.1f}% (chance {100 * cell.chance:.0f}%), "
-                f"{1000 * cell.step_s:.0f} ms/step [{1000 * cell.step_s_min:.0f}-"
-                f"{1000 * cell.step_s_max:.0f}], {cell.peak_mib:.0f} MiB") +
-                f" ({time.perf_counter() - cell_start:.0f} s)")
+            cells.append(run_cell(spec, kind, task, raw, seed=seed))
+            run.cells.append(cells[-1])
+            log(f"   {kind:14s} " + (cells[-1].error or
+                f"test accuracy {100 * cells[-1].test_accuracy:5.1f}% (chance "
+                f"{100 * cells[-1].chance:.0f}%)") + f" ({time.perf_counter() - cell_start:.0f} s)")
             run.seconds = time.perf_counter() - started
             write_reports(run, out_dir)
+        untimed = [c for c in cells if not c.error and math.isnan(c.speedup)]
+        if untimed:
+            log(f"   timing {len(untimed)} kinds side by side, {scale.repeats} rounds")
+            time_kinds_side_by_side(untimed, raw, task, rounds=scale.repeats, seed=seed,
+                                    log=lambda line: log("   " + line))
+            for c in untimed:
+                log(f"   {c.kind:14s} " + (c.error or
+                    f"{1000 * c.step_s:.0f} ms/step [{1000 * c.step_s_min:.0f}-"
+                    f"{1000 * c.step_s_max:.0f}], {c.speedup:.2f}x {c.reference}, "
+                    f"{c.peak_mib:.0f} MiB"))
     run.seconds = time.perf_counter() - started
     write_reports(run, out_dir)
     return run
@@ -381,7 +450,7 @@ def markdown_report(run: LraRun) -> str:
              f"scale: {s.num_layers} layers, d_model {s.d_model}, {s.num_heads} heads, d_ff "
              f"{s.d_ff}; budget {s.steps} optimizer steps of batch {s.batch_size} per cell "
              f"(lr {s.lr:g}); {s.num_train} train / {s.num_val} val / {s.num_test} test "
-             f"examples per task; {s.repeats} timed steps per cell"
+             f"examples per task; {s.repeats} side-by-side timing rounds per task"
              + f"; lengths: {s.lengths}", "",
              "environment: " + ", ".join(f"{k} {v}" for k, v in run.environment.items()),
              "", f"suite time: {run.seconds / 60:.1f} min", ""]
@@ -403,8 +472,11 @@ def markdown_report(run: LraRun) -> str:
         _percent(next((c.chance for c in run.cells if c.task == t), math.nan)) for t in tasks)
         + " |"]
     table("test accuracy (%)", lambda c: _percent(c.test_accuracy), chance)
-    table("seconds per training step: median [min-max]",
+    table("seconds per training step: median [min-max] over the side-by-side rounds",
           lambda c: f"{c.step_s:.3f} [{c.step_s_min:.3f}-{c.step_s_max:.3f}]")
+    reference = next((c.reference for c in run.cells if c.reference), "the first kind")
+    table(f"training-step speed-up over {reference} (median of per-round ratios)",
+          lambda c: f"{c.speedup:.2f}x")
     table("peak memory of a training step (MiB)", lambda c: f"{c.peak_mib:.0f}")
     failed = [c for c in run.cells if c.error]
     if failed:
@@ -429,8 +501,13 @@ def write_reports(run: LraRun, out_dir: Path) -> None:
          "environment": run.environment, "seed": run.seed, "tasks": run.tasks,
          "kinds": run.kinds, "task_info": run.task_info, "seconds": run.seconds,
          "cells": [c.row() for c in run.cells]}, indent=2, default=str))
-    if any(not c.error for c in run.cells):
+    if any(_plotted(c) for c in run.cells):
         plot_accuracy_vs_time(run, out_dir / "lra.png")
+
+
+def _plotted(cell: LraCell) -> bool:
+    """Trained and timed: a point on the plot."""
+    return not cell.error and math.isfinite(cell.step_s) and math.isfinite(cell.test_accuracy)
 
 
 def plot_accuracy_vs_time(run: LraRun, path: Path) -> None:
@@ -441,7 +518,7 @@ def plot_accuracy_vs_time(run: LraRun, path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    tasks = [t for t in run.tasks if any(c.task == t and not c.error for c in run.cells)]
+    tasks = [t for t in run.tasks if any(c.task == t and _plotted(c) for c in run.cells)]
     columns = min(3, len(tasks))
     rows = -(-len(tasks) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
@@ -451,7 +528,7 @@ def plot_accuracy_vs_time(run: LraRun, path: Path) -> None:
     style = {k: (tab20(order[i % 20]), markers[i % len(markers)])
              for i, k in enumerate(run.kinds)}
     for ax, name in zip(axes.flat, tasks, strict=False):
-        cells = [c for c in run.cells if c.task == name and not c.error]
+        cells = [c for c in run.cells if c.task == name and _plotted(c)]
         for c in cells:
             colour, marker = style[c.kind]
             ax.errorbar([c.step_s], [100 * c.test_accuracy],

@@ -24,7 +24,7 @@ labels y: () int64.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -106,6 +106,23 @@ def _disjoint_windows(rng: np.random.Generator, stream: bytes, len_a: int, len_b
     return (start_1, start_2) if a_first else (start_2, start_1)
 
 
+#: A drawn example: byte tokens, label, and the key that must not repeat (where it was cut from).
+_Drawn = tuple[list[int], int, tuple[int, ...]]
+
+
+def _draw_splits(sample: Callable[[np.random.Generator, str], _Drawn], sizes: Sequence[int],
+                 seed: int, task: str) -> list[list[tuple[list[int], int]]]:
+    """(tokens, label) lists per split, each drawn from that split's text, keys distinct."""
+    splits = []
+    for index, (split, size) in enumerate(zip(SPLITS, sizes, strict=True)):
+        def draw(rng: np.random.Generator, split: str = split) -> _Drawn:
+            return sample(rng, split)
+
+        drawn = draw_distinct(draw, lambda ex: ex[2], [size], seed + index, task=task)[0]
+        splits.append([(tokens, label) for tokens, label, _ in drawn])
+    return splits
+
+
 def _byte_task(name: str, splits: Sequence[Sequence[tuple[list[int], int]]], num_classes: int,
                max_length: int, source: str, extra: dict[str, object]) -> Task:
     train, val, test = to_datasets(splits)
@@ -150,19 +167,14 @@ def load_bible_books(*, num_train: int = 8000, num_val: int = 500, num_test: int
     if num_books < 2 or len(books) < num_books:
         raise ValueError(f"num_books must lie in 2..{len(books)} for passages of up to "
                          f"{max_bytes} bytes, got {num_books}")
-    splits = []
-    for index, (split, size) in enumerate(zip(SPLITS, _sizes(num_train, num_val, num_test,
-                                                             max_examples), strict=True)):
-        def sample(rng: np.random.Generator, split: str = split
-                   ) -> tuple[list[int], int, int, int]:
-            label = int(rng.integers(num_books))
-            length = int(rng.integers(min_bytes, max_bytes + 1))
-            start, tokens = _window(rng, streams[split][books[label]], length)
-            return tokens, label, start, length
+    def sample(rng: np.random.Generator, split: str) -> _Drawn:
+        label = int(rng.integers(num_books))
+        length = int(rng.integers(min_bytes, max_bytes + 1))
+        start, tokens = _window(rng, streams[split][books[label]], length)
+        return tokens, label, (label, start, length)
 
-        drawn = draw_distinct(sample, lambda ex: (ex[1], ex[2], ex[3]), [size], seed + index,
-                              task="bible-books")[0]
-        splits.append([(tokens, label) for tokens, label, _, _ in drawn])
+    splits = _draw_splits(sample, _sizes(num_train, num_val, num_test, max_examples), seed,
+                          "bible-books")
     return _byte_task("bible-books", splits, num_books, max_bytes, _source(language),
                       {"class_names": tuple(books), "language": language})
 
@@ -190,29 +202,22 @@ def load_bible_retrieval(*, num_train: int = 8000, num_val: int = 500, num_test:
     if len(books) < 2:
         raise ValueError(f"only {len(books)} books hold two passages of {max_bytes} bytes in "
                          f"every split; lower max_bytes")
-    splits = []
-    for index, (split, size) in enumerate(zip(SPLITS, _sizes(num_train, num_val, num_test,
-                                                             max_examples), strict=True)):
-        def sample(rng: np.random.Generator, split: str = split
-                   ) -> tuple[list[int], int, tuple[int, ...]]:
-            same = int(rng.integers(2))
-            first = int(rng.integers(len(books)))
-            second = first if same else (first + 1 + int(rng.integers(len(books) - 1))) % len(
-                books)
-            len_a, len_b = (int(rng.integers(min_bytes, max_bytes + 1)) for _ in range(2))
-            stream_a, stream_b = streams[split][books[first]], streams[split][books[second]]
-            if same:
-                start_a, start_b = _disjoint_windows(rng, stream_a, len_a, len_b)
-            else:
-                start_a = int(rng.integers(0, len(stream_a) - len_a + 1))
-                start_b = int(rng.integers(0, len(stream_b) - len_b + 1))
-            tokens = [*_tokens(stream_a, start_a, len_a), SEPARATOR,
-                      *_tokens(stream_b, start_b, len_b)]
-            return (tokens, same,
-                    (first, start_a, len_a, second, start_b, len_b))
+    def sample(rng: np.random.Generator, split: str) -> _Drawn:
+        same = int(rng.integers(2))
+        first = int(rng.integers(len(books)))
+        second = first if same else (first + 1 + int(rng.integers(len(books) - 1))) % len(books)
+        len_a, len_b = (int(rng.integers(min_bytes, max_bytes + 1)) for _ in range(2))
+        stream_a, stream_b = streams[split][books[first]], streams[split][books[second]]
+        if same:
+            start_a, start_b = _disjoint_windows(rng, stream_a, len_a, len_b)
+        else:
+            start_a = int(rng.integers(0, len(stream_a) - len_a + 1))
+            start_b = int(rng.integers(0, len(stream_b) - len_b + 1))
+        tokens = [*_tokens(stream_a, start_a, len_a), SEPARATOR,
+                  *_tokens(stream_b, start_b, len_b)]
+        return tokens, same, (first, start_a, len_a, second, start_b, len_b)
 
-        drawn = draw_distinct(sample, lambda ex: ex[2], [size], seed + index,
-                              task="bible-retrieval")[0]
-        splits.append([(tokens, label) for tokens, label, _ in drawn])
+    splits = _draw_splits(sample, _sizes(num_train, num_val, num_test, max_examples), seed,
+                          "bible-retrieval")
     return _byte_task("bible-retrieval", splits, 2, 2 * max_bytes + 1, _source(language),
                       {"books": tuple(books), "language": language, "separator_id": SEPARATOR})
