@@ -517,6 +517,7 @@ def plot_accuracy_vs_time(run: LraRun, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     tasks = [t for t in run.tasks if any(c.task == t and _plotted(c) for c in run.cells)]
     columns = min(3, len(tasks))
@@ -536,6 +537,8 @@ def plot_accuracy_vs_time(run: LraRun, path: Path) -> None:
                         fmt=marker, color=colour, markersize=7, capsize=2)
         ax.axhline(100 * cells[0].chance, color="grey", linestyle="--", linewidth=1)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(NullFormatter())  # crowded labels on a short log range
         ax.set_title(name)
         ax.set_xlabel("seconds per training step (log)")
         ax.set_ylabel("test accuracy (%)")
