@@ -96,3 +96,12 @@ def test_report_marks_failed_cells_and_chance() -> None:
     assert "| chance | 25.0 |" in text and "0.100 [0.090-0.200]" in text
     assert "- listops / linear: RuntimeError: boom" in text
     assert math.isnan(run.cells[1].step_s)
+
+
+def test_a_single_kind_is_timed_alone(tmp_path: Path) -> None:
+    run = run_lra(["pathfinder"], ["linear"], SCALES["quick"], out_dir=tmp_path, command="x",
+                  threads=1, log=lambda line: None)
+    (cell,) = run.cells
+    assert not cell.error and cell.reference == "linear" and cell.speedup == 1.0
+    assert 0 < cell.step_s_min <= cell.step_s <= cell.step_s_max
+    assert cell.forward_s > 0 and cell.timed_length == 144

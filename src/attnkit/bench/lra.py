@@ -112,7 +112,7 @@ class LraScale:
     num_train: int = 1000  # training examples per task (fashion-mnist: a seeded subsample)
     num_val: int = 50  # validation examples (picks the best weights at each epoch end)
     num_test: int = 200  # test examples
-    repeats: int = 3  # timed training steps per cell
+    repeats: int = 3  # side-by-side timing rounds per task (one step of each kind per round)
     lengths: str = "lra"  # one of LENGTHS
 
 
@@ -292,7 +292,7 @@ def time_kinds_side_by_side(cells: Sequence[LraCell], raw: dict[str, Any], task:
     seconds per step are the median, min and max over rounds; its speed-up is the median over
     rounds of reference / kind.
     """
-    from attnkit.bench.harness import PeakMemory
+    from attnkit.bench.harness import PeakMemory, time_call
     from attnkit.bench.side_by_side import MODES, run_rounds
 
     steps: dict[str, TrainingStep] = {}
@@ -309,6 +309,12 @@ def time_kinds_side_by_side(cells: Sequence[LraCell], raw: dict[str, Any], task:
     if not steps:
         return
     reference, *others = steps
+    if not others:  # a single kind: time it alone, the same number of calls
+        pair = (steps[reference].forward, steps[reference].step)
+        samples = {mode: [time_call(pair[i]) for _ in range(rounds)]
+                   for i, mode in enumerate(MODES)}
+        _fill_times(next(c for c in cells if c.kind == reference), samples, reference, [])
+        return
     timings = run_rounds((steps[reference].forward, steps[reference].step),
                          {k: (steps[k].forward, steps[k].step) for k in others},
                          rounds=rounds, calls=1, log=log)
@@ -321,14 +327,23 @@ def time_kinds_side_by_side(cells: Sequence[LraCell], raw: dict[str, Any], task:
         if t.mode == MODES[1]:
             ratios[t.kind].append(t.speedup)
     for cell in cells:
-        if cell.kind not in steps or not by_kind[cell.kind][MODES[1]]:
-            continue
-        step_times = by_kind[cell.kind][MODES[1]]
-        cell.step_s = statistics.median(step_times)
-        cell.step_s_min, cell.step_s_max = min(step_times), max(step_times)
-        cell.forward_s = statistics.median(by_kind[cell.kind][MODES[0]])
-        cell.reference = reference
-        cell.speedup = statistics.median(ratios[cell.kind]) if ratios[cell.kind] else 1.0
+        if cell.kind in steps:
+            _fill_times(cell, by_kind[cell.kind], reference, ratios[cell.kind])
+
+
+def _fill_times(cell: LraCell, samples: dict[str, list[float]], reference: str,
+                ratios: list[float]) -> None:
+    """Medians and spread of one kind's timed calls (MODES -> seconds per round)."""
+    from attnkit.bench.side_by_side import MODES
+
+    forward, step = samples[MODES[0]], samples[MODES[1]]
+    if not step:
+        return
+    cell.step_s = statistics.median(step)
+    cell.step_s_min, cell.step_s_max = min(step), max(step)
+    cell.forward_s = statistics.median(forward) if forward else math.nan
+    cell.reference = reference
+    cell.speedup = statistics.median(ratios) if ratios else 1.0
 
 
 def run_cell(spec: LraTask, kind: str, task: Task, raw: dict[str, Any], *,
