@@ -201,7 +201,9 @@ def run_config(spec: LraTask, scale: LraScale, *, seed: int, threads: int | None
         "task": {"name": spec.task, "options": task_options(spec, scale, seed)},
         "model": {"family": "encoder", "d_model": scale.d_model, "num_heads": scale.num_heads,
                   "num_layers": scale.num_layers, "d_ff": scale.d_ff, "dropout": 0.0,
+                  # build_model grows the position table to the task's longest input
                   "pooling": "mean", "positional": "learned", "max_length": 16},
+        # the step budget ends training; epochs only bound it from above
         "train": {"epochs": 10_000, "max_steps": scale.steps, "batch_size": scale.batch_size,
                   "eval_batch_size": 2 * scale.batch_size, "lr": scale.lr,
                   "warmup_fraction": 0.1, "seed": seed, "device": "cpu",
