@@ -437,6 +437,8 @@ def run_lra(tasks: Sequence[str], kinds: Sequence[str], scale: LraScale, *, out_
                     f"{1000 * c.step_s:.0f} ms/step [{1000 * c.step_s_min:.0f}-"
                     f"{1000 * c.step_s_max:.0f}], {c.speedup:.2f}x {c.reference}, "
                     f"{c.peak_mib:.0f} MiB"))
+            run.seconds = time.perf_counter() - started
+            write_reports(run, out_dir)  # the timings, before the next task's first cell
     run.seconds = time.perf_counter() - started
     write_reports(run, out_dir)
     return run
