@@ -570,7 +570,8 @@ def plot_accuracy_vs_time(run: LraRun, path: Path) -> None:
                           label="chance (most frequent label)"))
     fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8,
                title="attention kind (bars: min-max of the timed steps)", title_fontsize=8)
-    fig.tight_layout(rect=(0, 0.06 + 0.04 * (len(handles) > 6), 1, 1))
+    legend_inches = 0.35 + 0.2 * -(-len(handles) // 6)  # title + rows of six entries
+    fig.tight_layout(rect=(0, legend_inches / fig.get_figheight(), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
