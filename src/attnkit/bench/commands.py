@@ -14,7 +14,7 @@ from typing import Any
 # suites outside this file, each with register()
 SUITE_MODULES = ("attnkit.bench.kinds", "attnkit.bench.lm_throughput", "attnkit.bench.task_kinds",
                  "attnkit.bench.decode", "attnkit.bench.tune", "attnkit.bench.hf_capture",
-                 "attnkit.bench.compile_speed")
+                 "attnkit.bench.compile_speed", "attnkit.bench.lra")
 
 
 def register(subparsers: Any) -> None:

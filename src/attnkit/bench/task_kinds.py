@@ -22,13 +22,17 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from attnkit.bench.harness import write_csv
 from attnkit.layers import list_attention_kinds
+
+if TYPE_CHECKING:
+    from attnkit.tasks import Task
+    from attnkit.train.config import RunConfig
 
 __all__ = ["KindResult", "compare_kinds", "register"]
 
@@ -79,20 +83,31 @@ def _predictor(model: torch.nn.Module, device: torch.device
 
 
 def train_kind(kind: str, raw: dict[str, Any], levels: Sequence[float], *,
-               noise_examples: int | None, noise_seed: int) -> KindResult:
-    """Train ``raw`` with every layer's attention set to ``kind``, then score it."""
+               noise_examples: int | None, noise_seed: int, task: Task | None = None
+               ) -> KindResult:
+    """Train ``raw`` with every layer's attention set to ``kind``, then score it.
+
+    ``task``: the task ``raw`` names, already loaded (a suite that trains many kinds on one
+    generated task loads it once); None loads it from ``raw``.
+    """
+    from attnkit.models import default_family
     from attnkit.tasks.noise import task_robustness
-    from attnkit.train.config import apply_overrides, resolve_for_task
+    from attnkit.train.config import apply_overrides, resolve_config, resolve_for_task
     from attnkit.train.distributed import pick_device
     from attnkit.train.loop import train
-    from attnkit.train.run import load_run
 
     result = KindResult(kind=kind)
     try:
-        config, task = resolve_for_task(apply_overrides(raw, [f"model.attention={kind}"]))
+        kind_raw = apply_overrides(raw, [f"model.attention={kind}"])
+        preloaded = task is not None
+        if task is None:
+            config, task = resolve_for_task(kind_raw)
+        else:
+            config = resolve_config(kind_raw, family=default_family(task),
+                                    preset_hints=task.extra.get("presets"))
         config.name = kind
         run = train(config, task=task)
-        model = load_run(run.run_dir).model  # the best validation weights
+        model = _best_model(run.run_dir, config, task if preloaded else None)
         device = pick_device(config.train.device)  # where train() ran
         model.to(device)
         result.run_dir = str(run.run_dir)
@@ -108,6 +123,19 @@ def train_kind(kind: str, raw: dict[str, Any], levels: Sequence[float], *,
         result.error = f"{type(err).__name__}: {err}".splitlines()[0][:300]
         traceback.print_exc()
     return result
+
+
+def _best_model(run_dir: Path, config: RunConfig, task: Task | None) -> torch.nn.Module:
+    """The run's best validation weights; with ``task`` given, built on it (no reload)."""
+    from attnkit.models import build_model
+    from attnkit.train.checkpoint import load_weights
+    from attnkit.train.run import load_run
+
+    if task is None:
+        return load_run(run_dir).model
+    model = build_model(config.model, task)
+    load_weights(model, run_dir / "best" / "model.safetensors")
+    return model
 
 
 def compare_kinds(raw: dict[str, Any], kinds: Sequence[str], *, out_dir: Path,

@@ -8,8 +8,11 @@ __all__ = ["MissingDataError", "Task", "get_task", "list_tasks", "register_task"
 # isort: split
 # Importing a task module registers its task(s) with register_task.
 from attnkit.tasks import (  # noqa: F401
+    bible_documents,
     fashion_mnist,
     listops,
+    pathfinder,
+    pixel_sequences,
     shakespeare,
     spoken_digits,
     synthetic,

@@ -29,12 +29,21 @@ import numpy as np
 from attnkit.tasks.base import Task, register_task
 from attnkit.tasks.generated import draw_distinct, to_datasets
 
-__all__ = ["OPERATORS", "TOKENS", "evaluate_tree", "load_listops", "sample_tree", "tree_tokens"]
+__all__ = ["LRA_SETTINGS", "OPERATORS", "TOKENS", "evaluate_tree", "load_listops", "sample_tree",
+           "tree_tokens"]
 
 OPERATORS = ("MIN", "MAX", "MED", "SM")
 # Token strings by id; id 0 is padding.
 TOKENS = ("<pad>", *(str(d) for d in range(10)), *(f"[{op}" for op in OPERATORS), "]")
 TOKEN_IDS = {token: i for i, token in enumerate(TOKENS)}
+
+#: The generator settings of LRA's ListOps (``load_listops(**LRA_SETTINGS)``): up to ten levels and
+#: ten arguments, 500-2,000 tokens. Like LRA's generator, an argument is a nested operator with
+#: probability 0.25 and a digit otherwise. The values 0..9 are skewed: MIN and MAX of many
+#: arguments favour 0 and 9 (17% each in a 200-expression draw, 8 only 4%).
+LRA_SETTINGS: dict[str, int | float] = {"max_depth": 10, "min_args": 2, "max_args": 10,
+                                        "operator_probability": 0.25, "min_length": 500,
+                                        "max_length": 2000}
 
 # A tree is a digit or (operator, [arguments]).
 Tree: TypeAlias = "int | tuple[str, list[Tree]]"
