@@ -120,8 +120,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     elif isinstance(model, Seq2SeqTransformer):
         if task.bos_id is None or task.eos_id is None:
             raise ValueError(f"task {task.name!r} sets no bos_id / eos_id for decoding")
-        out = model.greedy_decode(prompt, bos_id=task.bos_id, eos_id=task.eos_id,
-                                  max_length=args.max_new_tokens)
+        if args.beam_size > 1:
+            out = model.beam_decode(prompt, bos_id=task.bos_id, eos_id=task.eos_id,
+                                    max_length=args.max_new_tokens, beam_size=args.beam_size,
+                                    length_penalty=args.length_penalty)
+        else:
+            out = model.greedy_decode(prompt, bos_id=task.bos_id, eos_id=task.eos_id,
+                                      max_length=args.max_new_tokens)
         tokens = [t for t in out[0, 1:].tolist() if t != task.eos_id]
         print(task.decode(tokens))
     else:
@@ -181,7 +186,7 @@ def register(subparsers: Any) -> None:
                               description="Continue a prompt with a language-model run (greedy, "
                                           "temperature, top-k, top-p; KV cache or streaming "
                                           "rolling cache) or translate it with a seq2seq run "
-                                          "(greedy).")
+                                          "(greedy, or beam search with --beam-size).")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=200, dest="max_new_tokens")
@@ -192,6 +197,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--window", type=int, help="rolling cache: recent tokens kept")
     p.add_argument("--sink", type=int, default=4, help="rolling cache: first tokens kept")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--beam-size", type=int, default=1, dest="beam_size",
+                   help="seq2seq: beam width (1 = greedy, the default)")
+    p.add_argument("--length-penalty", type=float, default=1.0, dest="length_penalty",
+                   help="seq2seq beam search: rank by log p / length ** this (0 = total log p)")
     p.set_defaults(handler=_cmd_generate)
 
     p = subparsers.add_parser("demo", help="train the default model (digits, small ViT) and "
