@@ -99,11 +99,14 @@ def test_bench_rejects_bad_arguments() -> None:
     assert main(["bench", "attention", "--repeats", "0", "--no-flex", "--lengths", "8"]) == 2
 
 
-def test_bench_tiles_cli(capsys: pytest.CaptureFixture[str]) -> None:
+def test_bench_tiles_cli(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["bench", "tiles", "--length", "64", "--sizes", "16", "32", "--repeats", "1",
-                 "--threads", "1"]) == 0
+                 "--threads", "1", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "b=16 ms" in printed and "default ms" in printed and "sliding_window" in printed
+    assert "| pattern | L | mode | b=16 ms |" in (tmp_path / "tiles.md").read_text()
+    assert (tmp_path / "tiles.csv").is_file()
+    assert (tmp_path / "tiles.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["bench", "tiles", "--sizes", "0"]) == 2
 
 

@@ -489,6 +489,28 @@ def plot_attention(rows: Sequence[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_tiles(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """Milliseconds per tile size (x) for each pattern (a colour each) of a tile sweep."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = [key[:-3] for key in rows[0] if key.endswith(" ms")] if rows else []
+    colours = distinct_colours(len(rows))
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for colour, row in zip(colours, rows, strict=True):
+        ax.plot(variants, [row[f"{v} ms"] for v in variants], "-", marker="o", color=colour,
+                label=f"{row['pattern']} L={row['L']} {row['mode']}")
+    ax.set_xlabel("tile size (default: planned by mask structure)")
+    ax.set_ylabel("time per call (ms)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _find(rows: Sequence[dict[str, Any]], pattern: str, length: int, path: str,
           mode: str) -> dict[str, Any] | None:
     for r in rows:

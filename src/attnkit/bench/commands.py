@@ -101,6 +101,8 @@ def _register_tiles(suites: Any) -> None:
     p.add_argument("--mode", choices=("fwd", "fwd+bwd"), default="fwd")
     p.add_argument("--patterns", nargs="+", choices=("causal", "sliding_window", "document"),
                    default=["causal", "sliding_window", "document"])
+    p.add_argument("--out", default=None,
+                   help="also write tiles.csv, tiles.md and tiles.png into this folder")
     p.set_defaults(handler=_run_tiles)
 
 
@@ -111,6 +113,15 @@ def _run_tiles(args: argparse.Namespace) -> int:
         raise ValueError(f"--length, --sizes and --repeats must be >= 1, got {args.length}, "
                          f"{args.sizes}, {args.repeats}")
     cfg = AttentionBenchConfig(lengths=(args.length,), out_dir=None, threads=args.threads)
-    tile_sweep(args.length, args.sizes, patterns=args.patterns, repeats=args.repeats,
-               mode=args.mode, cfg=cfg)
+    rows = tile_sweep(args.length, args.sizes, patterns=args.patterns, repeats=args.repeats,
+                      mode=args.mode, cfg=cfg)
+    if args.out is not None:
+        from pathlib import Path
+
+        from attnkit.bench.attention import plot_tiles
+        from attnkit.bench.harness import write_outputs
+
+        written = write_outputs(Path(args.out), "tiles", rows, list(rows[0]),
+                                plot=lambda path: plot_tiles(rows, path))
+        print(f"wrote {', '.join(str(p) for p in written)}")
     return 0
