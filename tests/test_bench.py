@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnkit.bench.harness import PeakMemory, format_table, matmul_gflops, measure, write_csv
+from attnkit.bench.harness import (
+    PeakMemory,
+    distinct_colours,
+    format_table,
+    markdown_table,
+    matmul_gflops,
+    measure,
+    write_csv,
+    write_outputs,
+)
 from attnkit.cli import main
 
 
@@ -67,6 +76,23 @@ def test_bench_attention_cli_small(tmp_path: Path, capsys: pytest.CaptureFixture
     assert by_key[("sliding_window", "torch sdpa (flags)", "fwd")]["note"].startswith("skipped")
     assert by_key[("causal", "torch flex (compiled)", "fwd")]["note"].startswith("skipped")
     assert float(by_key[("causal", "attnkit auto", "fwd")]["ms"]) > 0
+    # CSV + Markdown table + plot, like every suite; 16k targets are not judged at L=96.
+    table = (tmp_path / "attention.md").read_text()
+    assert table.startswith("| pattern | L | path |") and "attnkit blocked" in table
+    assert (tmp_path / "attention.png").read_bytes()[:4] == b"\x89PNG"
+    assert "n/a at this size (target at L=16384)" in printed
+    assert "(target >= 8): NOT MET" not in printed  # the auto >= 0.95x SDPA target holds at every L
+
+
+def test_markdown_table_and_outputs(tmp_path: Path) -> None:
+    rows = [{"name": "a|b", "ms": 1.23456}, {"name": "c", "ms": math.nan}]
+    assert markdown_table(rows, ["name", "ms"]).splitlines() == [
+        "| name | ms |", "|---|---|", "| a\\|b | 1.23 |", "| c | - |"]
+    drawn: list[Path] = []
+    paths = write_outputs(tmp_path / "out", "suite", rows, ["name", "ms"], plot=drawn.append)
+    assert [p.name for p in paths] == ["suite.csv", "suite.md", "suite.png"]
+    assert drawn == [tmp_path / "out" / "suite.png"]
+    assert len(set(distinct_colours(20))) == 20
 
 
 def test_bench_rejects_bad_arguments() -> None:
@@ -82,6 +108,9 @@ def test_bench_tiles_cli(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> 
         rows = list(csv.DictReader(f))
     assert [r["pattern"] for r in rows] == ["causal", "sliding_window", "document"]
     assert float(rows[0]["b=16 ms"]) > 0 and f"wrote {tmp_path / 'tiles.csv'}" in printed
+    assert "| pattern | L | mode | b=16 ms |" in (tmp_path / "tiles.md").read_text()
+    assert (tmp_path / "tiles.csv").is_file()
+    assert (tmp_path / "tiles.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["bench", "tiles", "--sizes", "0"]) == 2
 
 

@@ -46,7 +46,7 @@ def _points(kind: str, factor: float, power: float) -> list[Measurement]:
 
 
 def test_summary_names_which_kinds_meet_the_targets() -> None:
-    config = KindsBenchConfig(lengths=(1024, 2048, 4096))
+    config = KindsBenchConfig(lengths=(1024, 2048, 4096), target_length=4096)
     points = (_points("mha", 1.0, 2.0) + _points("linear", 0.01, 1.0)  # 16 / 0.04 = 400x
               + _points("performer", 0.5, 1.3)  # too steep and too slow
               + _points("adaptive_span", 0.1, 1.0))
@@ -79,6 +79,7 @@ def test_tiny_run_writes_csv_plot_and_summary(tmp_path: Path) -> None:
     rows = list(csv.DictReader((tmp_path / "kinds.csv").open()))
     assert len(rows) == 4 and {r["kind"] for r in rows} == {"mha", "linear"}
     assert (tmp_path / "kinds.png").stat().st_size > 0
+    assert (tmp_path / "kinds.md").read_text().startswith("| kind | slope_forward_s |")
     assert "targets at L=64" in (tmp_path / "summary.txt").read_text()
     assert {s.kind for s in summaries} == {"mha", "linear"}
     # the side-by-side rounds at the largest length: linear next to mha, both modes, 3 rounds
@@ -112,3 +113,13 @@ def test_interleaved_rounds_time_quick_points_in_turn_over_lengths() -> None:
     assert all(len(s) == 4 for r in runs[:2] for s in r.samples) and runs[2].samples[0] == [30.0]
     # the new samples are ~0 s, so half of each quick point's samples now sit at ~0
     assert runs[0].point.forward_s < 5.0 and runs[2].point.forward_s == 30.0
+
+
+def test_speedup_target_is_not_judged_below_its_length() -> None:
+    """The 20x target is stated at L = 32k: a 2k run says n/a, not NO."""
+    config = KindsBenchConfig(lengths=(1024, 2048))
+    points = [p for p in _points("mha", 1.0, 2.0) + _points("performer", 0.5, 1.3)
+              if p.length <= 2048]
+    text = format_summary(summarize(points, config), config)
+    assert "performer: >=20x n/a at this size (target at L=32768)" in text
+    assert ">=20x NO" not in text

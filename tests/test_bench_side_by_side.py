@@ -81,7 +81,7 @@ def _points(kind: str, factor: float) -> list[Measurement]:
 
 def test_targets_use_the_side_by_side_ratio_where_present() -> None:
     """The sweep says local 16 / 0.5 = 32x and linear 8x; side by side says the opposite."""
-    config = KindsBenchConfig(lengths=(1024, 2048, 4096))
+    config = KindsBenchConfig(lengths=(1024, 2048, 4096), target_length=4096)
     points = _points("mha", 1.0) + _points("local", 0.125) + _points("linear", 0.5)
     timings = [RoundTiming(kind, r, mode, 40.0, 40.0 / ratio)
                for kind, ratio in (("local", 15.0), ("linear", 25.0))

@@ -97,7 +97,8 @@ def test_page_loads_switches_layer_and_method_without_errors(browser: Any,
     page.select_option("#method", "0")  # raw: 3 layers x 4 heads
     page.click("#view-model")
     assert page.is_visible("#grid") and not page.is_visible("#heatmap")
-    page.click("#grid", position={"x": 140 + 78 + 10, "y": 20 + 78 + 10}, timeout=5000)
+    label_width = page.evaluate("document.getElementById('grid')._cell.labelW")
+    page.click("#grid", position={"x": label_width + 78 + 10, "y": 20 + 78 + 10}, timeout=5000)
     state = "[window.attnkit.state.view, window.attnkit.state.layer, window.attnkit.state.head]"
     assert page.evaluate(state) == ["head", 1, 1]  # the tile of layer 1, head 1 opened
     assert page.locator("canvas.attribution").count() == 4  # rollout, relevance, flow, ixg
@@ -124,6 +125,109 @@ def test_cross_attention_layers_render(browser: Any, tmp_path: Path) -> None:
                          " document.getElementById('heatmap').height]")
     assert size[0] > size[1]  # 5 target rows x 7 source columns: wider than tall
     assert errors == []
+
+
+def trained_seq2seq() -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """An attnkit Seq2SeqTransformer with its real layer names, briefly trained to copy."""
+    from attnkit.models.config import ModelConfig
+    from attnkit.models.seq2seq import build_seq2seq
+
+    torch.manual_seed(0)
+    model = build_seq2seq(ModelConfig(d_model=32, num_heads=2, d_ff=64, num_layers=2,
+                                      dropout=0.0, positional="rope"),
+                          source_vocab_size=24, target_vocab_size=24)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(40):
+        src = torch.randint(4, 24, (16, 9))
+        tgt = torch.cat([torch.full((16, 1), 2), src], dim=1)
+        loss = torch.nn.functional.cross_entropy(model(src, tgt[:, :-1]).flatten(0, 1),
+                                                 tgt[:, 1:].flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    src = torch.randint(4, 24, (1, 9))
+    return model.eval(), src, torch.cat([torch.tensor([[2]]), src[:, :6]], dim=1)
+
+
+def test_seq2seq_report_opens_each_layer_on_its_explained_row(browser: Any,
+                                                               tmp_path: Path) -> None:
+    model, src, tgt = trained_seq2seq()
+    text = "a source sentence\nwith a line break that must stay out of the title"
+    example = ExplainInput(inputs=(src, tgt), explained_row=-1, title="copy · test:0",
+                           text=text, labels={"input": [f"s{int(t)}" for t in src[0]],
+                                              "target": [f"t{int(t)}" for t in tgt[0]]})
+    page, errors = open_page(browser, write_html(tmp_path / "s2s-real.html",
+                                                 **build_report(model, example)))
+    assert page.title() == "copy · test:0" and page.inner_text("#title") == "copy · test:0"
+    assert page.is_visible("#input-panel") and page.inner_text("#input-text") == text
+    options = page.eval_on_selector_all("#layer option", "els => els.map(e => e.textContent)")
+    target_rows = tgt.shape[1]
+    for index, option in enumerate(options):
+        page.select_option("#layer", str(index))
+        query = page.evaluate("window.attnkit.state.query")
+        if option.startswith("decoder"):  # self and cross layers: the explained target token
+            assert query == target_rows - 1, (option, query)
+        else:  # encoder layers: a source row, within the source
+            assert 0 <= query < src.shape[1], (option, query)
+    assert any("cross" in o for o in options)
+    # Clicking a target row in one decoder layer keeps it in the other decoder layers.
+    cross = next(i for i, o in enumerate(options) if "(cross)" in o)
+    page.select_option("#layer", str(cross))
+    page.click("#heatmap", position={"x": 10, "y": 5})
+    assert page.evaluate("window.attnkit.state.query") == 0
+    page.select_option("#layer", str(cross - 1))
+    assert page.evaluate("window.attnkit.state.query") == 0
+    # Model view: the label column fits the longest layer name (nothing is cut).
+    page.click("#view-model")
+    fits = page.evaluate("""() => {
+        const grid = document.getElementById('grid'), ctx = grid.getContext('2d');
+        ctx.font = '11px sans-serif';
+        const names = window.attnkit.state && Array.from(document.querySelectorAll('#layer option'))
+            .map((o) => o.textContent);
+        return names.every((n) => ctx.measureText(n).width + 2 <= grid._cell.labelW);
+    }""")
+    assert fits
+    page.screenshot(path=str(SCREENSHOTS / "attnkit_explain_seq2seq.png"), full_page=True)
+    assert errors == []
+
+
+def test_two_thousand_token_report_of_a_trained_language_model(browser: Any,
+                                                               tmp_path: Path) -> None:
+    """A RoPE language model trained on 64-token windows explains 2,000 tokens."""
+    from attnkit.explain.examples import example_from_task
+    from attnkit.models.config import ModelConfig
+    from attnkit.models.decoder import build_decoder_lm
+    from attnkit.tasks import Task
+
+    torch.manual_seed(0)
+    vocab, length = 12, 2000
+    model = build_decoder_lm(ModelConfig(d_model=32, num_heads=2, d_ff=64, num_layers=2,
+                                         dropout=0.0, max_length=64, positional="rope"),
+                             vocab_size=vocab)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(30):  # a cyclic sequence: predictable, so the maps are not random
+        start = torch.randint(0, 8, (8, 1))
+        tokens = (start + torch.arange(65)) % 8 + 4
+        loss = torch.nn.functional.cross_entropy(model(tokens[:, :-1]).flatten(0, 1),
+                                                 tokens[:, 1:].flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    task = Task(name="cycle", kind="language_model", modality="text", train=[], val=[], test=[],
+                vocab_size=vocab, input_shape=(0,), metric="loss",
+                decode=lambda ids: "".join("abcdefghijkl"[int(i)] for i in ids))
+    data = torch.arange(length) % 8 + 4
+    example = example_from_task(model.eval(), task, data, title="cycle · 2,000 tokens")
+    start = time.perf_counter()
+    report = build_report(model, example)
+    build_seconds = time.perf_counter() - start
+    page, errors = open_page(browser, write_html(tmp_path / "lm2000.html", **report))
+    assert page.evaluate("window.attnkit.state.query") == length - 1  # the explained token
+    first = canvas_digest(page, "heatmap")
+    page.select_option("#layer", "1")
+    assert canvas_digest(page, "heatmap") != first
+    assert page.evaluate("window.attnkit.state.query") == length - 1
+    assert build_seconds < 120 and errors == []
 
 
 def test_two_thousand_tokens_render_quickly(browser: Any, tmp_path: Path) -> None:

@@ -160,16 +160,39 @@ def test_translation_pairs(translation: Task) -> None:
     for split in (translation.train, translation.val):
         for i in range(0, len(split), 97):
             x, y = split[i]
-            assert x.dtype == y.dtype == torch.int64 and 1 <= len(x) <= 64
+            assert x.dtype == y.dtype == torch.int64 and 1 <= len(x) <= 96
             assert int(y[0]) == translation.bos_id and int(y[-1]) == translation.eos_id
-            assert int(x.max()) < vocab_in and int(y.max()) < vocab_out and int(x.min()) >= 1
+            assert int(x.max()) < vocab_in and int(y.max()) < vocab_out and int(x.min()) >= 4
     refs = translation.extra["references"]
     assert not set(refs["train"]) & set(refs["val"]) and not set(refs["val"]) & set(refs["test"])
     source_decode = translation.extra["source_decode"]
-    english = "in the beginning, god created the heavens and the earth."
+    english = "In the beginning, God created the heavens and the earth."
     assert source_decode(translation.encode(english)) == english  # type: ignore[misc]
-    x, y = translation.train[0]
-    assert translation.decode(y.tolist()).split()  # type: ignore[misc]
+
+
+def test_translation_subwords_round_trip_the_test_split(translation: Task,
+                                                        translation_cache: Path) -> None:
+    """Byte-level BPE: every test verse decodes back to its exact original text, no unknowns."""
+    from attnkit.tasks import bible
+
+    english = {ref: en for ref, en, _ in bible.load_parallel_verses(cache=translation_cache)}
+    target_tok = translation.extra["target_tokenizer"]
+    source_decode = translation.extra["source_decode"]
+    texts = translation.test.target_texts  # type: ignore[attr-defined]
+    refs = translation.extra["references"]["test"]
+    for i, (text, ref) in enumerate(zip(texts, refs, strict=True)):
+        x, y = translation.test[i]
+        assert target_tok.unk_id not in y.tolist()
+        assert translation.decode(y.tolist()) == text  # type: ignore[misc]
+        assert source_decode(x.tolist()) == english[ref]
+
+
+def test_translation_tokenizer_is_cached(translation: Task, translation_cache: Path) -> None:
+    cached = sorted(p.name for p in (translation_cache / "translation").glob("*-bpe-*.json"))
+    assert len(cached) == 2 and cached[0].startswith("rv1909-es") and cached[1].startswith("web-en")
+    again = get_task("translation", cache_dir=translation_cache)
+    english = "And God said, Let there be light."
+    assert again.encode(english) == translation.encode(english)  # type: ignore[misc]
 
 
 def test_translation_cache_is_reused(translation: Task, translation_cache: Path,
@@ -194,10 +217,14 @@ def test_translation_cache_is_reused(translation: Task, translation_cache: Path,
 
 def test_bleu_evaluator(translation: Task) -> None:
     pytest.importorskip("sacrebleu")
-    from attnkit.tasks.translation import corpus_bleu
+    from attnkit.tasks.translation import corpus_bleu, score_translations
 
     assert corpus_bleu(["the cat sat on the mat"], ["the cat sat on the mat"]) == pytest.approx(100)
     assert corpus_bleu(["a b c d e"], ["v w x y z"]) < 1.0
+    scores = score_translations(["el gato"], ["el gato"])
+    assert scores["chrf"] == pytest.approx(100)
+    signature = scores.signatures["bleu"]
+    assert signature.startswith("nrefs:1") and "tok:13a" in signature
 
     class Echo(torch.nn.Module):
         """Answers every source with the reference target: BLEU must be 100."""
@@ -207,7 +234,34 @@ def test_bleu_evaluator(translation: Task) -> None:
             width = max(len(r) for r in rows)
             return torch.stack([torch.nn.functional.pad(r, (0, width - len(r))) for r in rows])
 
+        beam_decode = greedy_decode
+
     assert translation.evaluate is not None
     scores = translation.evaluate(Echo(), torch.utils.data.Subset(translation.val, range(8)),
                                   torch.device("cpu"))
-    assert scores["bleu"] == pytest.approx(100.0)
+    assert scores["bleu"] == pytest.approx(100.0) and scores["chrf"] == pytest.approx(100.0)
+    assert scores["bleu_beam"] == pytest.approx(100.0)
+
+
+def test_bleu_is_scored_against_the_original_text(translation: Task) -> None:
+    """If references were rebuilt from ids, tampering with the stored originals would not matter."""
+    pytest.importorskip("sacrebleu")
+    val = translation.val
+    saved = list(val.target_texts)  # type: ignore[attr-defined]
+
+    class Echo(torch.nn.Module):
+        def greedy_decode(self, source: torch.Tensor, **_: object) -> torch.Tensor:
+            rows = [val[i][1] for i in range(len(source))]
+            width = max(len(r) for r in rows)
+            return torch.stack([torch.nn.functional.pad(r, (0, width - len(r))) for r in rows])
+
+        beam_decode = greedy_decode
+
+    assert translation.evaluate is not None
+    try:
+        val.target_texts = [t.upper() for t in saved]  # type: ignore[attr-defined]
+        scores = translation.evaluate(Echo(), torch.utils.data.Subset(val, range(16)),
+                                      torch.device("cpu"))
+    finally:
+        val.target_texts = saved  # type: ignore[attr-defined]
+    assert scores["bleu"] < 50.0

@@ -99,13 +99,12 @@ def _register_tiles(suites: Any) -> None:
     p.add_argument("--patterns", nargs="+", choices=("causal", "sliding_window", "document"),
                    default=["causal", "sliding_window", "document"])
     p.add_argument("--out", type=Path, default=Path("bench_results"),
-                   help="folder for tiles.csv (like attention.csv of 'bench attention')")
+                   help="folder for tiles.csv, tiles.md and tiles.png (like 'bench attention')")
     p.set_defaults(handler=_run_tiles)
 
 
 def _run_tiles(args: argparse.Namespace) -> int:
     from attnkit.bench.attention import AttentionBenchConfig, tile_sweep
-    from attnkit.bench.harness import write_csv
 
     if args.length < 1 or min(args.sizes) < 1 or args.repeats < 1:
         raise ValueError(f"--length, --sizes and --repeats must be >= 1, got {args.length}, "
@@ -113,7 +112,10 @@ def _run_tiles(args: argparse.Namespace) -> int:
     cfg = AttentionBenchConfig(lengths=(args.length,), out_dir=None, threads=args.threads)
     rows = tile_sweep(args.length, args.sizes, patterns=args.patterns, repeats=args.repeats,
                       mode=args.mode, cfg=cfg)
-    path = args.out / "tiles.csv"
-    write_csv(path, rows)
-    print(f"wrote {path}")
+    from attnkit.bench.attention import plot_tiles
+    from attnkit.bench.harness import write_outputs
+
+    written = write_outputs(args.out, "tiles", rows, list(rows[0]),
+                            plot=lambda path: plot_tiles(rows, path))
+    print(f"wrote {', '.join(str(p) for p in written)}")
     return 0

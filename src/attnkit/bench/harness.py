@@ -34,8 +34,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["Measurement", "PeakMemory", "environment", "format_table", "markdown_table",
-           "matmul_gflops", "measure", "time_call", "write_csv"]
+__all__ = ["Measurement", "PeakMemory", "distinct_colours", "environment", "format_table",
+           "markdown_table", "matmul_gflops", "measure", "time_call", "write_csv", "write_outputs"]
 
 _MIB = 1024 * 1024
 
@@ -218,10 +218,42 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    """``columns`` of ``rows`` as a Markdown table, cells formatted as in :func:`format_table`."""
+    """A GitHub Markdown table of ``columns`` of ``rows`` (numbers formatted as in the text
+    table; ``|`` inside cells escaped)."""
+    def cell(value: Any) -> str:
+        return _cell(value).replace("|", "\\|")
+
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+# Dark, saturated colours that differ in hue (tab10, then Dark2 and Set1 for the rest): no pale
+# twin of another line's colour, as tab20's pairs would give.
+_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+            "#7f7f7f", "#bcbd22", "#17becf", "#1b9e77", "#d95f02", "#7570b3", "#e7298a",
+            "#66a61e", "#e6ab02", "#a6761d", "#000000", "#4daf4a", "#984ea3")
+
+
+def distinct_colours(count: int) -> list[str]:
+    """``count`` clearly different colours for plot lines (cycles past 20)."""
+    return [_COLOURS[i % len(_COLOURS)] for i in range(count)]
+
+
+def write_outputs(out_dir: Path, stem: str, rows: Sequence[dict[str, Any]],
+                  columns: Sequence[str], *, plot: Callable[[Path], None] | None = None
+                  ) -> list[Path]:
+    """Every suite's outputs: ``<stem>.csv`` (all keys of ``rows``), ``<stem>.md`` (a Markdown
+    table of ``columns``) and, when ``plot`` is given, ``<stem>.png`` drawn by ``plot(path)``.
+    Returns the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{stem}.csv", out_dir / f"{stem}.md"]
+    write_csv(paths[0], rows)
+    paths[1].write_text(markdown_table(rows, columns))
+    if plot is not None:
+        paths.append(out_dir / f"{stem}.png")
+        plot(paths[2])
+    return paths
 
 
 def _cpu_name() -> str:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from attnkit.bench.harness import write_csv
+from attnkit.bench.harness import distinct_colours, write_csv
 from attnkit.layers import list_attention_kinds
 
 if TYPE_CHECKING:
@@ -195,12 +195,12 @@ def plot_robustness(results: Sequence[KindResult], levels: Sequence[float], path
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    tab20 = plt.get_cmap("tab20")  # 20 distinct colors in pairs: dark shades first, then light
-    order = [*range(0, 20, 2), *range(1, 20, 2)]
+    shown = [x for x in results if x.robustness]
+    colours = distinct_colours(len(shown))
     markers = "osD^v<>ph*X"
-    for i, r in enumerate(x for x in results if x.robustness):
+    for i, r in enumerate(shown):
         ax.plot(levels, [100 * a for a in r.robustness], marker=markers[i % len(markers)],
-                color=tab20(order[i % 20]), label=r.kind)
+                color=colours[i], label=r.kind)
     ax.set_xlabel("noise level")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)

@@ -36,7 +36,10 @@ def _example(run: Any, spec: str, text: str | None) -> Any:
                                  "a task with bos/eos ids; use --input split:index")
             target = decode(source[None], bos_id=task.bos_id, eos_id=task.eos_id,
                             max_length=2 * len(source) + 10)[0]
-        return example_from_task(run.model, task, source, target, title=f"{title} · {text!r}")
+        example = example_from_task(run.model, task, source, target,
+                                    title=f"{title} · --text ({len(text):,} characters)")
+        example.text = text
+        return example
     split, index = parse_input_spec(spec)
     dataset = cast(Sized, getattr(task, split))
     if not -len(dataset) <= index < len(dataset):

@@ -117,11 +117,14 @@ def _asset(name: str) -> str:
 def html_report(*, title: str, labels: Mapping[str, Sequence[str]],
                 methods: Mapping[str, Sequence[dict[str, Any]]],
                 attributions: Sequence[dict[str, Any]] = (), image: dict[str, Any] | None = None,
-                notes: str = "", query: int = 0) -> str:
+                notes: str = "", query: int | Mapping[str, int] = 0, text: str = "") -> str:
     """The page as a string (see :func:`write_html`).
 
-    ``query`` is the query row selected when the page opens (negative counts from the end,
-    e.g. -1 for a language model's last position).
+    ``query`` is the query row selected when the page opens, per label set: a mapping such as
+    ``{"input": 3, "target": -1}`` (a layer whose queries are the target tokens opens on the
+    target row), or one row for every label set. Negative rows count from the end (-1: a
+    language model's last position). ``text`` is the input text, shown whole in its own panel
+    (the title should stay a short summary).
     """
     if not methods or any(not layers for layers in methods.values()):
         raise ValueError("html_report needs at least one method with at least one layer")
@@ -136,9 +139,20 @@ def html_report(*, title: str, labels: Mapping[str, Sequence[str]],
                 if (head["lq"], head["lk"]) != lengths:
                     raise ValueError(f"layer {layer['name']!r} maps are {head['lq']}x"
                                      f"{head['lk']} but its labels have lengths {lengths}")
+    rows = dict(query) if isinstance(query, Mapping) else {k: int(query) for k in labels}
+    unknown = sorted(set(rows) - set(labels))
+    if unknown:
+        raise ValueError(f"query rows given for labels {unknown}; given labels: {sorted(labels)}")
+    queries = {}
+    for name, row in rows.items():
+        count = len(labels[name])
+        if not -count <= row < count:
+            raise ValueError(f"query row {row} is outside the {count} {name!r} labels")
+        queries[name] = row % count
     data = {"title": title, "notes": notes, "labels": {k: list(v) for k, v in labels.items()},
             "methods": [{"name": k, "layers": list(v)} for k, v in methods.items()],
-            "attributions": list(attributions), "image": image, "query": int(query)}
+            "attributions": list(attributions), "image": image, "queries": queries,
+            "text": text}
     # "</" inside a <script> would end it; "<\/" is the same JSON string.
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
     parts = {"__TITLE__": html.escape(title), "/*__CSS__*/": _asset("viewer.css"),

@@ -47,8 +47,9 @@ class ExplainInput:
     grid: tuple[int, int] | None = None  # patch grid (rows, cols) of ``image``
     frame_labels: list[str] | None = None  # audio: one label per input frame (input × gradient)
     target: int | None = None  # class / token to explain (default: the prediction)
-    title: str = "attention"
+    title: str = "attention"  # a short summary: the page's title and heading
     notes: list[str] = field(default_factory=list)
+    text: str = ""  # the input text, shown whole in the page's input panel
 
 
 def _check_lengths(records: Sequence[AttentionRecord], kinds: Sequence[str],
@@ -188,6 +189,14 @@ def build_report(model: nn.Module, example: ExplainInput, *,
     attribution("input × gradient (baseline)", ixg, "signed; negative values shown blank",
                 labels=ixg_labels)
     where = "the mean of all rows" if row is None else f"row {row}"
+    # The page opens each layer on the explained token of its query stream: the target row for
+    # decoder and cross layers; for encoder layers of a seq2seq model, the source token most
+    # relevant to the prediction (there is no explained row on the source side).
+    queries = {"input": 0 if row is None else row}
+    if seq2seq:
+        assert relevance.cross is not None
+        queries = {"target": -1 if row is None else row,
+                   "input": first + int(pick(relevance.cross[0])[first:].argmax())}
     notes = [*example.notes, f"explained: class/token {int(predicted[0])} at {where}; "
              f"weights stored as {cap.storage}; top-{top_k} links per row kept above "
              f"128x128 entries"]
@@ -195,4 +204,4 @@ def build_report(model: nn.Module, example: ExplainInput, *,
             "attributions": attributions,
             "image": encode_image(example.image, example.grid) if image_grid and
             example.image is not None and example.grid is not None else None,
-            "notes": "\n".join(notes), "query": 0 if row is None else row}
+            "notes": "\n".join(notes), "query": queries, "text": example.text}

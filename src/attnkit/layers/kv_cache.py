@@ -39,6 +39,13 @@ class KVCache:
         keys, values and an extra mask over them (None if the caller's causal mask suffices)."""
         raise NotImplementedError
 
+    def reorder(self, index: Tensor) -> None:
+        """Keep batch rows ``index`` (B',) in that order: beam search follows surviving beams."""
+        for name in ("keys", "values"):
+            held = getattr(self, name, None)
+            if isinstance(held, Tensor) and held.dim() == 4:  # (B, H, S, D) once filled
+                setattr(self, name, held.index_select(0, index))
+
     def reset(self) -> None:
         raise NotImplementedError
 

@@ -64,16 +64,18 @@ def audio_small() -> ModelConfig:
                        pooling="mean", max_length=1024)
 
 
-@register_preset("lm_small", "character LM: 192 wide, 6 heads, 4 layers, 256 context")
+# The language-model presets use RoPE: no position table, so generation streams past the training
+# context with the rolling cache and explanations take inputs longer than it.
+@register_preset("lm_small", "character LM: 192 wide, 6 heads, 4 layers, RoPE (no length limit)")
 def lm_small() -> ModelConfig:
     return ModelConfig(d_model=192, num_heads=6, d_ff=768, num_layers=4, dropout=0.1,
-                       max_length=256)
+                       max_length=256, positional="rope")
 
 
-@register_preset("seq2seq_small", "encoder-decoder: 128 wide, 4 heads, 2+2 layers")
+@register_preset("seq2seq_small", "encoder-decoder: 128 wide, 4 heads, 2+2 layers, RoPE")
 def seq2seq_small() -> ModelConfig:
     return ModelConfig(d_model=128, num_heads=4, d_ff=256, num_layers=2, dropout=0.1,
-                       max_length=256)
+                       max_length=256, positional="rope")
 
 
 @register_preset("tiny", "for tests: 32 wide, 2 heads, 1 layer, no dropout")

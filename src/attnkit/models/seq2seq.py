@@ -99,6 +99,73 @@ class Seq2SeqTransformer(nn.Module):
         finally:
             self.train(was_training)
 
+    @torch.no_grad()
+    def beam_decode(self, source: Tensor, *, bos_id: int, eos_id: int, max_length: int,
+                    beam_size: int = 4, length_penalty: float = 1.0,
+                    lengths: Tensor | None = None, use_cache: bool = True) -> Tensor:
+        """Beam search from ``bos_id``: the best of ``beam_size`` hypotheses per source, (B, <=T).
+
+        Each step extends every live beam by every token and keeps the ``beam_size`` highest
+        total log-probabilities; a beam that produced ``eos_id`` stays with its score frozen
+        (and pads with ``eos_id``). The answer is the finished beam with the highest
+        ``log p / length ** length_penalty`` (Wu et al., 2016, without the +5 offset; length
+        counts generated tokens up to and including eos). ``beam_size=1`` is greedy decoding.
+        """
+        if beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+        if length_penalty < 0:
+            raise ValueError(f"length_penalty must be >= 0 (0: rank by total log-probability), "
+                             f"got {length_penalty}")
+        was_training = self.training
+        self.eval()
+        try:
+            batch, k, device = source.shape[0], beam_size, source.device
+            # Every beam gets its own copy of the source so that caches reorder by row.
+            memory, memory_mask = self.encode(
+                source.repeat_interleave(k, 0),
+                None if lengths is None else lengths.repeat_interleave(k, 0))
+            out = torch.full((batch * k, 1), bos_id, dtype=torch.long, device=device)
+            scores = torch.full((batch, k), float("-inf"), device=device)
+            scores[:, 0] = 0.0  # all beams start identical: expand only the first
+            done = torch.zeros(batch * k, dtype=torch.bool, device=device)
+            generated = torch.zeros(batch * k, dtype=torch.long, device=device)
+            caches = new_caches(self.decoder, cache="static", max_length=max_length + 1) \
+                if use_cache else None
+            rows = torch.arange(batch, device=device)[:, None] * k  # (B, 1) first row of each
+            for _ in range(max_length):
+                step = out[:, -1:] if caches is not None else out
+                logp = self.decode(step, memory, memory_mask, caches)[:, -1].float() \
+                    .log_softmax(-1)  # (B*k, V)
+                vocab = logp.shape[-1]
+                # A finished beam may only repeat eos, at no cost.
+                frozen = torch.full_like(logp, float("-inf"))
+                frozen[:, eos_id] = 0.0
+                logp = torch.where(done[:, None], frozen, logp)
+                total = (scores.reshape(-1, 1) + logp).reshape(batch, k * vocab)
+                scores, flat = total.topk(k, dim=-1)  # (B, k)
+                parent = (rows + flat // vocab).reshape(-1)  # (B*k,) row each new beam extends
+                token = (flat % vocab).reshape(-1)
+                out = torch.cat([out.index_select(0, parent), token[:, None]], dim=1)
+                generated = generated.index_select(0, parent) + (~done.index_select(0, parent))
+                done = done.index_select(0, parent) | (token == eos_id)
+                if caches is not None:
+                    for cache in caches:
+                        cache.reorder(parent)
+                if bool(done.all()):
+                    break
+            normalized = scores / generated.reshape(batch, k).clamp(min=1).float() \
+                .pow(length_penalty)
+            # Unfinished beams (max_length reached) compete too: they are the best available.
+            best = rows.reshape(-1) + normalized.argmax(-1)  # (B,)
+            chosen = out.index_select(0, best)
+            # Trim columns after the last row's eos, as greedy_decode stops there.
+            finished = chosen == eos_id
+            first_eos = torch.where(finished.any(1), finished.float().argmax(1),
+                                    torch.full_like(best, chosen.shape[1] - 1))
+            return chosen[:, : int(first_eos.max()) + 1]
+        finally:
+            self.train(was_training)
+
 
 def build_seq2seq(config: ModelConfig, *, source_vocab_size: int, target_vocab_size: int,
                   pad_id: int = 0) -> Seq2SeqTransformer:

@@ -164,8 +164,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                              f"sampling or cache options; drop them")
         if task.bos_id is None or task.eos_id is None:
             raise UsageError(f"task {task.name!r} sets no bos_id / eos_id for decoding")
-        out = model.greedy_decode(prompt, bos_id=task.bos_id, eos_id=task.eos_id,
-                                  max_length=args.max_new_tokens, suppress_ids=never)
+        if args.beam_size > 1:
+            out = model.beam_decode(prompt, bos_id=task.bos_id, eos_id=task.eos_id,
+                                    max_length=args.max_new_tokens, beam_size=args.beam_size,
+                                    length_penalty=args.length_penalty)
+        else:
+            out = model.greedy_decode(prompt, bos_id=task.bos_id, eos_id=task.eos_id,
+                                      max_length=args.max_new_tokens, suppress_ids=never)
         tokens = [t for t in out[0, 1:].tolist() if t != task.eos_id]
         print(task.decode(tokens))
     else:
@@ -222,7 +227,7 @@ def register(subparsers: Any) -> None:
                               description="Continue a prompt with a language-model run (greedy, "
                                           "temperature, top-k, top-p; KV cache or streaming "
                                           "rolling cache) or translate it with a seq2seq run "
-                                          "(greedy).")
+                                          "(greedy, or beam search with --beam-size).")
     p.add_argument("run_dir", metavar="RUN_DIR", nargs="?")
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=200, dest="max_new_tokens")
@@ -236,4 +241,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--sink", type=int, help="rolling cache: first tokens kept (default 4)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     add_device_option(p, default="cpu")
+    p.add_argument("--beam-size", type=int, default=1, dest="beam_size",
+                   help="seq2seq: beam width (1 = greedy, the default)")
+    p.add_argument("--length-penalty", type=float, default=1.0, dest="length_penalty",
+                   help="seq2seq beam search: rank by log p / length ** this (0 = total log p)")
     p.set_defaults(handler=_cmd_generate)

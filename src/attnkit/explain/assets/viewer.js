@@ -6,7 +6,7 @@
   const MAX_MAP_PX = 560;     // heatmap side in CSS pixels
   const LINK_ROWS_LABELLED = 9; // px per row needed before token labels are drawn
   const LINKS_PER_ROW = 8;    // strongest links drawn per query row
-  const state = { method: 0, layer: 0, head: 0, query: 0, view: "head", sqrt: false, rowScale: false };
+  const state = { method: 0, layer: 0, head: 0, query: 0, queries: {}, view: "head", sqrt: false, rowScale: false };
   const cache = new Map();
   const $ = (id) => document.getElementById(id);
 
@@ -170,7 +170,7 @@
       for (let j = 0; j < map.lk; j++) ctx.fillText(short(k[j], 16), right + 4, yk(j));
     }
     $("links-caption").textContent = `strongest ${LINKS_PER_ROW} links per query of ${map.lq} ` +
-      `(selected: #${state.query} "${short(q[state.query], 24)}")`;
+      `(selected: #${state.query} "${q[state.query]}")`;
   }
 
   // ---------------------------------------------------------------- token highlighting
@@ -208,15 +208,20 @@
     const sameSide = layer().q === layer().k;
     drawTokenStrip($("tokens"), kLabels(), row, map.norm(state.query), sameSide ? state.query : -1);
     $("tokens-caption").textContent = `keys coloured by the weights of query #${state.query} ` +
-      `"${short(qLabels()[state.query], 24)}" (${method().name}, ${layer().name}, ${headData().name})`;
+      `"${qLabels()[state.query]}" (${method().name}, ${layer().name}, ${headData().name})`;
   }
 
   // ---------------------------------------------------------------- model view (thumbnails)
   function drawGrid() {
     const layers = method().layers;
     const heads = Math.max(...layers.map((l) => l.heads.length));
-    const cell = 72, gap = 6, labelW = 140;
+    const cell = 72, gap = 6;
     const canvas = $("grid");
+    const layerName = (l) => l.name + (l.kind === "cross" ? " (cross)" : "");
+    const measure = canvas.getContext("2d");
+    measure.font = "11px sans-serif";
+    // The label column fits the longest layer name: names are never cut.
+    const labelW = 12 + Math.max(...layers.map((l) => measure.measureText(layerName(l)).width));
     canvas.width = labelW + heads * (cell + gap);
     canvas.height = 20 + layers.length * (cell + gap);
     const ctx = canvas.getContext("2d");
@@ -226,7 +231,7 @@
     layers.forEach((l, li) => {
       const y = 20 + li * (cell + gap);
       ctx.fillStyle = "#1d2330";
-      ctx.fillText(short(l.name + (l.kind === "cross" ? " (cross)" : ""), 22), 2, y + cell / 2);
+      ctx.fillText(layerName(l), 2, y + cell / 2);
       l.heads.forEach((hd, hi) => {
         const thumb = bytes(hd.thumb);
         const off = document.createElement("canvas");
@@ -308,7 +313,11 @@
     const layers = method().layers;
     state.layer = Math.min(state.layer, layers.length - 1);
     state.head = Math.min(state.head, layer().heads.length - 1);
-    state.query = Math.min(state.query, layer().heads[0].lq - 1);
+    // The selected query row belongs to the layer's query tokens (input or target), so a
+    // decoder or cross layer shows the target row and an encoder layer the input row.
+    const rows = layer().heads[0].lq;
+    const chosen = state.queries[layer().q];
+    state.query = Math.max(0, Math.min(rows - 1, chosen === undefined ? 0 : chosen));
     fill($("method"), DATA.methods.map((m) => m.name), state.method);
     fill($("layer"), layers.map((l) => l.name + (l.kind === "cross" ? " (cross)" : "")), state.layer);
     fill($("head"), layer().heads.map((h) => h.name), state.head);
@@ -352,13 +361,21 @@
       showTip(ev, `query #${i} "${qLabels()[i]}" → key #${j} "${kLabels()[j]}"\nweight ${map.get(i, j).toPrecision(4)}`);
     });
     heat.addEventListener("mouseleave", () => { tooltip.hidden = true; });
-    heat.addEventListener("click", (ev) => { state.query = cellAt(ev)[0]; render(); });
+    heat.addEventListener("click", (ev) => { state.queries[layer().q] = cellAt(ev)[0]; render(); });
     const links = $("links");
     links.addEventListener("click", (ev) => {
       const rect = links.getBoundingClientRect(), map = decode(headData());
-      state.query = Math.max(0, Math.min(map.lq - 1, Math.floor((ev.clientY - rect.top) / rect.height * map.lq)));
+      state.queries[layer().q] = Math.max(0, Math.min(map.lq - 1, Math.floor((ev.clientY - rect.top) / rect.height * map.lq)));
       render();
     });
+    // Labels drawn on canvases are shortened to fit; hovering shows the whole label.
+    links.addEventListener("mousemove", (ev) => {
+      const rect = links.getBoundingClientRect(), map = decode(headData());
+      const x = (ev.clientX - rect.left) / rect.width, y = (ev.clientY - rect.top) / rect.height;
+      if (x < 0.5) { const i = Math.min(map.lq - 1, Math.floor(y * map.lq)); showTip(ev, `query #${i} "${qLabels()[i]}"`); }
+      else { const j = Math.min(map.lk - 1, Math.floor(y * map.lk)); showTip(ev, `key #${j} "${kLabels()[j]}"`); }
+    });
+    links.addEventListener("mouseleave", () => { tooltip.hidden = true; });
     const tokens = $("tokens");
     tokens.addEventListener("mousemove", (ev) => {
       const rect = tokens.getBoundingClientRect(), x = ev.clientX - rect.left, y = ev.clientY - rect.top;
@@ -395,8 +412,10 @@
   const api = { state, render, renders: 0, lastRenderMs: 0, ready: false };
   window.attnkit = api;
   $("notes").textContent = DATA.notes || "";
-  const rows = DATA.methods[0].layers[0].heads[0].lq;  // initial query (negative: from the end)
-  state.query = Math.max(0, Math.min(rows - 1, (DATA.query || 0) < 0 ? rows + DATA.query : DATA.query || 0));
+  // Initial query row per label set ("input", "target"): the explained token where it is one.
+  for (const [name, row] of Object.entries(DATA.queries || {})) state.queries[name] = row;
+  $("input-text").textContent = DATA.text || "";
+  $("input-panel").hidden = !DATA.text;
   bind();
   render();
   drawAttributions();
