@@ -75,7 +75,8 @@ def test_device_option_everywhere(capsys: pytest.CaptureFixture[str]) -> None:
     from attnkit.cli import build_parser
 
     parser = build_parser()
-    for command in (["train"], ["eval", "r"], ["generate", "r", "--prompt", "a"], ["demo"]):
+    for command in (["train"], ["eval", "r"], ["generate", "r", "--prompt", "a"], ["demo"],
+                    ["explain", "r"], ["faithfulness", "r"]):
         args = parser.parse_args([*command, "--device", "cpu"])
         assert args.device == "cpu"
     assert main(["eval", "nowhere", "--device", "cuda:x"]) == 2

@@ -12,6 +12,7 @@ from attnkit.explain import attention_rollout, capture, cascading_randomization,
 from attnkit.explain.toy import ToyClassifier, ToySeq2Seq
 from attnkit.layers import MultiHeadAttention
 from test_explain_capture import float64_weights
+from test_explain_views import embedded_data, make_run
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -64,3 +65,17 @@ def test_cuda_cascading_randomization_runs_on_device() -> None:
     steps = cascading_randomization(
         model, lambda m: gradient_relevance(m, tokens).source[:, 0, 1:])
     assert len(steps) == 5 and all(-1 <= s.spearman <= 1 for s in steps)
+
+
+def test_cuda_explain_and_faithfulness_of_a_run(tmp_path) -> None:
+    """`attnkit explain/faithfulness RUN --device cuda`: the report equals the CPU one."""
+    from attnkit.explain.commands import explain_run, faithfulness_report
+
+    run = make_run(tmp_path)
+    pages = {d: embedded_data(explain_run(run, input_spec="test:1", device=d,
+                                          out=tmp_path / f"{d}.html").read_text())
+             for d in ("cpu", "cuda")}
+    assert pages["cuda"]["labels"] == pages["cpu"]["labels"]
+    assert pages["cuda"]["image"]["grid"] == pages["cpu"]["image"]["grid"]
+    table = faithfulness_report(run, examples=6, steps=4, device="cuda")
+    assert "| attention rollout |" in table and "random order" in table

@@ -153,7 +153,7 @@ def test_cli_explain_and_faithfulness(tmp_path: Path, capsys: pytest.CaptureFixt
     run = make_run(tmp_path)
     out = tmp_path / "report.html"
     code = main(["explain", str(run), "--input", "test:2", "--method", "relevance",
-                 "--out", str(out), "--png", str(tmp_path / "png")])
+                 "--out", str(out), "--png", str(tmp_path / "png"), "--device", "cpu"])
     assert code == 0 and str(out) in capsys.readouterr().out
     data = embedded_data(out.read_text())
     assert [m["name"] for m in data["methods"]] == ["relevance", "raw", "rollout"]
@@ -164,9 +164,24 @@ def test_cli_explain_and_faithfulness(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "test:3" in capsys.readouterr().err
     assert main(["explain", str(run), "--text", "seven"]) == 2
     assert "no text encoder" in capsys.readouterr().err
-    code = main(["faithfulness", str(run), "--examples", "6", "--steps", "4"])
+    code = main(["faithfulness", str(run), "--examples", "6", "--steps", "4", "--device", "cpu"])
     table = capsys.readouterr().out
     assert code == 0 and "| attention rollout |" in table and "random order" in table
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error for an absent device")
+@pytest.mark.parametrize("command", [["explain"], ["faithfulness", "--examples", "4"]])
+def test_cli_explain_and_faithfulness_take_the_device(command: list[str], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """--device reaches the model: a device torch lacks is refused in one line naming it."""
+    from attnkit.cli import main
+
+    run = make_run(tmp_path)
+    assert main([command[0], str(run), *command[1:], "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'cuda' was asked for but CUDA is not available" in err and "\n" not in err
+    assert main([command[0], str(run), *command[1:], "--device", "gpu0"]) == 2
+    assert "'gpu0' is not a device torch knows" in capsys.readouterr().err
 
 
 # -- pixels where the value is known ------------------------------------------------------------

@@ -74,6 +74,22 @@ def test_generate_with_the_folders_tokenizer(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == tokenizer.decode(expected[0].tolist())
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error for an absent device")
+def test_hf_commands_take_the_device(bert_folder, vit_folder, tmp_path, capsys):
+    """--device reaches the loaded checkpoint on every --hf command that runs a model."""
+    texts = tmp_path / "texts.txt"
+    texts.write_text("the cat sat on the mat\na dog ran far away\n")
+    for command in (["explain", "--hf", str(bert_folder), "--text", "the cat"],
+                    ["faithfulness", "--hf", str(bert_folder), "--texts", str(texts)],
+                    ["eval", "--hf", str(vit_folder), "--task", "digits"],
+                    ["generate", "--hf", str(bert_folder), "--prompt", "the"]):
+        assert main([*command, "--device", "cuda"]) == 2, command
+        assert "CUDA is not available" in capsys.readouterr().err, command
+    out = tmp_path / "cpu.html"
+    assert main(["explain", "--hf", str(bert_folder), "--text", "the cat", "--device", "cpu",
+                 "--out", str(out)]) == 0 and out.is_file()
+
+
 def test_faithfulness_on_loaded_bert_and_vit(bert_folder, vit_folder, tmp_path, capsys):
     texts = tmp_path / "texts.txt"
     texts.write_text("the cat sat on the mat\na dog ran far away\nthe cat slept\n")

@@ -27,6 +27,18 @@ __all__ = ["register"]
 Handler = Callable[[argparse.Namespace], int]
 
 
+def _device(args: argparse.Namespace) -> Any:
+    """The command's ``--device`` checked (a clear error for an unknown or absent device)."""
+    from attnkit.train.distributed import pick_device
+
+    return pick_device(getattr(args, "device", None) or "cpu")
+
+
+def _load_on_device(args: argparse.Namespace) -> Any:
+    """The ``--hf`` checkpoint as an attnkit model on the command's ``--device``."""
+    return load(args.hf).to(_device(args))
+
+
 def _is_run_dir(path: str) -> bool:
     return (Path(path) / "config.yaml").is_file()
 
@@ -38,7 +50,7 @@ def _explain(args: argparse.Namespace) -> int:
     if not (args.image or args.text):
         raise ValueError("--hf needs --text \"...\" (text models) or --image FILE (ViT)")
     out = Path(args.out) if args.out else Path(args.hf) / "explain.html"
-    model = load(args.hf)
+    model = _load_on_device(args)
     if args.image:
         pixels = load_image(args.image, load_image_processor(args.hf))
         report = explain(model, pixels, method=args.method, top_k=args.top_k,
@@ -60,7 +72,8 @@ def _faithfulness(args: argparse.Namespace) -> int:
     from attnkit.explain.pretrained_faithfulness import faithfulness_markdown
 
     table = faithfulness_markdown(args.hf, task=args.task, images=args.images, texts=args.texts,
-                                  examples=args.examples, steps=args.steps)
+                                  examples=args.examples, steps=args.steps,
+                                  device=_device(args))
     print(table)
     if args.out:
         Path(args.out).write_text(table + "\n")
@@ -74,7 +87,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     if not args.task:
         raise ValueError("--hf needs --task NAME: the task whose split to evaluate on")
-    model, task = load(args.hf), get_task(args.task)
+    model, task = _load_on_device(args), get_task(args.task)
     check_fits_task(model, task)
     metrics = evaluate(model, getattr(task, args.split), task, batch_size=args.batch_size)
     print(json.dumps({"hf": args.hf, "task": task.name, "split": args.split,
@@ -89,7 +102,7 @@ def _generate(args: argparse.Namespace) -> int:
     from attnkit.hf.preprocess import load_tokenizer
     from attnkit.models import DecoderLM, SamplingConfig
 
-    model = load(args.hf)
+    model = _load_on_device(args)
     if not isinstance(model, DecoderLM):
         raise ValueError(f"{args.hf!r} holds a {type(model).__name__}; generate needs a "
                          f"language model (GPT-2)")
@@ -99,7 +112,8 @@ def _generate(args: argparse.Namespace) -> int:
         raise ValueError("the prompt encodes to no tokens; give a non-empty --prompt")
     sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     eos = getattr(tokenizer, "eos_token_id", None)
-    out = model.generate(torch.tensor([ids]), max_new_tokens=args.max_new_tokens,
+    prompt = torch.tensor([ids], device=next(model.parameters()).device)
+    out = model.generate(prompt, max_new_tokens=args.max_new_tokens,
                          sampling=sampling, cache=args.cache, window=args.window,
                          sink=args.sink, eos_id=eos,
                          generator=torch.Generator().manual_seed(args.seed))

@@ -12,6 +12,7 @@ from collections.abc import Sized
 from pathlib import Path
 from typing import Any, cast
 
+from attnkit.cli_options import add_device_option
 from attnkit.explain.report import METHODS
 
 __all__ = ["explain_run", "faithfulness_report", "register", "write_demo_report"]
@@ -34,8 +35,9 @@ def _example(run: Any, spec: str, text: str | None) -> Any:
             if decode is None or task.bos_id is None or task.eos_id is None:
                 raise ValueError("--text on a seq2seq run needs a model with greedy_decode and "
                                  "a task with bos/eos ids; use --input split:index")
-            target = decode(source[None], bos_id=task.bos_id, eos_id=task.eos_id,
-                            max_length=2 * len(source) + 10)[0]
+            device = next(run.model.parameters()).device
+            target = decode(source[None].to(device), bos_id=task.bos_id, eos_id=task.eos_id,
+                            max_length=2 * len(source) + 10)[0].cpu()
         example = example_from_task(run.model, task, source, target,
                                     title=f"{title} · --text ({len(text):,} characters)")
         example.text = text
@@ -50,10 +52,11 @@ def _example(run: Any, spec: str, text: str | None) -> Any:
 
 def explain_run(run_dir: str | Path, *, input_spec: str = "test:0", text: str | None = None,
                 method: str = "raw", out: str | Path | None = None,
-                png_dir: str | Path | None = None, top_k: int = 8) -> Path:
+                png_dir: str | Path | None = None, top_k: int = 8, device: str = "cpu") -> Path:
     """Write the HTML report of one example of a run; returns its path.
 
     ``method`` is shown first; the other per-layer views stay in the page's method menu.
+    ``device``: where the model runs (``cpu``, ``cuda``, ``cuda:1``, ``auto``...).
     """
     from attnkit.explain.render_html import write_html
     from attnkit.explain.report import build_report
@@ -61,7 +64,7 @@ def explain_run(run_dir: str | Path, *, input_spec: str = "test:0", text: str | 
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
-    run = load_run(run_dir)
+    run = load_run(run_dir, device=device)
     example = _example(run, input_spec, text)
     order = [method, *[m for m in METHODS if m != method]]
     report = build_report(run.model, example, methods=order, top_k=top_k)
@@ -121,8 +124,11 @@ def write_demo_report(run_dir: str | Path) -> Path:
 
 
 def faithfulness_report(run_dir: str | Path, *, examples: int = 300, steps: int = 16,
-                        random_repeats: int = 5, sanity_examples: int = 32) -> str:
-    """Markdown: perturbation AUCs of each method vs random, and the randomization check."""
+                        random_repeats: int = 5, sanity_examples: int = 32,
+                        device: str = "cpu") -> str:
+    """Markdown: perturbation AUCs of each method vs random, and the randomization check.
+
+    ``device``: where the model runs (``cpu``, ``cuda``, ``cuda:1``, ``auto``...)."""
     import torch
 
     from attnkit.explain.examples import example_from_task
@@ -134,15 +140,16 @@ def faithfulness_report(run_dir: str | Path, *, examples: int = 300, steps: int 
     )
     from attnkit.train import load_run
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, device=device)
     task = run.task
     if task.modality != "image":
         raise ValueError(f"the faithfulness table is for image (ViT) runs; {task.name!r} is "
                          f"{task.modality}")
     count = min(examples, len(cast(Sized, task.test)))
     pairs = [task.test[i] for i in range(count)]
-    images = torch.stack([torch.as_tensor(x) for x, _ in pairs])
-    labels = torch.tensor([int(y) for _, y in pairs])
+    where = next(run.model.parameters()).device
+    images = torch.stack([torch.as_tensor(x) for x, _ in pairs]).to(where)
+    labels = torch.tensor([int(y) for _, y in pairs], device=where)
     example = example_from_task(run.model, task, images[0])
     if example.grid is None or example.first_input not in (0, 1):
         raise ValueError(f"the faithfulness table needs a ViT run (class token or mean "
@@ -171,7 +178,8 @@ def faithfulness_report(run_dir: str | Path, *, examples: int = 300, steps: int 
 
 
 def _cmd_faithfulness(args: argparse.Namespace) -> int:
-    table = faithfulness_report(args.run_dir, examples=args.examples, steps=args.steps)
+    table = faithfulness_report(args.run_dir, examples=args.examples, steps=args.steps,
+                                device=args.device)
     print(table)
     if args.out:
         Path(args.out).write_text(table + "\n")
@@ -180,7 +188,7 @@ def _cmd_faithfulness(args: argparse.Namespace) -> int:
 
 def _cmd_explain(args: argparse.Namespace) -> int:
     path = explain_run(args.run_dir, input_spec=args.input, text=args.text, method=args.method,
-                       out=args.out, png_dir=args.png, top_k=args.top_k)
+                       out=args.out, png_dir=args.png, top_k=args.top_k, device=args.device)
     print(path)
     return 0
 
@@ -202,6 +210,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--png", metavar="DIR", help="also write static PNG views into DIR")
     p.add_argument("--top-k", type=int, default=8, dest="top_k",
                    help="links kept per query row for long inputs (default 8)")
+    add_device_option(p, default="cpu")
     p.set_defaults(handler=_cmd_explain)
     f = subparsers.add_parser(
         "faithfulness", help="perturbation AUCs of each explanation method of a ViT run",
@@ -212,4 +221,5 @@ def register(subparsers: Any) -> None:
     f.add_argument("--examples", type=int, default=300, help="test images used (default 300)")
     f.add_argument("--steps", type=int, default=16, help="perturbation steps (default 16)")
     f.add_argument("--out", help="also write the markdown table here")
+    add_device_option(f, default="cpu")
     f.set_defaults(handler=_cmd_faithfulness)

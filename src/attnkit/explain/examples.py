@@ -44,6 +44,12 @@ def _token_label(task: Task, token: int, *, source: bool = False) -> str:
     return str(token)
 
 
+def _model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters live (CPU for a model without any)."""
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 def _attention_length(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[int, int | None]:
     """(positions the first layer attends over, key positions of the first cross layer)."""
     with torch.no_grad(), capture(model) as cap:
@@ -54,7 +60,10 @@ def _attention_length(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[int, i
 
 def example_from_task(model: nn.Module, task: Task, x: Any, y: Any = None, *,
                       title: str = "") -> ExplainInput:
-    """One example ``(x, y)`` of ``task`` as model inputs with a label per attention position."""
+    """One example ``(x, y)`` of ``task`` as model inputs with a label per attention position.
+
+    The inputs are put where ``model`` runs (a run loaded with ``device="cuda"`` is explained on
+    the GPU); labels and the image for the views stay on the CPU."""
     model.eval()
     name = title or f"{task.name}: {type(model).__name__}"
     if task.kind == "seq2seq":
@@ -64,7 +73,8 @@ def example_from_task(model: nn.Module, task: Task, x: Any, y: Any = None, *,
         source = source[source != task.pad_id][None]
         target = torch.as_tensor(y)
         target = target[target != task.pad_id][:-1][None]  # teacher-forced decoder input
-        inputs: tuple[Any, ...] = (source, target)
+        device = _model_device(model)
+        inputs: tuple[Any, ...] = (source.to(device), target.to(device))
         labels = {"input": [_token_label(task, int(t), source=True) for t in source[0]],
                   "target": [_token_label(task, int(t)) for t in target[0]]}
         return ExplainInput(inputs=inputs, labels=labels, explained_row=-1, title=name,
@@ -73,7 +83,7 @@ def example_from_task(model: nn.Module, task: Task, x: Any, y: Any = None, *,
     data: Tensor = torch.as_tensor(x)
     if not data.is_floating_point():
         data = data[data != task.pad_id] if task.kind == "classification" else data
-    inputs = (data[None],)
+    inputs = (data[None].to(_model_device(model)),)  # labels below read the CPU copy
     length, _ = _attention_length(model, inputs)
     if task.kind == "language_model":
         labels = {"input": [_token_label(task, int(t)) for t in data]}
@@ -125,10 +135,11 @@ def _classifier_example(model: nn.Module, inputs: tuple[Any, ...], real: list[st
 def example_from_inputs(model: nn.Module, data: Tensor, *, labels: Sequence[str] | None = None,
                         title: str = "", target: int | None = None) -> ExplainInput:
     """One unbatched input of any attnkit model (no task needed): token ids (L,), an image
-    (C, H, W) or audio frames (T, F). ``labels``: one per input position (default: the ids)."""
+    (C, H, W) or audio frames (T, F). ``labels``: one per input position (default: the ids).
+    The inputs are put where ``model`` runs."""
     model.eval()
     name = title or type(model).__name__
-    inputs = (data[None],)
+    inputs = (data[None].to(_model_device(model)),)  # labels below read the CPU copy
     if labels is not None and (data.dim() > 2 or len(labels) != data.shape[0]):
         raise ValueError(f"{len(labels)} labels for input {tuple(data.shape)}: give one label "
                          f"per token or frame (image patches are labelled by their grid)")

@@ -181,7 +181,8 @@ def evaluate_faithfulness(model: nn.Module, images: Tensor, labels: Tensor, *,
     rows = [row(name, [value]) for name, value in scores.items()]
     generator = torch.Generator().manual_seed(seed)
     features = next(iter(scores.values())).shape[-1]
-    randoms = [torch.rand(images.shape[0], features, generator=generator)
+    # drawn on the CPU (one seeded generator for any device), compared where the model runs
+    randoms = [torch.rand(images.shape[0], features, generator=generator).to(images.device)
                for _ in range(random_repeats)]
     rows.append(row(f"random order (mean of {random_repeats})", randoms))
     return rows

@@ -91,10 +91,13 @@ def faithfulness_rows(model: nn.Module, inputs: Tensor, labels: Tensor, *, steps
 
 def faithfulness_markdown(source: str | os.PathLike[str], *, task: str | None = None,
                           images: str | None = None, texts: str | None = None,
-                          examples: int = 300, steps: int = 16) -> str:
-    """The faithfulness table of the checkpoint at ``source`` as markdown (see module doc)."""
+                          examples: int = 300, steps: int = 16,
+                          device: str | torch.device = "cpu") -> str:
+    """The faithfulness table of the checkpoint at ``source`` as markdown (see module doc).
+
+    ``device``: where the model runs (a torch device or its name)."""
     source = Path(source)
-    model = load(source)
+    model = load(source).to(device)
     family = model_family(model)
     if sum(x is not None for x in (task, images, texts)) != 1:
         raise ValueError("give exactly one of --task NAME, --images DIR (ViT) or --texts FILE")
@@ -118,11 +121,12 @@ def faithfulness_markdown(source: str | os.PathLike[str], *, task: str | None = 
             inputs = _images(Path(images), source, examples)
         else:
             inputs = _texts(Path(texts or ""), source, _pad_id(model), examples)
+        inputs = inputs.to(device)
         with torch.no_grad():
             labels = model(inputs).argmax(-1)
         where = (f"{inputs.shape[0]} inputs from {images or texts}; labels = the model's own "
                  f"predictions, so accuracy is agreement with them")
-    table, sanity = faithfulness_rows(model, inputs, labels, steps=steps)
+    table, sanity = faithfulness_rows(model, inputs.to(device), labels.to(device), steps=steps)
     blocks = [step.block for step in next(iter(sanity.values()))]
     lines = [f"checkpoint: {source} ({family}); {where}; {steps} perturbation steps", "", table,
              "", "cascading randomization (Spearman with the original map):", "",
