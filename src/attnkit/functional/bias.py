@@ -121,9 +121,8 @@ def alibi_slopes(num_heads: int) -> Tensor:
         return [start ** (i + 1) for i in range(n)]
 
     m = 2 ** math.floor(math.log2(num_heads))
-    slopes = geometric(m)
-    if m < num_heads:
-        slopes += geometric(2 * m)[0::2][: num_heads - m]
+    # For a power of two (m == num_heads) the slice below is empty: the geometric slopes alone.
+    slopes = geometric(m) + geometric(2 * m)[0::2][: num_heads - m]
     return torch.tensor(slopes, dtype=torch.float64)
 
 
@@ -143,11 +142,11 @@ class _Alibi(Bias):
     def values(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int,
                tensors: Sequence[Tensor] | None = None) -> Tensor:
         off = lk - lq if self.offset is None else self.offset
-        # float64 so that float64 calls are exact (non-power-of-2 head counts have irrational
-        # slopes); callers cast to the score dtype.
+        # The slopes are float64, so is their product with the integer distances: float64 calls
+        # are exact (non-power-of-2 head counts have irrational slopes); callers cast to the
+        # score dtype.
         slopes = self.slopes.to(device=q.device)
-        distance = (q + off - k).abs().to(torch.float64)
-        return -slopes[h] * distance
+        return -slopes[h] * (q + off - k).abs()
 
     def __repr__(self) -> str:
         return f"alibi({self.num_heads})"
@@ -227,7 +226,8 @@ def relative_position_bucket(relative: Tensor, bidirectional: bool, num_buckets:
 
 
 class RelativeBucketBias(nn.Module, Bias):
-    """Learned T5-style relative position bias: one scalar per (bucket, head)."""
+    """Learned T5-style relative position bias: one scalar per (bucket, head), initialised from
+    N(0, 0.02^2) so that a fresh module barely changes the scores."""
 
     def __init__(self, num_heads: int, *, num_buckets: int = 32, max_distance: int = 128,
                  bidirectional: bool = True) -> None:
@@ -288,7 +288,7 @@ class SpanRampBias(Bias):
                tensors: Sequence[Tensor] | None = None) -> Tensor:
         fraction = self.span_fraction if tensors is None else tensors[0]
         span = fraction.clamp(0.0, 1.0)[h] * self.max_span  # (1, H, 1, 1)
-        distance = (q + (lk - lq) - k).abs().to(span.dtype)
+        distance = (q + (lk - lq) - k).abs()  # integer; promoted to span's dtype below
         ramp = ((self.ramp + span - distance) / self.ramp).clamp(0.0, 1.0)
         positive = ramp > 0
         # log of 0 is -inf; the inner where keeps its gradient finite (no inf * 0).
