@@ -84,7 +84,9 @@ def t5_bucket(relative: int, bidirectional: bool, num_buckets: int, max_distance
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])
-@pytest.mark.parametrize("num_buckets, max_distance", [(32, 128), (8, 20), (4, 3), (10, 6)])
+# (6, 4) bidirectional: one exact bucket per side, so distance 1 is the first log-spaced one.
+@pytest.mark.parametrize("num_buckets, max_distance", [(32, 128), (8, 20), (4, 3), (10, 6),
+                                                       (6, 4)])
 def test_relative_position_buckets(bidirectional: bool, num_buckets: int,
                                    max_distance: int) -> None:
     relative = torch.arange(-300, 301)
