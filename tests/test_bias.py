@@ -13,7 +13,7 @@ import oracle
 from attnkit import attention, masks
 from attnkit import bias as biases
 from attnkit.backends.blocked import TileSizes, blocked_attention
-from attnkit.functional.bias import alibi_slopes, relative_position_bucket
+from attnkit.functional.bias import SpanRampBias, alibi_slopes, relative_position_bucket
 from attnkit.functional.math import validate
 from conftest import check_against_reference
 
@@ -84,7 +84,9 @@ def t5_bucket(relative: int, bidirectional: bool, num_buckets: int, max_distance
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])
-@pytest.mark.parametrize("num_buckets, max_distance", [(32, 128), (8, 20), (4, 3), (10, 6)])
+# (6, 4) bidirectional: one exact bucket per side, so distance 1 is the first log-spaced one.
+@pytest.mark.parametrize("num_buckets, max_distance", [(32, 128), (8, 20), (4, 3), (10, 6),
+                                                       (6, 4)])
 def test_relative_position_buckets(bidirectional: bool, num_buckets: int,
                                    max_distance: int) -> None:
     relative = torch.arange(-300, 301)
@@ -188,3 +190,160 @@ def test_on_device_moves_fixed_tensors_only() -> None:
     assert total.tensors()[0].device.type == "cpu", "the original is left as it was"
     learned = biases.relative_buckets(2)
     assert learned.on_device(meta) is learned  # modules move with module.to()
+
+
+class _IndexSum(biases.Bias):
+    """A user-written bias that is the same for every sequence and head (batch_size and
+    num_heads left at None): ``b + h + 10 q + k``, so a wrong index grid shows in the values."""
+
+    def values(self, b, h, q, k, lq, lk, tensors=None):  # type: ignore[no-untyped-def]
+        return (b + h + 10 * q + k).double()
+
+
+def test_a_bias_for_any_batch_and_head_is_evaluated_once() -> None:
+    got = _IndexSum().dense(3, 4)
+    assert got.shape == (1, 1, 3, 4)
+    want = 10 * torch.arange(3.0).view(-1, 1) + torch.arange(4.0).view(1, -1)
+    assert torch.equal(got[0, 0], want.double())
+
+
+def test_dense_on_a_device_builds_every_index_there() -> None:
+    """``dense(device=...)`` evaluates the bias on that device (meta here: any index left on
+    the CPU would fail to combine with it)."""
+    meta = torch.device("meta")
+    for bias in (biases.alibi(3), biases.alibi(2) + biases.alibi(2, offset=1)):
+        assert bias.dense(4, 6, device=meta).device == meta
+    assert biases.alibi(3).dense(4, 6).dtype == torch.float64
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 4, 6), (2, 1, 4, 6), (1, 2, 4, 6), (2, 2, 4, 6)])
+def test_score_mod_of_a_dense_bias_broadcasts_over_batch_and_heads(
+        shape: tuple[int, ...]) -> None:
+    """FlexAttention calls ``score_mod`` with the real batch and head indices (0 and 1 here),
+    also for a bias shared by every sequence or head."""
+    table = torch.randn(shape)
+    mod = biases.dense(table).score_mod(4, 6)
+    score = torch.randn(2, 2, 4, 6)
+    got = mod(score, torch.arange(2).view(-1, 1, 1, 1), torch.arange(2).view(1, -1, 1, 1),
+              torch.arange(4).view(1, 1, -1, 1), torch.arange(6).view(1, 1, 1, -1))
+    torch.testing.assert_close(got, score + table.expand(2, 2, 4, 6), rtol=0, atol=0)
+
+
+def test_dense_bias_of_other_lengths_names_both_shapes() -> None:
+    with pytest.raises(ValueError, match=r"dense bias is \(4, 6\) but attention is \(4, 5\)"):
+        biases.dense(torch.zeros(2, 3, 4, 6)).dense(4, 5)
+
+
+def test_sum_takes_batch_and_heads_from_the_side_that_has_them() -> None:
+    def dense(*shape: int) -> biases.Bias:
+        return biases.dense(torch.zeros(shape))
+
+    cases = [(dense(2, 1, 3, 5) + biases.alibi(4), (2, 4)),
+             (biases.alibi(4) + dense(2, 1, 3, 5), (2, 4)),
+             (dense(1, 2, 3, 5) + dense(1, 1, 3, 5), (1, 2)),
+             (dense(1, 1, 3, 5) + dense(2, 3, 3, 5), (2, 3))]
+    for total, (batch, heads) in cases:
+        assert (total.batch_size, total.num_heads) == (batch, heads), total
+
+
+def test_sum_checks_both_sides_at_the_call_shape() -> None:
+    q, k, v = torch.randn(2, 4, 3, 8), torch.randn(2, 4, 5, 8), torch.randn(2, 4, 5, 8)
+    table_a, table_b = torch.randn(2, 1, 3, 5), torch.randn(2, 4, 3, 5)
+    total = biases.dense(table_a) + biases.dense(table_b)
+    want = attention(q, k, v, bias=biases.dense(table_a + table_b), backend="reference")
+    torch.testing.assert_close(attention(q, k, v, bias=total, backend="reference"), want)
+    for bad in (biases.dense(torch.zeros(2, 1, 3, 4)) + biases.alibi(4),
+                biases.alibi(4) + biases.dense(torch.zeros(2, 1, 3, 4))):
+        with pytest.raises(ValueError, match=r"dense bias is \(3, 4\) but attention is \(3, 5\)"):
+            attention(q, k, v, bias=bad)
+    for bad in (biases.dense(torch.zeros(3, 1, 3, 5)) + biases.alibi(4),
+                biases.alibi(4) + biases.dense(torch.zeros(3, 1, 3, 5))):
+        with pytest.raises(ValueError, match="batch size 3, q has 2"):
+            attention(q, k, v, bias=bad)
+
+
+def test_sum_values_take_replacement_tensors_in_order() -> None:
+    """``tensors=`` (what autograd-aware backends pass) replaces each side's tensors()."""
+    total = biases.dense(torch.randn(2, 1, 3, 5)) + biases.dense(torch.randn(1, 2, 3, 5))
+    first, second = torch.randn(2, 1, 3, 5), torch.randn(1, 2, 3, 5)
+    got = total.tile(torch.arange(3), torch.arange(5), 3, 5, tensors=(first, second))
+    torch.testing.assert_close(got, (first + second).expand(2, 2, 3, 5), rtol=0, atol=0)
+
+
+def test_sum_on_device_moves_the_side_that_has_fixed_tensors() -> None:
+    meta = torch.device("meta")
+    learned = biases.relative_buckets(2)
+    total = learned + biases.alibi(2)
+    moved = total.on_device(meta)
+    assert moved is not total
+    assert moved.left is learned  # type: ignore[attr-defined]
+    assert moved.right.slopes.device == meta  # type: ignore[attr-defined]
+
+
+def test_relative_buckets_documented_defaults_and_limits() -> None:
+    defaults = "num_buckets=32, max_distance=128, bidirectional=True"
+    assert defaults in repr(biases.relative_buckets(2))
+    assert defaults in repr(biases.RelativeBucketBias(2))
+    assert biases.relative_buckets(2).table.shape == (32, 2)
+    # The smallest legal settings: 4 buckets, max_distance one past num_buckets // 2.
+    biases.relative_buckets(1, num_buckets=4, max_distance=3)
+    biases.relative_buckets(1, num_buckets=9, max_distance=5)
+    for num_buckets, max_distance in ((3, 10), (8, 4), (9, 4), (8, 2)):
+        with pytest.raises(ValueError, match=f"num_buckets={num_buckets}, "
+                                             f"max_distance={max_distance}"):
+            biases.relative_buckets(1, num_buckets=num_buckets, max_distance=max_distance)
+
+
+def test_relative_buckets_start_small() -> None:
+    torch.manual_seed(0)
+    table = biases.relative_buckets(16).table.detach()
+    assert 0.015 < float(table.std()) < 0.025
+
+
+def span_ramp_definition(fraction: list[float], max_span: int, ramp: int, lq: int,
+                         lk: int) -> torch.Tensor:
+    """``log clamp((R + z_h - |i + Lk - Lq - j|) / R, 0, 1)``, ``-inf`` where the ramp is 0,
+    ``z_h = clamp(f_h, 0, 1) * max_span``: the docstring's formula, element by element."""
+    out = torch.empty(1, len(fraction), lq, lk, dtype=torch.float64)
+    for h, f in enumerate(fraction):
+        z = min(max(f, 0.0), 1.0) * max_span
+        for i in range(lq):
+            for j in range(lk):
+                m = min(max((ramp + z - abs(i + lk - lq - j)) / ramp, 0.0), 1.0)
+                out[0, h, i, j] = math.log(m) if m > 0 else -math.inf
+    return out
+
+
+def test_span_ramp_bias_values_and_gradient_follow_the_formula() -> None:
+    # Heads: below 0 (span 0), a span whose ramp reaches exactly 0 at a key (2 + 3 = 5), two
+    # spans with no key on a ramp edge, above 1 (clamped to max_span).
+    fraction = [-0.3, 0.25, 0.3, 0.55, 1.7]
+    max_span, ramp, lq, lk = 8, 3, 5, 12
+    spans = torch.tensor(fraction, dtype=torch.float64, requires_grad=True)
+    bias = SpanRampBias(spans, max_span=max_span, ramp=ramp)
+    assert bias.num_heads == 5 and bias.tensors() == (spans,)
+    assert repr(bias) == "span_ramp(heads=5, max_span=8, ramp=3)"
+    got = bias.dense(lq, lk)
+    want = span_ramp_definition(fraction, max_span, ramp, lq, lk)
+    assert got.shape == (1, 5, lq, lk)
+    assert torch.equal(torch.isinf(got), torch.isinf(want))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    # d/df log((R + f S - x) / R) = S / (R + f S - x) strictly inside the ramp; 0 where the
+    # ramp is clamped or the fraction is; never NaN at the -inf entries.
+    torch.where(torch.isinf(got), 0.0, got).sum().backward()
+    assert spans.grad is not None and torch.isfinite(spans.grad).all()
+    i, j = torch.arange(lq, dtype=torch.float64).view(-1, 1), torch.arange(lk).view(1, -1)
+    distance = (i + lk - lq - j).abs()
+    for h in (2, 3):
+        raw = (ramp + fraction[h] * max_span - distance) / ramp
+        inside = (raw > 0) & (raw < 1)
+        want_grad = (max_span / (ramp * raw[inside])).sum()
+        torch.testing.assert_close(spans.grad[h], want_grad)
+    assert spans.grad[0] == 0 and spans.grad[4] == 0
+
+
+def test_span_ramp_bias_uses_replacement_tensors() -> None:
+    bias = SpanRampBias(torch.tensor([0.1, 0.9]), max_span=6, ramp=2)
+    other = torch.tensor([0.6, 0.2])
+    got = bias.tile(torch.arange(4), torch.arange(7), 4, 7, tensors=(other,))
+    torch.testing.assert_close(got, SpanRampBias(other, max_span=6, ramp=2).dense(4, 7))

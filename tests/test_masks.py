@@ -350,3 +350,178 @@ def test_tile_evaluates_any_mask_on_part_of_the_matrix() -> None:
     expected = mask.dense(6, 6)[:, :, q_idx][:, :, :, k_idx]
     assert torch.equal(mask.tile(q_idx, k_idx, 6, 6), expected)
     assert mask.tile(q_idx, k_idx, 6, 6).shape == (2, 1, 2, 3)
+
+
+def _band_definition(lq: int, lk: int, left: int | None, right: int,
+                     offset: int | None) -> torch.Tensor:
+    """Keys ``i + off - left <= j <= i + off + right`` (``off`` bottom-right by default)."""
+    off = lk - lq if offset is None else offset
+    rel = torch.arange(lk)[None, :] - (torch.arange(lq)[:, None] + off)
+    allowed = rel <= right
+    if left is not None:
+        allowed &= rel >= -left
+    return allowed[None, None]
+
+
+def _exact_cases(lq: int, lk: int) -> list[tuple[Mask, torch.Tensor]]:
+    """Masks whose tile states are exact, each with its (B|1, H|1, Lq, Lk) definition."""
+    g = torch.Generator().manual_seed(lq * 100 + lk)
+    j = torch.arange(lk)
+    cases: list[tuple[Mask, torch.Tensor]] = [(masks.full(), torch.ones(1, 1, lq, lk).bool())]
+    for offset in (None, -2, 2):
+        cases.append((masks.causal(offset=offset), _band_definition(lq, lk, None, 0, offset)))
+        for left, right in ((0, 0), (1, 0), (3, 2), (0, 1)):
+            cases.append((masks.sliding_window(left, right, offset=offset),
+                          _band_definition(lq, lk, left, right, offset)))
+    for count in (0, 1, 3, 5):
+        cases.append((masks.sink(count), (j < count).expand(1, 1, lq, lk)))
+    lengths = torch.tensor([0, 3, lk])
+    cases.append((masks.padding(lengths), (j[None, :] < lengths[:, None])[:, None, None]
+                  .expand(3, 1, lq, lk)))
+    valid = torch.rand(2, lk, generator=g) < 0.6
+    valid[0, :2] = True  # a full and (below) an empty tile whatever the tile size
+    valid[1] = False
+    cases.append((masks.padding(valid), valid[:, None, None].expand(2, 1, lq, lk)))
+    table = torch.rand(2, 3, lq, lk, generator=g) < 0.5
+    table[0, 0] = True
+    table[1, 2] = False
+    cases.append((masks.dense(table), table))
+    if lq == lk:  # sorted ids shared by queries and keys: block diagonal, exact states
+        ids = (torch.arange(lq) * 3 // lq)[None]
+        cases.append((masks.document(ids), (ids[:, :, None] == ids[:, None, :])[:, None]))
+    return cases
+
+
+@pytest.mark.parametrize("lq, lk", [(5, 5), (4, 9), (9, 4)])
+def test_tile_states_are_exact_on_a_grid(lq: int, lk: int) -> None:
+    """Every primitive kind, every tile size below: FULL exactly where the whole tile may
+    attend, EMPTY exactly where none of it may (tiles that end or start on a mask edge)."""
+    for mask, allowed in _exact_cases(lq, lk):
+        assert torch.equal(mask.dense(lq, lk).expand(allowed.shape), allowed), mask
+        for tiles in ((1, 1), (2, 3), (3, 2), (4, 4)):
+            check_states(mask, allowed, *tiles, exact=True)
+
+
+def test_masks_evaluate_on_the_device_they_are_asked_for() -> None:
+    """``dense``, ``tile`` and ``block_states`` build every index on the device asked for and
+    move the mask's tensors there (meta here: anything left on the CPU would fail to combine
+    with it or come back on the CPU)."""
+    meta = torch.device("meta")
+    lq, lk = 7, 9
+    ids = torch.tensor([[0, 0, 0, 1, 1, 1, 2]])
+    per_head = masks.dense(torch.rand(2, 3, lq, lk) < 0.5)
+    kinds = [masks.full(), masks.causal(), masks.sliding_window(2, 1), masks.sink(2),
+             masks.padding([3, 9]), masks.padding(torch.rand(2, lk) < 0.5),
+             masks.document(ids, torch.tensor([[0, 0, 1, 1, 1, 2, 2, 2, 2]])), per_head]
+    combined = [kinds[1] & kinds[4], kinds[3] | kinds[5], ~kinds[6], per_head & kinds[1],
+                kinds[1] | per_head]
+    for mask in kinds + combined:
+        for candidate in (mask, mask.on_device(meta)):
+            assert candidate.block_states(lq, lk, 2, 4, device=meta).device == meta, mask
+            assert candidate.dense(lq, lk, device=meta).device == meta, mask
+            tile = candidate.tile(torch.arange(2, device=meta), torch.arange(3, device=meta),
+                                  lq, lk)
+            assert tile.device == meta, mask
+    for padded in (masks.padding([3, 9]), masks.padding(torch.rand(2, lk) < 0.5)):
+        key_valid = padded.on_device(meta).structure(lq, lk).key_valid
+        assert key_valid is not None and key_valid.device == meta
+
+
+def test_combined_data_masks_check_each_part_at_the_call_shape() -> None:
+    """A combination applies where each part applies: batch 2, 3 heads, 4 queries, 6 keys."""
+    per_head = masks.dense(torch.ones(1, 3, 4, 6, dtype=torch.bool))
+    padded = masks.padding([4, 6])  # binds the batch only
+    docs = masks.document(torch.zeros(2, 4, dtype=torch.long),
+                          torch.zeros(2, 6, dtype=torch.long))
+    valid = masks.padding(torch.ones(2, 6, dtype=torch.bool))  # binds the batch and Lk
+    wrong_lq, wrong_lk = ((2, 3, 5, 6), "queries|dense mask is"), ((2, 3, 4, 7), "keys|dense")
+    wrong_batch, wrong_heads = ((3, 3, 4, 6), "batch size 2"), ((2, 4, 4, 6), "has 3 heads")
+    cases = [(padded & per_head, [wrong_lq, wrong_lk, wrong_batch, wrong_heads]),
+             (per_head | padded, [wrong_lq, wrong_lk, wrong_batch, wrong_heads]),
+             (docs & per_head, [wrong_lq, wrong_lk, wrong_batch, wrong_heads]),
+             (per_head & docs, [wrong_lq, wrong_lk, wrong_batch, wrong_heads]),
+             (valid | per_head, [wrong_lq, wrong_lk, wrong_batch, wrong_heads]),
+             (~per_head, [wrong_lq, wrong_lk, wrong_heads]), (~padded, [wrong_batch]),
+             (~docs, [wrong_lq, wrong_lk, wrong_batch]), (~valid, [wrong_lk, wrong_batch])]
+    for mask, errors in cases:
+        mask.check_shape(2, 3, 4, 6)
+        for shape, message in errors:
+            with pytest.raises(ValueError, match=message):
+                mask.check_shape(*shape)
+
+
+def test_not_keeps_the_heads_of_what_it_negates() -> None:
+    table = torch.rand(1, 3, 4, 4) < 0.5
+    negated = ~masks.dense(table)
+    assert negated.num_heads == 3
+    assert torch.equal(negated.dense(4, 4), ~table)
+    assert torch.equal(negated.tile(torch.arange(4), torch.arange(4), 4, 4), ~table)
+
+
+def test_on_device_to_where_a_mask_already_is_returns_it() -> None:
+    cpu, meta = torch.device("cpu"), torch.device("meta")
+    for mask in (~masks.causal(), ~masks.padding([2]), masks.dense(torch.ones(3, 3).bool()),
+                 masks.document(torch.zeros(2, 3, dtype=torch.long)),
+                 masks.padding(torch.ones(2, 3).bool())):
+        assert mask.on_device(cpu) is mask, mask
+    # ids given on two devices: both end up on the one asked for
+    split = masks.document(torch.zeros(1, 4, dtype=torch.long),
+                           torch.zeros(1, 4, dtype=torch.long, device=meta))
+    moved = split.on_device(meta)
+    assert moved.q_ids.device == meta and moved.kv_ids.device == meta  # type: ignore[attr-defined]
+
+
+def test_padding_structure_keeps_the_tightest_band_of_every_part() -> None:
+    lengths = [4, 2]
+    cases = [(masks.padding(lengths) & masks.sliding_window(2), (-2, 0)),
+             ((masks.sliding_window(1) & masks.padding(lengths)) & masks.sliding_window(3),
+              (-1, 0)),
+             (masks.sliding_window(3, 2) & (masks.padding(lengths) & masks.causal()), (-3, 0))]
+    for mask, (lo, hi) in cases:
+        shape = mask.structure(6, 6)
+        assert (shape.kind, shape.lo, shape.hi) == ("padding", lo, hi), mask
+        rebuilt = _dense_from_structure(shape, 2, 6, 6)
+        assert rebuilt is not None
+        assert torch.equal(rebuilt, mask.dense(6, 6)[:, 0]), mask
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 4, 6), (2, 1, 4, 6), (1, 2, 4, 6), (2, 2, 4, 6)])
+def test_mask_mod_of_a_dense_mask_broadcasts_over_batch_and_heads(
+        shape: tuple[int, ...]) -> None:
+    """FlexAttention calls ``mask_mod`` with the real batch and head indices (0 and 1 here),
+    also for a mask shared by every sequence or head."""
+    table = torch.rand(shape) < 0.5
+    mod = masks.dense(table).mask_mod(4, 6)
+    got = mod(torch.arange(2).view(-1, 1, 1, 1), torch.arange(2).view(1, -1, 1, 1),
+              torch.arange(4).view(1, 1, -1, 1), torch.arange(6).view(1, 1, 1, -1))
+    assert torch.equal(got, table.expand(2, 2, 4, 6))
+
+
+def test_document_ids_of_one_sequence_and_errors_naming_the_values() -> None:
+    one = masks.document(torch.tensor([0, 0, 1]))
+    assert one.batch_size == 1
+    assert one.dense(3, 3)[0, 0].tolist() == [[True, True, False], [True, True, False],
+                                              [False, False, True]]
+    cached = masks.document(torch.tensor([1, 2]), torch.tensor([0, 1, 1, 2]))
+    assert cached.dense(2, 4)[0, 0].tolist() == [[False, True, True, False],
+                                                 [False, False, False, True]]
+    cases = [((torch.rand(1, 3), None), "got torch.float32 (ids) and torch.float32 (kv_ids)"),
+             ((torch.zeros(1, 3, dtype=torch.long), torch.rand(1, 3)),
+              "got torch.int64 (ids) and torch.float32 (kv_ids)"),
+             ((torch.zeros(2, 3, dtype=torch.long), torch.zeros(3, 5, dtype=torch.long)),
+              "have batch 2 but for keys 3")]
+    for (ids, kv_ids), message in cases:
+        with pytest.raises(ValueError) as err:
+            masks.document(ids, kv_ids)
+        assert message in str(err.value)
+    with pytest.raises(ValueError, match=r"\(1, 1, 1, 3, 3\)"):
+        masks.dense(torch.ones(1, 1, 1, 3, 3, dtype=torch.bool))
+
+
+def test_documents_with_other_key_ids_are_not_block_diagonal() -> None:
+    ids = torch.tensor([[0, 0, 1, 1, 1, 2]])
+    other = torch.tensor([[0, 1, 1, 1, 2, 2]])
+    assert masks.document(ids, other).block_diagonal(6, 6) is None
+    assert masks.document(ids, other).structure(6, 6).kind == "opaque"
+    with pytest.raises(ValueError, match="cover 6 queries and 6 keys"):
+        masks.document(ids).block_diagonal(5, 5)

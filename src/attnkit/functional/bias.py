@@ -73,6 +73,12 @@ class Bias(ABC):
         if self.num_heads not in (None, 1, heads):
             raise ValueError(f"bias {self!r} has {self.num_heads} heads but q has {heads} heads; "
                              f"build it with num_heads={heads}")
+        self._check_lengths(lq, lk)
+
+    def _check_lengths(self, lq: int, lk: int) -> None:
+        """Raise ValueError if a materialized bias does not cover Lq queries and Lk keys
+        (biases computed from positions apply to any lengths)."""
+        return None  # a hook: the classes that hold tensors check them
 
     def __add__(self, other: Bias) -> Bias:
         return _SumBias(self, other)
@@ -121,9 +127,8 @@ def alibi_slopes(num_heads: int) -> Tensor:
         return [start ** (i + 1) for i in range(n)]
 
     m = 2 ** math.floor(math.log2(num_heads))
-    slopes = geometric(m)
-    if m < num_heads:
-        slopes += geometric(2 * m)[0::2][: num_heads - m]
+    # For a power of two (m == num_heads) the slice below is empty: the geometric slopes alone.
+    slopes = geometric(m) + geometric(2 * m)[0::2][: num_heads - m]
     return torch.tensor(slopes, dtype=torch.float64)
 
 
@@ -143,11 +148,11 @@ class _Alibi(Bias):
     def values(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int,
                tensors: Sequence[Tensor] | None = None) -> Tensor:
         off = lk - lq if self.offset is None else self.offset
-        # float64 so that float64 calls are exact (non-power-of-2 head counts have irrational
-        # slopes); callers cast to the score dtype.
+        # The slopes are float64, so is their product with the integer distances: float64 calls
+        # are exact (non-power-of-2 head counts have irrational slopes); callers cast to the
+        # score dtype.
         slopes = self.slopes.to(device=q.device)
-        distance = (q + off - k).abs().to(torch.float64)
-        return -slopes[h] * distance
+        return -slopes[h] * (q + off - k).abs()
 
     def __repr__(self) -> str:
         return f"alibi({self.num_heads})"
@@ -169,6 +174,7 @@ class _DenseBias(Bias):
         if tensor.dim() < 2 or tensor.dim() > 4:
             raise ValueError(f"dense bias must have 2 to 4 dims (.., Lq, Lk), got shape "
                              f"{tuple(tensor.shape)}")
+        self.lengths = tuple(tensor.shape[-2:])  # (Lq, Lk) it was built for
         while tensor.dim() < 4:
             tensor = tensor.unsqueeze(0)
         self.tensor = tensor  # (B|1, H|1, Lq, Lk)
@@ -181,17 +187,15 @@ class _DenseBias(Bias):
         # .to() is differentiable: gradients still reach the caller's tensor.
         return self if self.tensor.device == device else _DenseBias(self.tensor.to(device))
 
-    def check_shape(self, batch: int, heads: int, lq: int, lk: int) -> None:
-        super().check_shape(batch, heads, lq, lk)
-        if tuple(self.tensor.shape[-2:]) != (lq, lk):
-            raise ValueError(f"dense bias is {tuple(self.tensor.shape[-2:])} but attention is "
-                             f"({lq}, {lk}) (Lq, Lk)")
+    def _check_lengths(self, lq: int, lk: int) -> None:
+        if self.lengths != (lq, lk):
+            raise ValueError(f"dense bias is {self.lengths} but attention is ({lq}, {lk}) "
+                             f"(Lq, Lk)")
 
     def values(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int,
                tensors: Sequence[Tensor] | None = None) -> Tensor:
-        t = self.tensor if tensors is None else tensors[0]
-        if tuple(t.shape[-2:]) != (lq, lk):
-            raise ValueError(f"dense bias is {tuple(t.shape[-2:])} but attention is ({lq}, {lk})")
+        self._check_lengths(lq, lk)
+        t = self.tensor if tensors is None else tensors[0]  # replacements have its shape
         bb = b if t.shape[0] > 1 else torch.zeros_like(b)
         hh = h if t.shape[1] > 1 else torch.zeros_like(h)
         return t[bb, hh, q, k]
@@ -227,7 +231,8 @@ def relative_position_bucket(relative: Tensor, bidirectional: bool, num_buckets:
 
 
 class RelativeBucketBias(nn.Module, Bias):
-    """Learned T5-style relative position bias: one scalar per (bucket, head)."""
+    """Learned T5-style relative position bias: one scalar per (bucket, head), initialised from
+    N(0, 0.02^2) so that a fresh module barely changes the scores."""
 
     def __init__(self, num_heads: int, *, num_buckets: int = 32, max_distance: int = 128,
                  bidirectional: bool = True) -> None:
@@ -288,12 +293,13 @@ class SpanRampBias(Bias):
                tensors: Sequence[Tensor] | None = None) -> Tensor:
         fraction = self.span_fraction if tensors is None else tensors[0]
         span = fraction.clamp(0.0, 1.0)[h] * self.max_span  # (1, H, 1, 1)
-        distance = (q + (lk - lq) - k).abs().to(span.dtype)
-        ramp = ((self.ramp + span - distance) / self.ramp).clamp(0.0, 1.0)
+        distance = (q + (lk - lq) - k).abs()  # integer; promoted to span's dtype below
+        # Not clamped below: where the ramp is <= 0 the bias is -inf whatever its value.
+        ramp = ((self.ramp + span - distance) / self.ramp).clamp(max=1.0)
         positive = ramp > 0
-        # log of 0 is -inf; the inner where keeps its gradient finite (no inf * 0).
-        return torch.where(positive, torch.log(torch.where(positive, ramp, 1.0)),
-                           float("-inf"))
+        # The bias is -inf where the ramp is <= 0; the inner where keeps the gradient finite there
+        # (no inf * 0 or NaN from the log of a value <= 0).
+        return torch.where(positive, torch.log(torch.where(positive, ramp, 1.0)), -math.inf)
 
     def __repr__(self) -> str:
         return f"span_ramp(heads={self.num_heads}, max_span={self.max_span}, ramp={self.ramp})"

@@ -68,8 +68,10 @@ def _tile_bounds(length: int, block: int, device: torch.device | None) -> tuple[
     return starts, ends
 
 
-def _tile_reduce(values: Tensor, block: int, dim: int, op: str) -> Tensor:
-    """Reduce ``values`` over tiles of ``block`` along ``dim`` (the last tile may be short)."""
+def _tile_reduce(values: Tensor, block: int, dim: int,
+                 reduce: Callable[[Tensor, int], Tensor]) -> Tensor:
+    """Reduce ``values`` over tiles of ``block`` along ``dim`` (the last tile may be short) with
+    ``reduce(tensor, dim)``: ``torch.amin``, ``torch.amax``, ``torch.any`` or ``torch.all``."""
     dim = dim % values.dim()
     length = values.shape[dim]
     n = math.ceil(length / block)
@@ -78,14 +80,7 @@ def _tile_reduce(values: Tensor, block: int, dim: int, op: str) -> Tensor:
     values = values.index_select(dim, index)
     shape = list(values.shape)
     shape[dim : dim + 1] = [n, block]
-    tiled = values.reshape(shape)
-    if op == "min":
-        return tiled.amin(dim + 1)
-    if op == "max":
-        return tiled.amax(dim + 1)
-    if op == "any":
-        return tiled.any(dim + 1)
-    return tiled.all(dim + 1)
+    return reduce(values.reshape(shape), dim + 1)
 
 
 def _states_from_bounds(is_full: Tensor, is_empty: Tensor) -> Tensor:
@@ -242,6 +237,12 @@ class Mask(ABC):
         if self.num_heads is not None and self.num_heads not in (1, heads):
             raise ValueError(f"mask {self!r} has {self.num_heads} heads, but q has {heads}; "
                              f"give one mask per query head or a single shared one")
+        self._check_lengths(lq, lk)
+
+    def _check_lengths(self, lq: int, lk: int) -> None:
+        """Raise ValueError if the tensors of a data mask do not cover Lq queries and Lk keys
+        (masks without tensors apply to any lengths)."""
+        return None  # a hook: the classes that hold tensors check them
 
     # -- composition ---------------------------------------------------------------------------
     def __and__(self, other: Mask) -> Mask:
@@ -388,18 +389,17 @@ class _Full(Mask):
 
 
 class _Band(Mask):
-    """Keys ``j`` with ``i + offset - left <= j <= i + offset + right`` (None = unbounded)."""
+    """Keys ``j`` with ``i + offset - left <= j <= i + offset + right`` (left None: unbounded,
+    the causal mask)."""
 
-    def __init__(self, left: int | None, right: int | None, offset: int | None) -> None:
+    def __init__(self, left: int | None, right: int, offset: int | None) -> None:
         self.left, self.right, self.offset = left, right, offset
 
     def allowed(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int) -> Tensor:
         rel = k - (q + _default_offset(self.offset, lq, lk))  # key position relative to query
-        ok = torch.ones_like(rel, dtype=torch.bool)
+        ok = rel <= self.right
         if self.left is not None:
             ok = ok & (rel >= -self.left)
-        if self.right is not None:
-            ok = ok & (rel <= self.right)
         return ok
 
     def block_states(self, lq: int, lk: int, block_q: int, block_k: int,
@@ -409,30 +409,27 @@ class _Band(Mask):
         k0, k1 = _tile_bounds(lk, block_k, device)
         q0, q1 = (q0 + off)[:, None], (q1 + off)[:, None]
         k0, k1 = k0[None, :], k1[None, :]
-        is_full = torch.ones(q0.shape[0], k0.shape[1], dtype=torch.bool, device=device)
-        is_empty = torch.zeros_like(is_full)
-        if self.left is not None:  # need k >= q - left for every pair / for some pair
+        # Full: k <= q + right for every pair of the tile; empty: for no pair.
+        is_full = k1 <= q0 + self.right
+        is_empty = k0 > q1 + self.right
+        if self.left is not None:  # and k >= q - left
             is_full &= k0 >= q1 - self.left
             is_empty |= k1 < q0 - self.left
-        if self.right is not None:  # need k <= q + right
-            is_full &= k1 <= q0 + self.right
-            is_empty |= k0 > q1 + self.right
         return _states_from_bounds(is_full, is_empty)[None, None]
 
     def band(self, lq: int, lk: int) -> tuple[int | None, int | None] | None:
         off = _default_offset(self.offset, lq, lk)
         lo = None if self.left is None else off - self.left
-        hi = None if self.right is None else off + self.right
+        hi = off + self.right
         # A side binds only if some (query, key) pair falls outside it: k >= q + lo fails for
         # some pair iff lo > -(lq - 1); k <= q + hi fails for some pair iff hi < lk - 1.
-        return (lo if lo is not None and lo > 1 - lq else None,
-                hi if hi is not None and hi < lk - 1 else None)
+        return (lo if lo is not None and lo > 1 - lq else None, hi if hi < lk - 1 else None)
 
     def __repr__(self) -> str:
-        off = "" if self.offset is None else f", offset={self.offset}"
-        if self.left is None and self.right == 0:
-            return f"causal({off.lstrip(', ')})"
+        if self.left is None:  # only causal() leaves the left side open
+            return "causal()" if self.offset is None else f"causal(offset={self.offset})"
         right = "" if self.right == 0 else f", right={self.right}"
+        off = "" if self.offset is None else f", offset={self.offset}"
         return f"sliding_window({self.left}{right}{off})"
 
 
@@ -468,17 +465,15 @@ class _Padding(Mask):
         if self.lengths is not None:
             return (k < self.lengths.to(k.device)[b]) & (q >= 0)
         assert self.key_valid is not None
-        valid = self.key_valid.to(k.device)
-        if valid.shape[1] != lk:
-            raise ValueError(f"padding mask covers {valid.shape[1]} keys but there are {lk} keys")
-        return valid[b, k] & (q >= 0)
+        self._check_keys(lk)
+        return self.key_valid.to(k.device)[b, k] & (q >= 0)
 
     def key_padding(self, lq: int, lk: int) -> tuple[Tensor, Band] | None:
         if self.lengths is not None:
             keys = torch.arange(lk, device=self.lengths.device)
             return keys[None, :] < self.lengths[:, None], (None, None)  # (B, Lk)
         assert self.key_valid is not None
-        self.check_shape(self.batch_size or 1, 1, lq, lk)
+        self._check_keys(lk)
         return self.key_valid, (None, None)
 
     def on_device(self, device: torch.device) -> Mask:
@@ -488,8 +483,10 @@ class _Padding(Mask):
         return _Padding(None if self.lengths is None else self.lengths.to(device),
                         None if self.key_valid is None else self.key_valid.to(device))
 
-    def check_shape(self, batch: int, heads: int, lq: int, lk: int) -> None:
-        super().check_shape(batch, heads, lq, lk)
+    def _check_lengths(self, lq: int, lk: int) -> None:
+        self._check_keys(lk)
+
+    def _check_keys(self, lk: int) -> None:
         if self.key_valid is not None and self.key_valid.shape[1] != lk:
             raise ValueError(f"padding mask covers {self.key_valid.shape[1]} keys but there are "
                              f"{lk} keys")
@@ -504,8 +501,8 @@ class _Padding(Mask):
         else:
             assert self.key_valid is not None
             valid = self.key_valid.to(device)
-            states = _states_from_bounds(_tile_reduce(valid, block_k, 1, "all"),
-                                         ~_tile_reduce(valid, block_k, 1, "any"))
+            states = _states_from_bounds(_tile_reduce(valid, block_k, 1, torch.all),
+                                         ~_tile_reduce(valid, block_k, 1, torch.any))
         return states[:, None, None, :].expand(-1, 1, n_q, -1)
 
     def __repr__(self) -> str:
@@ -526,36 +523,35 @@ class _Document(Mask):
             return self
         return _Document(self.q_ids.to(device), self.kv_ids.to(device))
 
-    def check_shape(self, batch: int, heads: int, lq: int, lk: int) -> None:
-        super().check_shape(batch, heads, lq, lk)
+    def _check_lengths(self, lq: int, lk: int) -> None:
         if self.q_ids.shape[1] != lq or self.kv_ids.shape[1] != lk:
             raise ValueError(f"document ids cover {self.q_ids.shape[1]} queries and "
                              f"{self.kv_ids.shape[1]} keys, but attention has {lq} queries and "
                              f"{lk} keys; pass kv_ids when keys differ from queries")
 
     def allowed(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int) -> Tensor:
-        self.check_shape(self.batch_size or 1, 1, lq, lk)
+        self._check_lengths(lq, lk)
         q_ids, kv_ids = self.q_ids.to(q.device), self.kv_ids.to(k.device)
         return q_ids[b, q] == kv_ids[b, k]
 
     def block_states(self, lq: int, lk: int, block_q: int, block_k: int,
                      device: torch.device | None = None) -> Tensor:
         q_ids, kv_ids = self.q_ids.to(device), self.kv_ids.to(device)
-        q_lo = _tile_reduce(q_ids, block_q, 1, "min")[:, :, None]  # (B, nQ, 1)
-        q_hi = _tile_reduce(q_ids, block_q, 1, "max")[:, :, None]
-        k_lo = _tile_reduce(kv_ids, block_k, 1, "min")[:, None, :]  # (B, 1, nK)
-        k_hi = _tile_reduce(kv_ids, block_k, 1, "max")[:, None, :]
+        q_lo = _tile_reduce(q_ids, block_q, 1, torch.amin)[:, :, None]  # (B, nQ, 1)
+        q_hi = _tile_reduce(q_ids, block_q, 1, torch.amax)[:, :, None]
+        k_lo = _tile_reduce(kv_ids, block_k, 1, torch.amin)[:, None, :]  # (B, 1, nK)
+        k_hi = _tile_reduce(kv_ids, block_k, 1, torch.amax)[:, None, :]
         # Disjoint id ranges share no id; one id on both sides matches everywhere.
         is_empty = (q_hi < k_lo) | (k_hi < q_lo)
         is_full = (q_lo == q_hi) & (k_lo == k_hi) & (q_lo == k_lo)
         return _states_from_bounds(is_full, is_empty)[:, None]
 
     def block_diagonal(self, lq: int, lk: int) -> tuple[list[list[tuple[int, int]]], bool] | None:
-        ids = self.q_ids
-        if lq != lk or ids.shape != self.kv_ids.shape or not torch.equal(ids, self.kv_ids):
+        self._check_lengths(lq, lk)
+        if not torch.equal(self.q_ids, self.kv_ids):  # keys other than the queries
             return None
         runs = []
-        for row in ids.cpu():
+        for row in self.q_ids.cpu():
             starts = [0, *(torch.nonzero(row[1:] != row[:-1]).flatten() + 1).tolist()]
             if len(starts) != len(torch.unique(row)):  # an id comes back later: not diagonal
                 return None
@@ -574,23 +570,23 @@ class _Dense(Mask):
         if allowed.dim() < 2 or allowed.dim() > 4:
             raise ValueError(f"dense mask must have 2 to 4 dims (.., Lq, Lk), got shape "
                              f"{tuple(allowed.shape)}")
+        self.lengths = tuple(allowed.shape[-2:])  # (Lq, Lk) it was built for
         while allowed.dim() < 4:
             allowed = allowed.unsqueeze(0)
         self.tensor = allowed  # (B|1, H|1, Lq, Lk)
         self.batch_size = allowed.shape[0]
         self.num_heads = allowed.shape[1]
 
-    def check_shape(self, batch: int, heads: int, lq: int, lk: int) -> None:
-        super().check_shape(batch, heads, lq, lk)
-        if tuple(self.tensor.shape[-2:]) != (lq, lk):
-            raise ValueError(f"dense mask is {tuple(self.tensor.shape[-2:])} but attention is "
-                             f"({lq}, {lk}) (Lq, Lk)")
+    def _check_lengths(self, lq: int, lk: int) -> None:
+        if self.lengths != (lq, lk):
+            raise ValueError(f"dense mask is {self.lengths} but attention is ({lq}, {lk}) "
+                             f"(Lq, Lk)")
 
     def on_device(self, device: torch.device) -> Mask:
         return self if self.tensor.device == device else _Dense(self.tensor.to(device))
 
     def _checked(self, lq: int, lk: int, device: torch.device | None) -> Tensor:
-        self.check_shape(self.batch_size or 1, self.num_heads or 1, lq, lk)
+        self._check_lengths(lq, lk)
         return self.tensor.to(device)
 
     def allowed(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, lq: int, lk: int) -> Tensor:
@@ -605,8 +601,8 @@ class _Dense(Mask):
     def block_states(self, lq: int, lk: int, block_q: int, block_k: int,
                      device: torch.device | None = None) -> Tensor:
         t = self._checked(lq, lk, device)
-        any_q = _tile_reduce(_tile_reduce(t, block_q, 2, "any"), block_k, 3, "any")
-        all_q = _tile_reduce(_tile_reduce(t, block_q, 2, "all"), block_k, 3, "all")
+        any_q = _tile_reduce(_tile_reduce(t, block_q, 2, torch.any), block_k, 3, torch.any)
+        all_q = _tile_reduce(_tile_reduce(t, block_q, 2, torch.all), block_k, 3, torch.all)
         return _states_from_bounds(all_q, ~any_q)
 
     def __repr__(self) -> str:
@@ -673,7 +669,8 @@ def document(ids: Tensor, kv_ids: Tensor | None = None) -> Mask:
     if k_ids.dim() == 1:
         k_ids = k_ids[None]
     if q_ids.is_floating_point() or k_ids.is_floating_point():
-        raise ValueError("document ids must be integers")
+        raise ValueError(f"document ids must be integers, got {q_ids.dtype} (ids) and "
+                         f"{k_ids.dtype} (kv_ids)")
     if q_ids.shape[0] != k_ids.shape[0]:
         raise ValueError(f"document ids for queries have batch {q_ids.shape[0]} but for keys "
                          f"{k_ids.shape[0]}")
