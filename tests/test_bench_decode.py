@@ -93,15 +93,12 @@ def test_the_bound_is_timed_in_both_layouts_and_keeps_the_faster() -> None:
 
 
 def test_the_decoder_under_test_reads_input_major_weights() -> None:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from attnkit.hf import load
+    from attnkit.bench.decode import compared_models, quick_config
     from attnkit.models import weight_layout
 
-    ours = load(GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=8, n_layer=2,
-                                           n_head=2)))
+    ours = compared_models(quick_config())["attnkit"]
     assert weight_layout(ours) == "input_major"
-    assert ours.get_submodule("head").weight.stride() == (1, 50)
+    assert ours.get_submodule("head").weight.stride() == (1, quick_config().vocab_size)
 
 
 def test_profile_prints_the_decode_step_table(capsys: pytest.CaptureFixture[str]) -> None:

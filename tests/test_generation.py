@@ -37,8 +37,8 @@ def lm(positional: str = "learned", *, max_length: int = 64, num_kv_heads: int |
     model = build_decoder_lm(config, vocab_size=VOCAB).double().eval()
     with torch.no_grad():
         for p in model.parameters():
-            if p.dim() > 1:  # drawn in logical order, whatever the weights' memory layout
-                p.copy_(torch.randn(p.shape, dtype=p.dtype) * 0.5)
+            if p.dim() > 1:
+                p.normal_(0, 0.5)
     return model
 
 

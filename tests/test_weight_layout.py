@@ -28,22 +28,22 @@ VOCAB = 37
 
 def twins(*, tie: bool = True, dtype: torch.dtype = torch.float32
           ) -> tuple[DecoderLM, DecoderLM]:
-    """(input-major model as built, its output-major copy): same values, other strides."""
+    """(input-major model, its output-major copy as built): same values, other strides."""
     config = dataclasses.replace(get_preset("tiny"), num_layers=2, tie_embeddings=tie)
     torch.manual_seed(0)
-    model = build_decoder_lm(config, vocab_size=VOCAB).to(dtype)
+    plain = build_decoder_lm(config, vocab_size=VOCAB).to(dtype)
     with torch.no_grad():  # weights large enough that greedy tokens vary
-        for p in model.parameters():
+        for p in plain.parameters():
             if p.dim() > 1:
-                p.copy_(torch.randn(p.shape, dtype=dtype) * 0.5)
-    return model, set_weight_layout(copy.deepcopy(model), "output_major")
+                p.normal_(0, 0.5)
+    return set_weight_layout(copy.deepcopy(plain), "input_major"), plain
 
 
 def linears(model: nn.Module) -> list[nn.Linear]:
     return [m for m in model.modules() if isinstance(m, nn.Linear)]
 
 
-def test_a_decoder_is_built_input_major() -> None:
+def test_input_major_strides_are_in_effect() -> None:
     model, plain = twins()
     assert weight_layout(model) == "input_major" and weight_layout(plain) == "output_major"
     for linear in linears(model):
@@ -75,12 +75,14 @@ def test_set_weight_layout_is_in_place_and_idempotent() -> None:
         set_weight_layout(model, "column")
 
 
-def test_builder_keyword_keeps_pytorch_layout() -> None:
-    model, _ = twins()
-    plain = DecoderLM(embedding=copy.deepcopy(model.embedding), positions=model.positions,
-                      stack=copy.deepcopy(model.stack), dim=model.head.in_features,
-                      vocab_size=VOCAB, weight_layout="output_major")
-    assert weight_layout(plain) == "output_major"
+def test_a_decoder_is_built_in_pytorch_layout_unless_asked() -> None:
+    model, plain = twins()
+    assert weight_layout(plain) == "output_major"  # build_decoder_lm: training's layout
+    fast = DecoderLM(embedding=copy.deepcopy(model.embedding), positions=model.positions,
+                     stack=copy.deepcopy(plain.stack), dim=model.head.in_features,
+                     vocab_size=VOCAB, weight_layout="input_major")
+    assert weight_layout(fast) == "input_major"
+    assert fast.head.weight is fast.embedding.table.weight
 
 
 @pytest.mark.parametrize("tie", [True, False])

