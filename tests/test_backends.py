@@ -28,7 +28,7 @@ from attnkit.backends import (
     register_backend,
 )
 from attnkit.backends.blocked import BlockedBackend, TileSizes, blocked_attention
-from attnkit.backends.dispatch import _REGISTRY
+from attnkit.backends.dispatch import _REGISTRY, select_backend
 from attnkit.backends.reference import ReferenceBackend
 from attnkit.functional.math import AttentionSpec, validate
 from conftest import (
@@ -366,6 +366,10 @@ def _qkv(lq: int = 6, lk: int = 6) -> tuple[Tensor, Tensor, Tensor]:
 def test_auto_picks_the_expected_backend(options: dict[str, Any], chosen: str) -> None:
     report = dispatch_report(*_qkv(), **options)
     assert report.chosen == chosen, str(report)
+    # select_backend stops at the first fit without the full report: the same choice
+    spec = validate(*_qkv(), **{"mask": None, "bias": None, "scale": None, "softcap": None,
+                                "dropout_p": 0.0, **options})
+    assert select_backend(spec).name == chosen
     text = str(report)
     assert text.startswith(f"chosen: {chosen}")
     for name in backend_names:

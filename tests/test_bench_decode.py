@@ -17,6 +17,7 @@ from attnkit.bench.decode import (
     check_identical,
     streamed_parameters,
     weight_streaming_seconds,
+    weight_streaming_times,
 )
 from attnkit.cli import main
 
@@ -27,7 +28,7 @@ def test_quick_run_checks_times_and_writes_reports(tmp_path: Path,
                  "--new-tokens", "4", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "environment: cpu" in printed and "torch 2." in printed and "threads 1" in printed
-    assert "weight-streaming bound" in printed
+    assert "weight-streaming bound" in printed and "the faster layout" in printed
     with (tmp_path / "decode.csv").open() as f:
         rows = list(csv.DictReader(f))
     cases = {(r["implementation"], r["batch"], r["prompt"]) for r in rows}
@@ -41,6 +42,7 @@ def test_quick_run_checks_times_and_writes_reports(tmp_path: Path,
         assert abs(float(r["share_of_bound"]) - rate / float(r["bound_tokens_per_s"])) < 1e-6
     table = (tmp_path / "decode.md").read_text()
     assert "| implementation | batch |" in table and "Weight-streaming bound" in table
+    assert "output_major" in table and "input_major" in table  # both layouts' times
     assert (tmp_path / "decode.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -82,6 +84,21 @@ def test_the_bound_reads_each_weight_once() -> None:
     total = sum(p.numel() for p in hf.parameters())  # tied lm_head is listed once
     assert streamed_parameters(ours) == total - 16 * 8  # minus the position table
     assert weight_streaming_seconds(4096, width=64, repeats=1) > 0
+
+
+def test_the_bound_is_timed_in_both_layouts_and_keeps_the_faster() -> None:
+    times = weight_streaming_times(4096, width=64, repeats=3)
+    assert set(times) == {"output_major", "input_major"} and min(times.values()) > 0
+    assert weight_streaming_seconds(4096, width=64, repeats=3) <= 2 * max(times.values())
+
+
+def test_the_decoder_under_test_reads_input_major_weights() -> None:
+    from attnkit.bench.decode import compared_models, quick_config
+    from attnkit.models import weight_layout
+
+    ours = compared_models(quick_config())["attnkit"]
+    assert weight_layout(ours) == "input_major"
+    assert ours.get_submodule("head").weight.stride() == (1, quick_config().vocab_size)
 
 
 def test_profile_prints_the_decode_step_table(capsys: pytest.CaptureFixture[str]) -> None:

@@ -100,7 +100,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     from attnkit.explain.one_call import tokenize
     from attnkit.hf.preprocess import load_tokenizer
-    from attnkit.models import DecoderLM, SamplingConfig
+    from attnkit.models import DecoderLM, SamplingConfig, set_weight_layout
 
     model = _load_on_device(args)
     if not isinstance(model, DecoderLM):
@@ -113,6 +113,8 @@ def _generate(args: argparse.Namespace) -> int:
     sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     eos = getattr(tokenizer, "eos_token_id", None)
     prompt = torch.tensor([ids], device=next(model.parameters()).device)
+    if prompt.device.type == "cpu":
+        set_weight_layout(model, "input_major")  # faster CPU decode steps (models.weight_layout)
     out = model.generate(prompt, max_new_tokens=args.max_new_tokens,
                          sampling=sampling, cache=args.cache, window=args.window,
                          sink=args.sink, eos_id=eos,

@@ -98,9 +98,7 @@ def report(spec: AttentionSpec, backend: str = "auto") -> DispatchReport:
         reasons = {chosen.name: chosen.not_supported_reasons(spec)}
         return DispatchReport(chosen.name if not reasons[chosen.name] else None, reasons)
     result = DispatchReport(None)
-    for name in AUTO_ORDER + [n for n in _REGISTRY if n not in AUTO_ORDER]:
-        if name not in _REGISTRY:
-            continue
+    for name in _auto_order():
         why = _auto_reasons(name, _REGISTRY[name], spec)
         result.reasons[name] = why
         if not why and result.chosen is None:
@@ -108,8 +106,22 @@ def report(spec: AttentionSpec, backend: str = "auto") -> DispatchReport:
     return result
 
 
+def _auto_order() -> list[str]:
+    return [n for n in AUTO_ORDER if n in _REGISTRY] + [n for n in _REGISTRY
+                                                         if n not in AUTO_ORDER]
+
+
 def select_backend(spec: AttentionSpec, backend: str = "auto") -> Backend:
-    """The backend to run, or NoBackendError listing every reason."""
+    """The backend to run, or NoBackendError listing every reason.
+
+    ``auto`` takes the first backend in priority order that supports the call, as
+    :func:`report` would, without asking the ones after it (every call of every layer comes
+    through here: a decode step of GPT-2 small makes 12 calls per token); the full report is
+    built only to explain a failure."""
+    if backend == "auto":
+        for name in _auto_order():
+            if not _auto_reasons(name, _REGISTRY[name], spec):
+                return _REGISTRY[name]
     rep = report(spec, backend)
     if rep.chosen is None:
         if backend == "auto":

@@ -32,10 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from attnkit.errors import UsageError
+from attnkit.train.model_file import load_model_file, save_model_file
 
 __all__ = ["CheckpointError", "atomic_write_json", "checkpoint_step", "flatten_state",
            "latest_checkpoint", "load_checkpoint", "load_weights", "newest_intact_checkpoint",
@@ -147,7 +148,7 @@ def save_weights(model: nn.Module, path: str | Path) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        save_model(_unwrap(model), str(tmp))
+        save_model_file(_unwrap(model), tmp)
         _fsync_file(tmp)
         digest = _sha256(tmp)
         side = _checksum_path(path)
@@ -191,7 +192,7 @@ def load_weights(model: nn.Module, path: str | Path, *, verify: bool = True) -> 
                           f"loaded unverified; re-save it with save_weights to add one",
                           stacklevel=2)
     try:
-        missing, unexpected = load_model(_unwrap(model), str(path), strict=False)
+        missing, unexpected = load_model_file(_unwrap(model), path)
     except (SafetensorError, ValueError, OSError) as err:
         raise CheckpointError(f"{str(path)!r} is not a readable safetensors file "
                               f"({' '.join(str(err).split())})") from None
@@ -213,7 +214,7 @@ def save_checkpoint(root: str | Path, *, step: int, model: nn.Module, state: dic
     final = root / name
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.tmp-"))
     try:
-        save_model(_unwrap(model), str(tmp / "model.safetensors"))
+        save_model_file(_unwrap(model), tmp / "model.safetensors")
         skeleton, tensors = flatten_state(state)
         save_file(tensors, str(tmp / "state.safetensors"))
         with open(tmp / "state.json", "w") as f:

@@ -131,7 +131,7 @@ _SAMPLING_DEFAULTS = {"temperature": 0.0, "top_k": None, "top_p": None, "cache":
 def _cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from attnkit.models import DecoderLM, SamplingConfig, Seq2SeqTransformer
+    from attnkit.models import DecoderLM, SamplingConfig, Seq2SeqTransformer, set_weight_layout
     from attnkit.train.run import load_run
 
     if args.max_new_tokens < 1:
@@ -151,6 +151,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                                       top_p=args.top_p, suppress_ids=never)
         except ValueError as err:
             raise UsageError(str(err)) from None
+        if prompt.device.type == "cpu":  # faster CPU decode steps (models.weight_layout)
+            set_weight_layout(model, "input_major")
         out = model.generate(prompt, max_new_tokens=args.max_new_tokens, sampling=sampling,
                              cache=args.cache, window=args.window,
                              sink=4 if args.sink is None else args.sink,
