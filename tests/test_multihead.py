@@ -170,6 +170,24 @@ def test_probe_sees_the_weights_whatever_backend_ran() -> None:
     torch.testing.assert_close(seen[0], want, atol=1e-10, rtol=1e-8)
 
 
+def test_probe_sees_the_values_attended_to_cache_included() -> None:
+    """The probe's values are the per-head values (B, Hkv, S, Dh) the queries attend to: with a
+    cache, the cached positions' values as well as the new ones (value-norm explanations)."""
+    from attnkit.layers import StaticKVCache
+
+    layer = make_layer(CONFIGS["gqa"]).eval()
+    seen: list[Tensor] = []
+    layer.probe.register_forward_hook(lambda mod, args, out: seen.append(args[1]))
+    x = torch.randn(2, 4, 16, dtype=torch.float64)
+    cache = StaticKVCache(8)
+    layer(x[:, :3], mask=masks.causal(), cache=cache)
+    layer(x[:, 3:], cache=cache)
+    want = (x @ layer.v_proj.weight.T + layer.v_proj.bias).view(2, 4, 2, 4).transpose(1, 2)
+    assert [tuple(v.shape) for v in seen] == [(2, 2, 3, 4), (2, 2, 4, 4)]
+    torch.testing.assert_close(seen[0], want[:, :, :3])
+    torch.testing.assert_close(seen[1], want)
+
+
 def test_dropout_only_in_training() -> None:
     layer = make_layer({"dropout": 0.5})
     plain = make_layer({})
