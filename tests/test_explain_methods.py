@@ -371,3 +371,44 @@ def test_rollout_zero_rows_stay_zero_and_bad_shapes_are_named() -> None:
     with pytest.raises(ValueError, match=r"must be \(batch, heads, Lq, Lk\), got shape "
                                          r"\(2, 3, 3\)"):
         attention_rollout([w[0]])
+
+
+def test_rollout_of_three_layers_with_other_head_counts_by_value() -> None:
+    """Layers may have different head counts (fused per layer); the result is the last of the
+    cumulative steps, each R_l = Ã_l @ R_(l-1) of the plain-math docstring."""
+    g = torch.Generator().manual_seed(3)
+    layers = [torch.softmax(torch.randn(2, heads, 4, 4, generator=g, dtype=torch.float64), -1)
+              for heads in (1, 3, 2)]
+    plain = torch.eye(4, dtype=torch.float64).expand(2, 4, 4)
+    want = []
+    for w in layers:
+        a = 0.5 * w.mean(1) + 0.5 * torch.eye(4, dtype=torch.float64)
+        plain = (a / a.sum(-1, keepdim=True)) @ plain
+        want.append(plain)
+    got = attention_rollout(layers, causal_normalize=False)
+    assert got.dtype == torch.float32 and got.shape == (2, 4, 4)
+    torch.testing.assert_close(got.double(), want[-1], atol=1e-6, rtol=1e-5)
+    steps = attention_rollout(layers, causal_normalize=False, cumulative=True)
+    torch.testing.assert_close(steps.double(), torch.stack(want), atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"must be \(batch, heads, Lq, Lk\), got shape "
+                                         r"\(3, 4, 4\)"):
+        attention_rollout([layers[0], layers[1][0]])  # a (H, L, L) map among the layers
+    with pytest.raises(ValueError, match=r"^rollout needs square self-attention maps of one "
+                                         r"length, got shapes \[\(2, 1, 4, 4\), \(2, 3, 3, 4\)\]; "
+                                         r"pass only the self-attention layers of one stream$"):
+        attention_rollout([layers[0], layers[1][:, :, 1:]])
+
+
+def test_causal_normalized_rollout_has_finite_gradients() -> None:
+    """The division by the uniform-causal baseline is guarded where the baseline is 0 (above
+    the diagonal), in the backward pass too: gradients to the weights are finite, also when
+    normalization is forced on non-causal maps."""
+    g = torch.Generator().manual_seed(4)
+    lower = torch.tril(torch.rand(1, 2, 4, 4, generator=g, dtype=torch.float64)) + 0.1
+    causal = (lower.tril() / lower.tril().sum(-1, keepdim=True)).requires_grad_()
+    full = torch.softmax(torch.randn(1, 2, 4, 4, generator=g, dtype=torch.float64), -1)
+    full.requires_grad_()
+    for w in (causal, full):
+        out = attention_rollout([w, w], causal_normalize=True)
+        (out * torch.randn(out.shape, generator=g)).sum().backward()
+        assert w.grad is not None and torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0
