@@ -229,7 +229,8 @@ def test_registry_builds_mha() -> None:
 def test_fused_and_separate_projections_agree_with_the_transcription() -> None:
     """Self-attention fuses q/k/v into one matmul only when it computes the same thing: not for
     cross-attention with a context of the same width, not when one projection has a bias the
-    others lack (a user-replaced module)."""
+    others lack (a user-replaced module; the value projection, since a key bias would not
+    change the attention)."""
     layer = make_layer({})
     x = torch.randn(2, 5, 16, dtype=torch.float64)
     context = torch.randn(2, 9, 16, dtype=torch.float64)  # same width: fusing would be possible
@@ -238,9 +239,9 @@ def test_fused_and_separate_projections_agree_with_the_transcription() -> None:
     mixed = make_layer({"bias": False})
     biased = nn.Linear(16, 16, bias=True).double()
     with torch.no_grad():
-        biased.weight.copy_(mixed.k_proj.weight)
+        biased.weight.copy_(mixed.v_proj.weight)
         biased.bias.normal_()
-    mixed.k_proj = biased
+    mixed.v_proj = biased
     torch.testing.assert_close(mixed(x), transcribe(mixed, x)[0])
 
 
