@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 from pathlib import Path
@@ -19,6 +20,12 @@ from attnkit.train.loop import metric_is_minimized, train
 from attnkit.train.schedule import warmup_cosine
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The digits task loads through scikit-learn (~2 s to import). Imported with the module, it is
+# shared by forked test processes (mutation testing forks one per mutant) instead of imported
+# again in each.
+with contextlib.suppress(ImportError):
+    import sklearn.datasets  # noqa: F401
 
 
 def tiny_config(tmp_path: Path, model: dict[str, Any] | None = None,
@@ -384,3 +391,33 @@ def test_a_gpu_checkpoints_rng_state_resumes_on_cpu() -> None:
     train_loop._set_rng_state({"torch": state["torch"], "cuda": torch.zeros(3, dtype=torch.long)},
                               torch.device("cpu"))
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_the_test_split_is_scored_with_the_best_weights(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validation says epoch 2 of 3 was best (forced here; epochs 1 and 2 both improved, so the
+    best weights were saved twice), so the test split is scored with the weights saved then,
+    not with the last epoch's."""
+    from attnkit.tasks import get_task
+    from attnkit.train.checkpoint import load_checkpoint, load_weights
+    from attnkit.train.run import build_run_model
+
+    scores = iter([0.5, 0.9, 0.1])
+    real_validate = train_loop._validate
+    monkeypatch.setattr(train_loop, "_validate",
+                        lambda run: {**real_validate(run), "accuracy": next(scores)})
+    config = tiny_config(tmp_path, epochs=3, batch_size=256)
+    result = train(config, run_dir=tmp_path / "r")
+    assert result.best is not None and result.best["epoch"] == 2
+    task = get_task("digits")
+
+    def score(load: Any) -> dict[str, float]:
+        model = build_run_model(config, task, None)
+        load(model)
+        return train_loop.evaluate(model, task.test, task, batch_size=512)
+
+    last = latest_checkpoint(tmp_path / "r" / "checkpoints")
+    assert last is not None and last.name == f"step-{result.steps:08d}"
+    best = tmp_path / "r" / "best" / "model.safetensors"
+    assert result.test == score(lambda model: load_weights(model, best))
+    assert result.test != score(lambda model: load_checkpoint(last, model))
