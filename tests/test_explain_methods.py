@@ -269,6 +269,9 @@ def test_is_causal_reads_only_the_strict_upper_triangle() -> None:
     assert not is_causal(torch.tril(torch.rand(1, 1, 3, 5)))  # not square: cross-attention
     assert not is_causal(torch.ones(1, 1, 1, 1))  # one token: nothing to tell
     assert is_causal(torch.tensor([[[[1.0, 0.0], [0.5, 0.5]]]]))  # two tokens already tell
+    # fused maps (B, L, L) and single maps (L, L) too
+    assert is_causal(torch.tril(torch.rand(2, 4, 4))) and is_causal(torch.tril(torch.rand(3, 3)))
+    assert not is_causal(torch.tril(torch.rand(2, 3, 5)))  # (B, Lq, Lk): not square
 
 
 def test_causal_receptive_baseline_equals_uniform_causal_rollout() -> None:
@@ -318,7 +321,8 @@ def test_discard_ratio_zeroes_the_smallest_off_diagonal_entries() -> None:
 
 def test_rollout_option_checks_name_the_values() -> None:
     w = torch.softmax(torch.randn(1, 2, 4, 4), -1)
-    with pytest.raises(ValueError, match="attention_rollout needs at least one layer of weights"):
+    with pytest.raises(ValueError, match=r"^attention_rollout needs at least one layer of "
+                                         r"weights$"):
         attention_rollout([])
     with pytest.raises(ValueError, match=r"discard_ratio must be in \[0, 1\), got 1.0"):
         attention_rollout([w], discard_ratio=1.0)
@@ -412,3 +416,14 @@ def test_causal_normalized_rollout_has_finite_gradients() -> None:
         out = attention_rollout([w, w], causal_normalize=True)
         (out * torch.randn(out.shape, generator=g)).sum().backward()
         assert w.grad is not None and torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0
+
+
+def test_fuse_heads_and_residual_normalize_defaults() -> None:
+    """fuse_heads averages the heads by default; residual_normalize weighs the identity 0.5."""
+    from attnkit.explain.rollout import fuse_heads, residual_normalize
+
+    w = torch.softmax(torch.randn(2, 3, 4, 4, dtype=torch.float64), -1)
+    torch.testing.assert_close(fuse_heads(w), w.mean(1))
+    fused = w.mean(1)
+    mixed = 0.5 * fused + 0.5 * torch.eye(4, dtype=torch.float64)
+    torch.testing.assert_close(residual_normalize(fused), mixed / mixed.sum(-1, keepdim=True))
