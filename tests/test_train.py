@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from attnkit.train import loop as train_loop
-from attnkit.train.checkpoint import latest_checkpoint
+from attnkit.train.checkpoint import latest_checkpoint, newest_intact_checkpoint
 from attnkit.train.config import ConfigError, resolve_config
 from attnkit.train.data import collate, epoch_batches
 from attnkit.train.loop import metric_is_minimized, train
@@ -365,10 +365,12 @@ def test_resume_point_run_dir_claims_and_missing_metric(
     assert err.startswith("warning: ") and err.count("\n") == 2  # latest.json and step 2
     assert err.rstrip().endswith("; falling back to step-00000001")
     (run / "checkpoints" / "step-00000001" / "manifest.json").unlink()
-    with pytest.raises(UsageError, match=rf"^nothing to resume in '{run}': no intact "
-                                         r"checkpoint \(.*step-00000002.*; .*step-00000001.*\); "
-                                         r"start a new run instead$"):
+    problems = newest_intact_checkpoint(run / "checkpoints")[1]
+    assert len(problems) == 3  # latest.json, then both step directories
+    with pytest.raises(UsageError) as refused:
         train_loop._resume_point(run)
+    assert str(refused.value) == (f"nothing to resume in {str(run)!r}: no intact checkpoint "
+                                  f"({'; '.join(problems)}); start a new run instead")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(UsageError, match=r"no intact checkpoint; start a new run instead$"):
