@@ -286,13 +286,13 @@ def test_checkpoint_cadence_precision_and_rng_state() -> None:
 
     policy = train_loop._CheckpointPolicy(every_steps=3, every_minutes=0.0)
     assert [s for s in range(1, 10) if policy.due(s)] == [3, 6, 9]
-    timed = train_loop._CheckpointPolicy(every_steps=0, every_minutes=1.0)
+    timed = train_loop._CheckpointPolicy(every_steps=0, every_minutes=2.0)
     assert not timed.due(1)
-    timed.last = time.monotonic() - 61.0
+    timed.last = time.monotonic() - 121.0
     assert timed.due(1)
     timed.saved()
     assert not timed.due(2)
-    timed.last = time.monotonic() - 55.0
+    timed.last = time.monotonic() - 100.0  # 100 s < 2 minutes
     assert not timed.due(3)
     off = train_loop._CheckpointPolicy(every_steps=0, every_minutes=0.0, last=0.0)
     assert not any(off.due(s) for s in range(1, 10))
@@ -423,3 +423,23 @@ def test_the_test_split_is_scored_with_the_best_weights(
     best = tmp_path / "r" / "best" / "model.safetensors"
     assert result.test == score(lambda model: load_weights(model, best))
     assert result.test != score(lambda model: load_checkpoint(last, model))
+
+
+def test_train_refusals_family_default_and_kept_checkpoints(tmp_path: Path) -> None:
+    """resume without a run directory, or with one that holds no config, is refused by name;
+    a config without a model family trains the task's default family; keep_checkpoints=1
+    leaves only the newest step checkpoint."""
+    from attnkit.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"^resume needs the run directory$"):
+        train(tiny_config(tmp_path), resume=True)
+    missing = tmp_path / "missing"
+    with pytest.raises(UsageError) as refused:
+        train(tiny_config(tmp_path), run_dir=missing, resume=True)
+    assert str(refused.value) == (f"nothing to resume: {str(missing)!r} is not a run directory "
+                                  f"(no config.yaml)")
+    config = tiny_config(tmp_path, max_steps=3, checkpoint_every=1, keep_checkpoints=1)
+    config.model.family = None  # type: ignore[assignment]
+    result = train(config, run_dir=tmp_path / "r")
+    assert config.model.family == "vit" and result.steps == 3  # digits: a ViT
+    assert [p.name for p in (tmp_path / "r" / "checkpoints").glob("step-*")] == ["step-00000003"]
