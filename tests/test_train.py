@@ -443,3 +443,14 @@ def test_train_refusals_family_default_and_kept_checkpoints(tmp_path: Path) -> N
     result = train(config, run_dir=tmp_path / "r")
     assert config.model.family == "vit" and result.steps == 3  # digits: a ViT
     assert [p.name for p in (tmp_path / "r" / "checkpoints").glob("step-*")] == ["step-00000003"]
+
+
+def test_a_run_without_run_dir_is_named_after_task_and_family(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No run_dir: a new directory under out_dir named task-family-time, said on the console;
+    with tensorboard off there is no TensorBoard line and no tensorboard directory."""
+    result = train(tiny_config(tmp_path, max_steps=1))
+    assert result.run_dir.parent == tmp_path and result.run_dir.name.startswith("digits-vit-")
+    out = capsys.readouterr().out
+    assert out.startswith(f"run directory: {result.run_dir}\n")
+    assert "TensorBoard" not in out and not (result.run_dir / "tensorboard").exists()
