@@ -269,6 +269,9 @@ def test_is_causal_reads_only_the_strict_upper_triangle() -> None:
     assert not is_causal(torch.tril(torch.rand(1, 1, 3, 5)))  # not square: cross-attention
     assert not is_causal(torch.ones(1, 1, 1, 1))  # one token: nothing to tell
     assert is_causal(torch.tensor([[[[1.0, 0.0], [0.5, 0.5]]]]))  # two tokens already tell
+    # fused maps (B, L, L) and single maps (L, L) too
+    assert is_causal(torch.tril(torch.rand(2, 4, 4))) and is_causal(torch.tril(torch.rand(3, 3)))
+    assert not is_causal(torch.tril(torch.rand(2, 3, 5)))  # (B, Lq, Lk): not square
 
 
 def test_causal_receptive_baseline_equals_uniform_causal_rollout() -> None:
@@ -318,7 +321,8 @@ def test_discard_ratio_zeroes_the_smallest_off_diagonal_entries() -> None:
 
 def test_rollout_option_checks_name_the_values() -> None:
     w = torch.softmax(torch.randn(1, 2, 4, 4), -1)
-    with pytest.raises(ValueError, match="attention_rollout needs at least one layer of weights"):
+    with pytest.raises(ValueError, match=r"^attention_rollout needs at least one layer of "
+                                         r"weights$"):
         attention_rollout([])
     with pytest.raises(ValueError, match=r"discard_ratio must be in \[0, 1\), got 1.0"):
         attention_rollout([w], discard_ratio=1.0)
@@ -371,3 +375,55 @@ def test_rollout_zero_rows_stay_zero_and_bad_shapes_are_named() -> None:
     with pytest.raises(ValueError, match=r"must be \(batch, heads, Lq, Lk\), got shape "
                                          r"\(2, 3, 3\)"):
         attention_rollout([w[0]])
+
+
+def test_rollout_of_three_layers_with_other_head_counts_by_value() -> None:
+    """Layers may have different head counts (fused per layer); the result is the last of the
+    cumulative steps, each R_l = Ã_l @ R_(l-1) of the plain-math docstring."""
+    g = torch.Generator().manual_seed(3)
+    layers = [torch.softmax(torch.randn(2, heads, 4, 4, generator=g, dtype=torch.float64), -1)
+              for heads in (1, 3, 2)]
+    plain = torch.eye(4, dtype=torch.float64).expand(2, 4, 4)
+    want = []
+    for w in layers:
+        a = 0.5 * w.mean(1) + 0.5 * torch.eye(4, dtype=torch.float64)
+        plain = (a / a.sum(-1, keepdim=True)) @ plain
+        want.append(plain)
+    got = attention_rollout(layers, causal_normalize=False)
+    assert got.dtype == torch.float32 and got.shape == (2, 4, 4)
+    torch.testing.assert_close(got.double(), want[-1], atol=1e-6, rtol=1e-5)
+    steps = attention_rollout(layers, causal_normalize=False, cumulative=True)
+    torch.testing.assert_close(steps.double(), torch.stack(want), atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"must be \(batch, heads, Lq, Lk\), got shape "
+                                         r"\(3, 4, 4\)"):
+        attention_rollout([layers[0], layers[1][0]])  # a (H, L, L) map among the layers
+    with pytest.raises(ValueError, match=r"^rollout needs square self-attention maps of one "
+                                         r"length, got shapes \[\(2, 1, 4, 4\), \(2, 3, 3, 4\)\]; "
+                                         r"pass only the self-attention layers of one stream$"):
+        attention_rollout([layers[0], layers[1][:, :, 1:]])
+
+
+def test_causal_normalized_rollout_has_finite_gradients() -> None:
+    """The division by the uniform-causal baseline is guarded where the baseline is 0 (above
+    the diagonal), in the backward pass too: gradients to the weights are finite, also when
+    normalization is forced on non-causal maps."""
+    g = torch.Generator().manual_seed(4)
+    lower = torch.tril(torch.rand(1, 2, 4, 4, generator=g, dtype=torch.float64)) + 0.1
+    causal = (lower.tril() / lower.tril().sum(-1, keepdim=True)).requires_grad_()
+    full = torch.softmax(torch.randn(1, 2, 4, 4, generator=g, dtype=torch.float64), -1)
+    full.requires_grad_()
+    for w in (causal, full):
+        out = attention_rollout([w, w], causal_normalize=True)
+        (out * torch.randn(out.shape, generator=g)).sum().backward()
+        assert w.grad is not None and torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0
+
+
+def test_fuse_heads_and_residual_normalize_defaults() -> None:
+    """fuse_heads averages the heads by default; residual_normalize weighs the identity 0.5."""
+    from attnkit.explain.rollout import fuse_heads, residual_normalize
+
+    w = torch.softmax(torch.randn(2, 3, 4, 4, dtype=torch.float64), -1)
+    torch.testing.assert_close(fuse_heads(w), w.mean(1))
+    fused = w.mean(1)
+    mixed = 0.5 * fused + 0.5 * torch.eye(4, dtype=torch.float64)
+    torch.testing.assert_close(residual_normalize(fused), mixed / mixed.sum(-1, keepdim=True))

@@ -143,6 +143,45 @@ def test_rolling_cache_decoding_equals_its_equivalent_mask(window: int, sink: in
     assert cache.keys is not None and cache.keys.shape[2] <= window + sink + 1
 
 
+def _user_masks(kind: str, length: int) -> tuple[masks.Mask, Any]:
+    """A user mask over the whole sequence, and for a decoding step the same mask restricted to
+    the step's query positions (L,) and the key positions (S,) the cache will attend to."""
+    generator = torch.Generator().manual_seed(5)
+    if kind == "padding":  # key positions 1 and 6 of row 0 and 0 of row 1 are pads
+        real = torch.ones(2, length, dtype=torch.bool)
+        real[0, [1, 6]] = False
+        real[1, 0] = False
+        return masks.padding(real), lambda queries, keys: masks.padding(real[:, keys])
+    allowed = torch.rand(2, 1, length, length, generator=generator) < 0.7  # (B, 1, L, L)
+    return masks.dense(allowed), lambda queries, keys: masks.dense(allowed[..., queries, :][
+        ..., keys])
+
+
+@pytest.mark.parametrize("kind", ["padding", "dense"])
+@pytest.mark.parametrize("name", ["gqa_rope", "alibi_softcap"])
+@pytest.mark.parametrize("prefill", [0, 5])
+def test_rolling_cache_keeps_the_user_mask(kind: str, name: str, prefill: int) -> None:
+    """A mask passed with a rolling cache is combined with the cache's own: decoding equals the
+    full pass under (user mask & equivalent_mask()), for masks that remove keys the window and
+    the sinks would keep (pads among the sinks and in the window, random dense masks)."""
+    layer = _layer(DECODE_CONFIGS[name])
+    x = torch.randn(2, 12, 16, dtype=torch.float64)
+    cache = RollingKVCache(3, sink=2)
+    full_mask, step_mask = _user_masks(kind, 12)
+    full = layer(x, mask=full_mask & cache.equivalent_mask())
+    steps = []
+    for start, stop in ([(0, prefill)] if prefill else []) + [(t, t + 1)
+                                                             for t in range(prefill, 12)]:
+        queries = torch.arange(start, stop)
+        keys = torch.cat([cache.key_positions, queries])  # what the update will attend to
+        steps.append(layer(x[:, start:stop], mask=step_mask(queries, keys), cache=cache))
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-10, rtol=1e-8)
+    # the user mask mattered: without it, the same decoding gives other outputs
+    cache.reset()
+    unmasked = torch.cat([layer(x[:, t:t + 1], cache=cache) for t in range(12)], 1)
+    assert not torch.allclose(unmasked, full)
+
+
 def test_rolling_cache_differs_from_full_attention() -> None:
     """The window really drops tokens: the streaming output is not the full causal output."""
     layer = _layer({})
@@ -181,7 +220,9 @@ def test_static_cache_pads_mask_and_shift_positions() -> None:
 def test_cache_misuse_errors() -> None:
     layer = _layer({"alibi": True})
     x = torch.randn(1, 3, 16, dtype=torch.float64)
-    with pytest.raises(ValueError, match="KV cache is for self-attention"):
+    with pytest.raises(ValueError, match=r"^a KV cache is for self-attention; cross-attention "
+                                         r"keys come from the fixed context, so call without "
+                                         r"cache$"):
         layer(x, x, cache=StaticKVCache(8))
 
 

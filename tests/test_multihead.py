@@ -170,6 +170,24 @@ def test_probe_sees_the_weights_whatever_backend_ran() -> None:
     torch.testing.assert_close(seen[0], want, atol=1e-10, rtol=1e-8)
 
 
+def test_probe_sees_the_values_attended_to_cache_included() -> None:
+    """The probe's values are the per-head values (B, Hkv, S, Dh) the queries attend to: with a
+    cache, the cached positions' values as well as the new ones (value-norm explanations)."""
+    from attnkit.layers import StaticKVCache
+
+    layer = make_layer(CONFIGS["gqa"]).eval()
+    seen: list[Tensor] = []
+    layer.probe.register_forward_hook(lambda mod, args, out: seen.append(args[1]))
+    x = torch.randn(2, 4, 16, dtype=torch.float64)
+    cache = StaticKVCache(8)
+    layer(x[:, :3], mask=masks.causal(), cache=cache)
+    layer(x[:, 3:], cache=cache)
+    want = (x @ layer.v_proj.weight.T + layer.v_proj.bias).view(2, 4, 2, 4).transpose(1, 2)
+    assert [tuple(v.shape) for v in seen] == [(2, 2, 3, 4), (2, 2, 4, 4)]
+    torch.testing.assert_close(seen[0], want[:, :, :3])
+    torch.testing.assert_close(seen[1], want)
+
+
 def test_dropout_only_in_training() -> None:
     layer = make_layer({"dropout": 0.5})
     plain = make_layer({})
@@ -211,7 +229,8 @@ def test_registry_builds_mha() -> None:
 def test_fused_and_separate_projections_agree_with_the_transcription() -> None:
     """Self-attention fuses q/k/v into one matmul only when it computes the same thing: not for
     cross-attention with a context of the same width, not when one projection has a bias the
-    others lack (a user-replaced module)."""
+    others lack (a user-replaced module; the value projection, since a key bias would not
+    change the attention)."""
     layer = make_layer({})
     x = torch.randn(2, 5, 16, dtype=torch.float64)
     context = torch.randn(2, 9, 16, dtype=torch.float64)  # same width: fusing would be possible
@@ -220,9 +239,9 @@ def test_fused_and_separate_projections_agree_with_the_transcription() -> None:
     mixed = make_layer({"bias": False})
     biased = nn.Linear(16, 16, bias=True).double()
     with torch.no_grad():
-        biased.weight.copy_(mixed.k_proj.weight)
+        biased.weight.copy_(mixed.v_proj.weight)
         biased.bias.normal_()
-    mixed.k_proj = biased
+    mixed.v_proj = biased
     torch.testing.assert_close(mixed(x), transcribe(mixed, x)[0])
 
 

@@ -187,6 +187,21 @@ def test_resume_says_where_it_continues_and_what_changed(
     assert json.loads((run / "metrics.json").read_text())["steps"] == 5
 
 
+def test_resuming_a_run_whose_budget_is_spent_rewrites_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The restored checkpoint is the newest: a resume that stops at once (max_steps already
+    reached) neither trains nor writes that checkpoint again."""
+    run = _tiny_run(tmp_path, "r")
+    checkpoint = run / "checkpoints" / "step-00000003"
+    written = {p.name: p.stat().st_mtime_ns for p in checkpoint.iterdir()}
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert "resumed from step 3" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in checkpoint.iterdir()} == written
+    assert [p.name for p in (run / "checkpoints").glob("step-*")] == ["step-00000003"]
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 3
+
+
 def test_existing_run_directories_are_never_overwritten(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = _tiny_run(tmp_path, "r")

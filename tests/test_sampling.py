@@ -79,3 +79,31 @@ def test_temperature_divides_the_logits() -> None:
         p_one = torch.softmax(torch.tensor([0.0, 1.0]) / temperature, -1)[1].item()
         share = sample_next(logits, SamplingConfig(temperature=temperature), g).float().mean()
         assert share.item() == pytest.approx(p_one, abs=0.03)
+
+
+def test_filters_work_on_every_row_of_any_leading_shape() -> None:
+    """(B, T, V) logits filter row by row exactly as each (1, V) row alone; a top_k at or above
+    V keeps everything, also when it is larger than the other dims."""
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(2, 3, 6, generator=g, dtype=torch.float64)  # B=2, T=3, V=6
+    for options in ({"top_k": 4}, {"top_k": 2}, {"top_p": 0.5}, {"top_k": 5, "top_p": 0.7}):
+        got = filter_logits(logits, **options)  # type: ignore[arg-type]
+        rows = [filter_logits(row[None], **options)[0]  # type: ignore[arg-type]
+                for row in logits.reshape(-1, 6)]
+        assert torch.equal(got, torch.stack(rows).view(2, 3, 6)), options
+    assert torch.isinf(filter_logits(logits, top_k=4)).sum(-1).eq(2).all()
+    for k in (6, 7):
+        assert torch.equal(filter_logits(logits, top_k=k), logits)
+
+
+def test_sample_next_on_the_logits_of_one_sequence() -> None:
+    """Logits (V,) of one sequence give one id as a 0-D tensor, greedy or sampled."""
+    logits = torch.tensor([0.0, 2.0, 1.0, -1.0])
+    greedy = sample_next(logits, SamplingConfig())
+    assert greedy.shape == () and greedy.item() == 1
+    g = torch.Generator().manual_seed(3)
+    draws = [sample_next(logits, SamplingConfig(temperature=1.0, top_k=2), g) for _ in range(200)]
+    assert all(d.shape == () for d in draws)
+    assert {int(d) for d in draws} == {1, 2}  # both survivors of top-2 drawn, nothing else
+    suppressed = sample_next(logits, SamplingConfig(suppress_ids=(1,)))
+    assert suppressed.shape == () and suppressed.item() == 2

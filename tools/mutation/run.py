@@ -65,6 +65,8 @@ def prepare(name: str, target: dict[str, object], pytest_args: list[str],
     shutil.copytree(ROOT / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
     tests = [str(t) for t in target["tests"]]  # type: ignore[attr-defined]
+    # a target may add pytest options, e.g. a per-test timeout where a mutant can loop forever
+    pytest_args = pytest_args + [str(a) for a in target.get("pytest_args", [])]  # type: ignore[attr-defined]
     present = [t for t in tests if (work / t.split("::")[0]).exists()]
     missing = sorted(set(tests) - set(present))
     if missing:

@@ -19,6 +19,7 @@ row's uniform share means the model attends there more than the causal structure
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from itertools import accumulate
 from typing import Literal
 
 import torch
@@ -54,41 +55,41 @@ def _safe_row_normalize(x: Tensor) -> Tensor:
 def _discard_lowest(fused: Tensor, ratio: float) -> Tensor:
     """Zero the ``ratio`` fraction of smallest off-diagonal entries of each (L, L) map."""
     b, length, _ = fused.shape
-    diagonal = torch.eye(length, dtype=torch.bool, device=fused.device)
     count = int((length * length - length) * ratio)
     if count == 0:
         return fused
-    ranked = fused.masked_fill(diagonal, float("inf")).reshape(b, -1)
-    lowest = ranked.topk(count, dim=-1, largest=False).indices
-    return fused.reshape(b, -1).scatter(-1, lowest, 0.0).view(b, length, length)
+    ranked = fused.clone()
+    ranked.diagonal(dim1=1, dim2=2).fill_(torch.inf)  # the diagonal is never discarded
+    lowest = ranked.reshape(b, -1).topk(count, largest=False).indices  # (B, count)
+    return fused.reshape(b, -1).scatter(1, lowest, 0.0).view(b, length, length)
 
 
 def residual_normalize(fused: Tensor, residual_weight: float = 0.5) -> Tensor:
-    """Ã = normalize_rows((1 - w) * A + w * I): the residual stream as attention to oneself."""
-    length = fused.shape[-1]
-    eye = torch.eye(length, dtype=fused.dtype, device=fused.device)
-    return _safe_row_normalize((1.0 - residual_weight) * fused + residual_weight * eye)
+    """Ã = normalize_rows((1 - w) * A + w * I): the residual stream as attention to oneself.
+    fused: (..., L, L)."""
+    mixed = (1.0 - residual_weight) * fused
+    mixed.diagonal(dim1=-2, dim2=-1).add_(residual_weight)  # + w * I, in the input's dtype
+    return _safe_row_normalize(mixed)
 
 
 def is_causal(weights: Tensor, tol: float = 0.0) -> bool:
     """Whether every map puts no weight above the diagonal (a decoder's self-attention)."""
     if weights.shape[-1] != weights.shape[-2] or weights.shape[-1] < 2:
         return False
-    upper = torch.triu(torch.ones(weights.shape[-2:], dtype=torch.bool,
-                                  device=weights.device), diagonal=1)
-    return bool((weights.abs() * upper).amax() <= tol)
+    return bool(torch.triu(weights.abs(), diagonal=1).amax() <= tol)
 
 
 def causal_receptive_baseline(length: int, layers: int, residual_weight: float = 0.5,
                               dtype: torch.dtype = torch.float32) -> Tensor:
     """Rollout (L, L) of uniform causal attention: what the causal structure alone produces."""
-    uniform = torch.tril(torch.ones(length, length, dtype=dtype))
-    uniform = uniform / uniform.sum(dim=-1, keepdim=True)
-    step = residual_normalize(uniform.unsqueeze(0), residual_weight)[0]
-    result = torch.eye(length, dtype=dtype)
-    for _ in range(layers):
-        result = step @ result
-    return result
+    return _uniform_causal_rollout(torch.ones(length, length, dtype=dtype), layers,
+                                   residual_weight)
+
+
+def _uniform_causal_rollout(ones: Tensor, layers: int, residual_weight: float) -> Tensor:
+    """:func:`causal_receptive_baseline` of ``ones`` (..., L, L), in its dtype and device."""
+    uniform = _safe_row_normalize(ones.tril())  # row i spreads evenly over keys 0..i
+    return torch.linalg.matrix_power(residual_normalize(uniform, residual_weight), layers)
 
 
 def attention_rollout(weights: Sequence[Tensor], *, head_fusion: str = "mean",
@@ -124,30 +125,25 @@ def attention_rollout(weights: Sequence[Tensor], *, head_fusion: str = "mean",
         raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
     if not 0.0 <= residual_weight <= 1.0:
         raise ValueError(f"residual_weight must be in [0, 1], got {residual_weight}")
-    first = weights[0]
-    shapes = {tuple(w.shape[-2:]) for w in weights} | {(int(first.shape[-1]),) * 2}
-    if len(shapes) != 1:
+    square = weights[0].shape[-1:] * 2  # (L, L)
+    if any(w.shape[-2:] != square for w in weights):
         raise ValueError(f"rollout needs square self-attention maps of one length, got shapes "
-                         f"{sorted(shapes)}; pass only the self-attention layers of one stream")
+                         f"{[tuple(w.shape) for w in weights]}; pass only the self-attention "
+                         f"layers of one stream")
     if causal_normalize is None:
         causal_normalize = all(is_causal(w, tol=1e-6) for w in weights)
-    length = int(first.shape[-1])
-    result = torch.eye(length, dtype=torch.float32, device=first.device).expand(
-        first.shape[0], length, length)
-    steps: list[Tensor] = []
-    for w in weights:
-        fused = fuse_heads(w.float(), head_fusion)  # (B, L, L)
-        if discard_ratio > 0:
-            fused = _discard_lowest(fused, discard_ratio)
-        result = residual_normalize(fused, residual_weight) @ result
-        steps.append(result)
+    per_layer = (residual_normalize(_discard_lowest(fuse_heads(w.float(), head_fusion),
+                                                    discard_ratio), residual_weight)
+                 for w in weights)  # Ã_l (B, L, L)
+    # R_l = Ã_l @ R_(l-1), starting from R_1 = Ã_1 (the identity times Ã_1)
+    steps = list(accumulate(per_layer, lambda below, layer: layer @ below))
     if causal_normalize:
         steps = [_causal_normalized(r, i + 1, residual_weight) for i, r in enumerate(steps)]
     return torch.stack(steps) if cumulative else steps[-1]
 
 
 def _causal_normalized(rollout: Tensor, layers: int, residual_weight: float) -> Tensor:
-    base = causal_receptive_baseline(rollout.shape[-1], layers, residual_weight).to(rollout)
+    base = _uniform_causal_rollout(torch.ones_like(rollout), layers, residual_weight)
     ratio = torch.where(base > 0, rollout / torch.where(base > 0, base, torch.ones_like(base)),
                         torch.zeros_like(rollout))
     return _safe_row_normalize(ratio)

@@ -141,7 +141,7 @@ class MultiHeadAttention(AttentionLayer):
         return alibi(self.layout.num_heads) if self.use_alibi else None
 
     def cached_score_bias(self, cache: Any, num_queries: int) -> Bias | None:
-        """:meth:`score_bias` for attention over ``cache`` after its update.
+        """:meth:`score_bias` for attention over ``cache`` after its update (None: no cache).
 
         A rolling cache evicts keys, so the slot index no longer gives a key's distance to the
         query; ALiBi then comes from the keys' kept absolute positions. Plain math::
@@ -152,8 +152,8 @@ class MultiHeadAttention(AttentionLayer):
             return self.score_bias()
         keys = cache.attended_positions  # (S,)
         queries = torch.arange(cache.position - num_queries, cache.position)  # (L,)
-        distance = (queries[:, None] - keys[None, :]).abs().to(torch.float64)  # (L, S)
-        slopes = alibi_slopes(self.layout.num_heads)[:, None, None]  # (H, 1, 1)
+        distance = (queries[:, None] - keys[None, :]).abs()  # (L, S) integers
+        slopes = alibi_slopes(self.layout.num_heads)[:, None, None]  # (H, 1, 1) float64
         return biases.dense(-slopes * distance)  # (H, L, S), float64 as alibi() computes it
 
     def forward(self, x: Tensor, context: Tensor | None = None, *, mask: Mask | None = None,
@@ -171,7 +171,7 @@ class MultiHeadAttention(AttentionLayer):
 
         Variants (gated, ssmax, local) reuse projections and the engine call through this."""
         q, k, v, mask = self.prepare(x, context, mask=mask, cache=cache)
-        bias = self.score_bias() if cache is None else self.cached_score_bias(cache, q.shape[2])
+        bias = self.cached_score_bias(cache, q.shape[2])
         dropout_p = self.dropout if self.training else 0.0
         out = attention(q, k, v, mask=mask, bias=bias, softcap=self.softcap,
                         dropout_p=dropout_p, backend=self.backend)  # (B, H, L, Dh)

@@ -1,7 +1,7 @@
 """Sampling the next token: greedy, temperature, top-k (Fan et al., 2018), top-p / nucleus
 (Holtzman et al., 2020).
 
-Shape legend: B batch, V vocabulary.
+Shape legend: B batch, V vocabulary, ``...`` any leading dims (filtering works on every row).
 """
 
 from __future__ import annotations
@@ -34,26 +34,30 @@ class SamplingConfig:
 
 def filter_logits(logits: Tensor, *, top_k: int | None = None, top_p: float | None = None
                   ) -> Tensor:
-    """Set logits outside the top-k / nucleus to -inf. logits: (B, V) -> (B, V)."""
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+    """Set logits outside the top-k / nucleus to -inf. logits: (..., V) -> (..., V).
+
+    A top_k of V or more keeps every token; so does top_p = 1."""
+    if top_k is not None:
+        # topk and sort work along the last dim (the vocabulary) by default
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[..., -1:]  # (..., 1)
+        logits = logits.masked_fill(logits < kth, -torch.inf)
     if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        sorted_logits, order = torch.sort(logits, descending=True)
         probs = torch.softmax(sorted_logits, dim=-1)
         # Drop a token when the tokens before it already reach top_p (the first always stays).
         drop_sorted = probs.cumsum(-1) - probs >= top_p
         drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
+        logits = logits.masked_fill(drop, -torch.inf)
     return logits
 
 
 def sample_next(logits: Tensor, config: SamplingConfig, generator: torch.Generator | None = None
                 ) -> Tensor:
-    """Next token ids (B,) from the last-position logits (B, V)."""
+    """Next token ids (B,) from the last-position logits (B, V); one id (a 0-D tensor) from the
+    logits (V,) of one sequence."""
     if config.suppress_ids:
         logits = logits.clone()
-        logits[..., list(config.suppress_ids)] = float("-inf")
+        logits[..., list(config.suppress_ids)] = -torch.inf
     if config.temperature == 0:
         return logits.argmax(-1)
     filtered = filter_logits(logits.float() / config.temperature, top_k=config.top_k,

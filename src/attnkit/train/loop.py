@@ -502,14 +502,15 @@ def _epoch_train_metrics(run: _Run) -> tuple[dict[str, float], float]:
     summed = distributed.all_reduce_sum(
         torch.tensor([stats[k] for k in _STAT_KEYS], dtype=torch.float64, device=run.device),
         run.info).cpu()
-    totals = dict(zip(_STAT_KEYS, summed.tolist(), strict=True))
+    totals = dict(zip(_STAT_KEYS, summed.tolist()))
     return metrics_from_stats(totals, run.task.kind), totals["count"]
 
 
 def _validate(run: _Run) -> dict[str, float]:
+    """Validation metrics (evaluate() runs on the model's device, run.device)."""
     t = run.config.train
     val = evaluate(run.model, run.task.val, run.task, batch_size=t.eval_batch_size,
-                   device=run.device, precision=t.precision)
+                   precision=t.precision)
     if run.task.metric not in val:
         raise ValueError(f"task metric {run.task.metric!r} is not among the validation "
                          f"metrics {sorted(val)}")
@@ -569,7 +570,7 @@ def _final_test(run: _Run) -> TrainResult:
     if progress.best_record is not None and best_path.is_file():
         load_weights(run.model, best_path)
     test = evaluate(run.model, run.task.test, run.task, batch_size=t.eval_batch_size,
-                    device=run.device, precision=t.precision)
+                    precision=t.precision)
     extra: dict[str, Any] = {}
     if info.enabled:
         checksum = sum(float(p.detach().double().sum()) for p in run.model.parameters())
