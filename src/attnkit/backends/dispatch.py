@@ -21,17 +21,17 @@ from attnkit.functional.math import AttentionSpec
 __all__ = ["DispatchReport", "NoBackendError", "get_backend", "list_backends", "register_backend",
            "select_backend"]
 
-_REGISTRY: dict[str, Backend] = {}
+# The built-in backends, filled without calling a function of this module: importing attnkit
+# then runs none of its code (mutmut's forced-fail check makes every such call raise).
+_REGISTRY: dict[str, Backend] = {
+    b.name: b for b in (SdpaBackend(), BlockedBackend(), FlexBackend(), SdpaDenseBackend(),
+                        ReferenceBackend())}
 AUTO_ORDER = ["sdpa", "blocked", "flex", "sdpa_dense", "reference"]
 
 
 def register_backend(backend: Backend) -> None:
     """Add (or replace) a backend under ``backend.name``."""
     _REGISTRY[backend.name] = backend
-
-
-for _b in (SdpaBackend(), BlockedBackend(), FlexBackend(), SdpaDenseBackend(), ReferenceBackend()):
-    register_backend(_b)
 
 
 def list_backends() -> list[str]:
