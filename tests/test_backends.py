@@ -32,12 +32,14 @@ from attnkit.backends.dispatch import _REGISTRY
 from attnkit.backends.reference import ReferenceBackend
 from attnkit.functional.math import AttentionSpec, validate
 from conftest import (
-    backend_names,
     check_against_reference,
     cuda_only,
     float64_reference,
     tolerance,
 )
+
+#: Every registered backend, read when the tests are collected: a new backend is tested at once.
+backend_names = list_backends()
 
 
 @dataclass
@@ -452,6 +454,45 @@ def test_a_newly_registered_backend_is_dispatchable() -> None:
         assert "test_plain_only" in dispatch_report(q, k, v).reasons
     finally:
         _REGISTRY.pop("test_plain_only")
+
+
+class _DeclinesEverything(Backend):
+    """A backend that declares none of the capabilities (and two dtypes, two devices)."""
+
+    name = "test_declines_everything"
+    capabilities = Capabilities(dtypes=frozenset({torch.float16, torch.bfloat16}),
+                                devices=frozenset({"mps", "cuda"}), masks=False, bias=False,
+                                bias_grad=False, softcap=False, dropout=False, backward=False)
+
+    def forward(self, spec: AttentionSpec) -> Tensor:
+        raise AssertionError("never run: it declines every call")
+
+
+def test_each_missing_capability_gives_its_own_reason() -> None:
+    """Every declared capability that a call needs and the backend lacks is one reason, in
+    words that name the value (dtype and device lists sorted, without the ``torch.`` prefix)."""
+    q, k, v = (t.requires_grad_() for t in _qkv())
+    table = torch.randn(1, 2, 6, 6, requires_grad=True)
+    spec = validate(q, k, v, mask=masks.causal(), bias=biases.dense(table), scale=None,
+                    softcap=2.0, dropout_p=0.1)
+    assert _DeclinesEverything().not_supported_reasons(spec) == [
+        "dtype float32 not in ['bfloat16', 'float16']",
+        "device cpu not in ['cuda', 'mps']",
+        "mask causal() not supported",
+        "score bias not supported",
+        "gradients into the bias not supported",
+        "softcap not supported",
+        "dropout not supported",
+        "backward not supported (inputs require grad)",
+    ]
+    assert ReferenceBackend().not_supported_reasons(spec) == []  # declares everything
+    # No gradient wanted into the bias: bias_grad does not matter.
+    frozen = validate(q, k, v, mask=None, bias=biases.dense(table.detach()), scale=None,
+                      softcap=None, dropout_p=0.0)
+    no_bias_grad = type("NoBiasGrad", (ReferenceBackend,),
+                        {"capabilities": Capabilities(bias_grad=False)})()
+    assert no_bias_grad.not_supported_reasons(frozen) == []
+    assert no_bias_grad.not_supported_reasons(spec) == ["gradients into the bias not supported"]
 
 
 def test_dropout_is_unbiased() -> None:
