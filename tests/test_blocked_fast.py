@@ -1,4 +1,9 @@
-"""The fast (fused CPU kernel) path of the ``blocked`` backend against the float64 reference."""
+"""The fast (fused CPU kernel) path of the ``blocked`` backend against the independent oracle.
+
+Masks and biases are oracle definitions (``tests/oracle.py``): the code under test gets the
+attnkit objects they build, the float64 oracle computes its own matrices from their meaning, so
+a bug in a mask's tiles or structure cannot hide on both sides.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attnkit import bias, masks
+import oracle
+from attnkit import masks
 from attnkit.backends import blocked_fused, cpu_flash, tuning
 from attnkit.backends.blocked import BlockedBackend, TileSizes, blocked_attention
-from attnkit.functional.math import reference_attention, validate
+from attnkit.functional.math import validate
+from conftest import float64_reference
+from oracle import BiasDef, MaskDef
 
 pytestmark = pytest.mark.skipif(not cpu_flash.fused_kernel_available(),
                                 reason="this torch has no fused CPU flash kernel")
@@ -25,27 +33,31 @@ def _inputs(b: int, hq: int, hkv: int, lq: int, lk: int, d: int, dtype: torch.dt
     return tuple(t.to(device).requires_grad_() for t in (q, k, v))
 
 
-def _compare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask=None, score_bias=None,
-             softcap=None, tiles: TileSizes | None = None, fused: bool | None = True,
+def _compare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: MaskDef | None = None,
+             score_bias: BiasDef | None = None, softcap: float | None = None,
+             tiles: TileSizes | None = None, fused: bool | None = True,
              atol: float = 1e-10) -> None:
-    """Forward and gradients of blocked vs the float64 plain-math reference."""
-    spec = validate(q, k, v, mask=mask, bias=score_bias, scale=None, softcap=softcap,
-                    dropout_p=0.0)
+    """Forward and gradients (q, k, v and the bias tensors that require grad) of blocked vs the
+    float64 oracle, computed on the CPU from the definitions of ``mask`` and ``score_bias``."""
+    spec = validate(q, k, v, mask=mask.build() if mask is not None else None,
+                    bias=score_bias.build() if score_bias is not None else None, scale=None,
+                    softcap=softcap, dropout_p=0.0)
     out = blocked_attention(spec, tiles, fused=fused)
-    leaves = [q, k, v, *(score_bias.tensors() if score_bias is not None else ())]
-    leaves = [t for t in leaves if t.requires_grad]
-    ref_spec = validate(*(t.detach().double().requires_grad_() for t in (q, k, v)), mask=mask,
-                        bias=score_bias, scale=None, softcap=softcap, dropout_p=0.0)
-    ref, _ = reference_attention(ref_spec)
+    bias_leaves = list(score_bias.leaves) if score_bias is not None else []
+    inputs = [q, k, v, *bias_leaves]
+    ref_inputs = [t.detach().cpu().double().requires_grad_(t.requires_grad) for t in inputs]
+    ref, _ = float64_reference(*ref_inputs[:3], mask=mask, bias=score_bias, softcap=softcap,
+                               bias_leaves=ref_inputs[3:])
     assert out.dtype == q.dtype
-    torch.testing.assert_close(out.double(), ref, atol=atol, rtol=0)
-    grad = torch.randn_like(ref)
-    got = torch.autograd.grad(out, leaves, grad.to(out.dtype))
-    ref_leaves = [ref_spec.q, ref_spec.k, ref_spec.v]
-    want = torch.autograd.grad(ref, ref_leaves, grad)
-    for g, w in zip(got[:3], want):
+    torch.testing.assert_close(out.cpu().double(), ref.detach(), atol=atol, rtol=0)
+    cotangent = torch.randn_like(ref)
+    wanted = [i for i, t in enumerate(inputs) if t.requires_grad]
+    got = torch.autograd.grad(out, [inputs[i] for i in wanted],
+                              cotangent.to(out.device, out.dtype))
+    want = torch.autograd.grad(ref, [ref_inputs[i] for i in wanted], cotangent)
+    for g, w in zip(got, want):
         assert torch.isfinite(g).all()
-        torch.testing.assert_close(g.double(), w, atol=atol * 10, rtol=0)
+        torch.testing.assert_close(g.cpu().double(), w, atol=atol * 10, rtol=0)
 
 
 @st.composite
@@ -55,31 +67,32 @@ def _mask_case(draw: st.DrawFn) -> tuple[object, int, int, int]:
     lk = draw(st.one_of(st.just(lq), st.integers(1, 40)))
     kind = draw(st.sampled_from(["none", "causal", "window", "window_right", "padding",
                                  "document", "doc_causal", "sink_window", "dense", "not_window"]))
+    mask: MaskDef | None
     if kind == "none":
         mask = None
     elif kind == "causal":
-        mask = masks.causal()
+        mask = oracle.causal()
     elif kind == "window":
-        mask = masks.sliding_window(draw(st.integers(0, 12)))
+        mask = oracle.window(draw(st.integers(0, 12)))
     elif kind == "window_right":
-        mask = masks.sliding_window(draw(st.integers(0, 8)), draw(st.integers(1, 8)))
+        mask = oracle.window(draw(st.integers(0, 8)), draw(st.integers(1, 8)))
     elif kind == "padding":
-        mask = masks.padding(draw(st.lists(st.integers(0, lk), min_size=b, max_size=b)))
+        mask = oracle.padding(draw(st.lists(st.integers(0, lk), min_size=b, max_size=b)))
     elif kind in ("document", "doc_causal"):
         ids = torch.sort(torch.randint(0, 4, (b, lk),
                                        generator=torch.Generator().manual_seed(lk)))[0]
         q_ids = ids[:, -lq:] if lq <= lk else torch.zeros(b, lq, dtype=torch.long)
-        mask = masks.document(q_ids, ids)
+        mask = oracle.document(q_ids, ids)
         if kind == "doc_causal":
-            mask = mask & masks.causal()
+            mask = mask & oracle.causal()
     elif kind == "sink_window":
-        mask = masks.causal() & (masks.sliding_window(draw(st.integers(0, 6)))
-                                 | masks.sink(draw(st.integers(0, 4))))
+        mask = oracle.causal() & (oracle.window(draw(st.integers(0, 6)))
+                                  | oracle.sink(draw(st.integers(0, 4))))
     elif kind == "dense":
         gen = torch.Generator().manual_seed(lq * 100 + lk)
-        mask = masks.dense(torch.rand(b, 1, lq, lk, generator=gen) > 0.6)
+        mask = oracle.dense_mask(torch.rand(b, 1, lq, lk, generator=gen) > 0.6)
     else:
-        mask = ~masks.sliding_window(draw(st.integers(0, 6)))
+        mask = ~oracle.window(draw(st.integers(0, 6)))
     return mask, b, lq, lk
 
 
@@ -109,9 +122,9 @@ def test_backward_in_pieces_matches_reference_float64(case, heads, bq, bk, piece
         _compare(q, k, v, mask=mask, tiles=TileSizes(bq, bk))
 
 
-@pytest.mark.parametrize("mask", [None, masks.causal(), masks.sliding_window(48),
-                                  masks.document(torch.tensor([[0] * 70 + [1] * 90 + [2] * 40]))
-                                  & masks.causal()])
+@pytest.mark.parametrize("mask", [None, oracle.causal(), oracle.window(48),
+                                  oracle.document(torch.tensor([[0] * 70 + [1] * 90 + [2] * 40]))
+                                  & oracle.causal()])
 def test_fused_float32_default_tiles(mask) -> None:
     """float32 at the default tile size, several query blocks batched per kernel call."""
     q, k, v = _inputs(1, 4, 2, 200, 200, 16, torch.float32, 0)
@@ -129,18 +142,18 @@ def _structured_case(draw: st.DrawFn) -> tuple[object, int, int]:
     kind = draw(st.sampled_from(["causal", "wide_window", "window", "document", "doc_causal",
                                  "doc_repeats"]))
     if kind == "causal":
-        return masks.causal(offset), lq, lk
+        return oracle.causal(offset), lq, lk
     if kind == "wide_window":  # reaches past the first key: planned as causal
-        return masks.sliding_window(draw(st.integers(300, 400)), offset=offset), lq, lk
+        return oracle.window(draw(st.integers(300, 400)), offset=offset), lq, lk
     if kind == "window":
-        return masks.sliding_window(draw(st.integers(1, 200)), offset=offset), lq, lk
+        return oracle.window(draw(st.integers(1, 200)), offset=offset), lq, lk
     lengths = draw(st.lists(st.integers(1, 90), min_size=1, max_size=6))
     ids = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])
     if kind == "doc_repeats":  # an id that comes back later is not block diagonal
         ids = ids % 2
     ids = torch.stack([ids, ids.flip(0)])  # two batch elements with different runs
-    mask = masks.document(ids)
-    return (mask & masks.causal() if kind == "doc_causal" else mask), len(ids[0]), len(ids[0])
+    mask = oracle.document(ids)
+    return (mask & oracle.causal() if kind == "doc_causal" else mask), len(ids[0]), len(ids[0])
 
 
 @settings(max_examples=40, deadline=None)
@@ -161,13 +174,13 @@ def _band_case(draw: st.DrawFn) -> tuple[object, int, int]:
     lk = draw(st.one_of(st.just(lq), st.integers(1, 60)))
     offset = draw(st.one_of(st.none(), st.integers(-20, 20)))
     left, right = draw(st.integers(0, 12)), draw(st.integers(0, 12))
-    mask = masks.sliding_window(left, right, offset=offset)
+    mask = oracle.window(left, right, offset=offset)
     extra = draw(st.sampled_from(["none", "causal", "window"]))
     if extra == "causal":
-        mask = mask & masks.causal()
+        mask = mask & oracle.causal()
     elif extra == "window":  # may leave no key at all (lo > hi)
-        mask = mask & masks.sliding_window(draw(st.integers(0, 6)), 0,
-                                           offset=draw(st.integers(-30, 30)))
+        mask = mask & oracle.window(draw(st.integers(0, 6)), 0,
+                                    offset=draw(st.integers(-30, 30)))
     return mask, lq, lk
 
 
@@ -235,7 +248,7 @@ def test_band_backward_runs_larger_blocks(monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.setattr(cpu_flash, "backward_op", lambda: counting)
     q, k, v = _inputs(1, 2, 2, 1024, 1024, 8, torch.float64, 3)
-    _compare(q, k, v, mask=masks.sliding_window(100, 60))
+    _compare(q, k, v, mask=oracle.window(100, 60))
     interior = [r for r in rows if r == tuning.current().band_block_backward]
     assert tuning.current().band_block_backward != tuning.current().band_block
     assert sum(rows) == 1024 and len(interior) >= len(rows) - 4, rows
@@ -254,11 +267,11 @@ def test_structured_plan_makes_one_call_per_causal_square(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(cpu_flash, "forward_op", lambda: counting)
     q, k, v = _inputs(1, 2, 2, 1024, 1024, 8, torch.float32, 2)
-    _compare(q, k, v, mask=masks.causal(), atol=2e-5)
+    _compare(q, k, v, mask=oracle.causal(), atol=2e-5)
     assert calls == [(1, 1024, True, False)]
     calls.clear()
     ids = torch.tensor([[0] * 300 + [1] * 200 + [2] * 200 + [3] * 324])
-    _compare(q, k, v, mask=masks.document(ids) & masks.causal(), atol=2e-5)
+    _compare(q, k, v, mask=oracle.document(ids) & oracle.causal(), atol=2e-5)
     assert sorted(calls) == [(1, 300, True, False), (1, 324, True, False),
                              (2, 200, True, False)], calls
 
@@ -268,7 +281,7 @@ def test_fully_masked_rows_give_zeros_and_finite_grads() -> None:
     allowed = torch.rand(2, 1, 12, 12, generator=torch.Generator().manual_seed(0)) > 0.5
     allowed[:, :, 3] = False
     allowed[1, :, 7:] = False
-    mask = masks.dense(allowed) & masks.padding([12, 9])
+    mask = oracle.dense_mask(allowed) & oracle.padding([12, 9])
     _compare(q, k, v, mask=mask, tiles=TileSizes(4, 4))
     spec = validate(q, k, v, mask=masks.padding([0, 0]), bias=None, scale=None, softcap=None,
                     dropout_p=0.0)
@@ -300,21 +313,16 @@ def test_fused_path_is_used_and_batches_band_tiles(monkeypatch: pytest.MonkeyPat
 def test_bias_and_softcap_fall_back_to_pure_tiles_with_bias_gradients() -> None:
     q, k, v = _inputs(1, 4, 2, 13, 17, 8, torch.float64, 3)
     table = torch.randn(1, 4, 13, 17, dtype=torch.float64, requires_grad=True)
-    dense_bias = bias.dense(table)
-    spec = validate(q, k, v, mask=masks.causal(), bias=dense_bias, scale=None, softcap=None,
-                    dropout_p=0.0)
+    dense_bias = oracle.dense_bias(table)
+    spec = validate(q, k, v, mask=masks.causal(), bias=dense_bias.build(), scale=None,
+                    softcap=None, dropout_p=0.0)
     assert not blocked_fused.fused_supports(spec)
     with pytest.raises(ValueError, match="fused CPU path"):
         blocked_attention(spec, fused=True)
-    _compare(q, k, v, mask=masks.causal(), score_bias=dense_bias, fused=None,
+    # the pure path, with the gradient of the bias table compared too
+    _compare(q, k, v, mask=oracle.causal(), score_bias=dense_bias, fused=None,
              tiles=TileSizes(4, 5))
-    # bias gradient through the pure path
-    out = blocked_attention(spec, TileSizes(4, 5))
-    ref, _ = reference_attention(spec)
-    g_table, = torch.autograd.grad(out.sum(), [table])
-    w_table, = torch.autograd.grad(ref.sum(), [table])
-    torch.testing.assert_close(g_table, w_table)
-    _compare(q, k, v, mask=masks.sliding_window(4), score_bias=bias.alibi(4), softcap=5.0,
+    _compare(q, k, v, mask=oracle.window(4), score_bias=oracle.alibi(4), softcap=5.0,
              fused=None, tiles=TileSizes(4, 5))
 
 
@@ -327,7 +335,7 @@ def test_value_head_dim_differs_falls_back() -> None:
                     dropout_p=0.0)
     assert not blocked_fused.fused_supports(spec)
     out = BlockedBackend().forward(spec)
-    torch.testing.assert_close(out, reference_attention(spec)[0])
+    torch.testing.assert_close(out, float64_reference(q, k, v, mask=oracle.causal())[0])
 
 
 def test_float32_matches_pure_path_and_non_contiguous_inputs() -> None:
@@ -354,7 +362,7 @@ def blocked_fused_default() -> tuple[int, int]:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_pure_tiles_on_cuda_match_reference() -> None:
     q, k, v = _inputs(2, 4, 2, 70, 70, 16, torch.float32, 6, device="cuda")
-    for mask in (masks.causal(), masks.sliding_window(9), masks.padding([70, 33])):
+    for mask in (oracle.causal(), oracle.window(9), oracle.padding([70, 33])):
         _compare(q, k, v, mask=mask, fused=None, atol=2e-5)
 
 
