@@ -495,6 +495,25 @@ def test_each_missing_capability_gives_its_own_reason() -> None:
     assert no_bias_grad.not_supported_reasons(spec) == ["gradients into the bias not supported"]
 
 
+@pytest.mark.parametrize("name, mask, bias", [
+    ("sdpa_dense", masks.padding([3, 7]), None),
+    ("sdpa_dense", None, biases.alibi(2)),
+    ("sdpa_dense", masks.causal() & masks.sliding_window(2), biases.alibi(2)),
+    ("reference", masks.causal() & masks.sliding_window(2), biases.alibi(2)),
+    ("blocked", None, biases.alibi(2)),  # (a mask's tile plan reads values: not on meta)
+])
+def test_masks_and_biases_are_built_on_the_inputs_device(name: str, mask: masks.Mask | None,
+                                                          bias: biases.Bias | None) -> None:
+    """Dense masks and biases are made on the device of q, k, v. torch's meta device stands in
+    for a GPU here: it refuses to mix with CPU tensors, so anything left on the CPU fails (the
+    CUDA grid runs the real thing where a GPU is present)."""
+    q = torch.randn(2, 2, 5, 4, device="meta")
+    k, v = torch.randn(2, 2, 7, 4, device="meta"), torch.randn(2, 2, 7, 4, device="meta")
+    spec = validate(q, k, v, mask=mask, bias=bias, scale=None, softcap=None, dropout_p=0.0)
+    out = get_backend(name).forward(spec)
+    assert out.device.type == "meta" and out.shape == (2, 2, 5, 4)
+
+
 def test_dropout_is_unbiased() -> None:
     """Dropout zeroes weights and rescales the rest: its mean over many draws is the output."""
     draws = 4000  # one batch entry per draw, in a single call
