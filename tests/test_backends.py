@@ -22,10 +22,13 @@ from attnkit import bias as biases
 from attnkit.backends import (
     Backend,
     Capabilities,
+    DispatchReport,
     NoBackendError,
     get_backend,
     list_backends,
     register_backend,
+    select_backend,
+    tuning,
 )
 from attnkit.backends.blocked import BlockedBackend, TileSizes, blocked_attention
 from attnkit.backends.dispatch import _REGISTRY
@@ -512,6 +515,102 @@ def test_masks_and_biases_are_built_on_the_inputs_device(name: str, mask: masks.
     spec = validate(q, k, v, mask=mask, bias=bias, scale=None, softcap=None, dropout_p=0.0)
     out = get_backend(name).forward(spec)
     assert out.device.type == "meta" and out.shape == (2, 2, 5, 4)
+
+
+def test_a_report_reads_as_one_line_per_backend() -> None:
+    report = DispatchReport("blocked", {"sdpa": ["softcap not supported", "no flag"],
+                                        "blocked": []})
+    assert str(report) == ("chosen: blocked\n  sdpa        softcap not supported; no flag\n"
+                           "  blocked     ok")
+    assert str(DispatchReport(None)) == "chosen: none"
+
+
+def test_select_backend_defaults_to_auto_and_names_every_reason() -> None:
+    q, k, v = _qkv()
+    window = validate(q, k, v, mask=masks.sliding_window(2), bias=None, scale=None,
+                      softcap=None, dropout_p=0.0)
+    assert select_backend(window).name == "blocked"
+    capped = validate(q, k, v, mask=None, bias=biases.alibi(2), scale=None, softcap=3.0,
+                      dropout_p=0.0)
+    with pytest.raises(NoBackendError) as err:
+        select_backend(capped, "sdpa")
+    assert str(err.value) == ("backend 'sdpa' cannot run this call: score bias not supported; "
+                              "softcap not supported. Use backend='auto' or fix the inputs.")
+    # A device no backend takes: auto lists every backend with its reasons.
+    meta = [torch.randn(1, 2, 6, 4, device="meta") for _ in range(3)]
+    with pytest.raises(NoBackendError) as err:
+        attention(*meta)
+    message = str(err.value)
+    assert message.startswith("no backend supports this call:\nchosen: none\n"), message
+    for name in backend_names:
+        line = next(line for line in message.splitlines() if line.startswith(f"  {name:<11} "))
+        assert line.endswith("device meta not in ['cpu', 'cuda']"), message
+
+
+def test_auto_skips_a_backend_of_its_order_that_is_not_registered(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(_REGISTRY, "flex", raising=False)
+    monkeypatch.delitem(_REGISTRY, "blocked")
+    report = dispatch_report(*_qkv(), mask=masks.sliding_window(2))
+    assert list(report.reasons) == ["sdpa", "sdpa_dense", "reference"]
+    assert report.chosen == "sdpa_dense"
+
+
+def test_auto_on_cuda_prefers_the_dense_mask_and_blocked_says_why(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where auto prefers the dense mask (on CUDA, see the next test), ``blocked`` gives the
+    rule as its reason and ``sdpa_dense`` runs; a backend with its own reasons keeps them."""
+    from attnkit.backends import dispatch
+
+    monkeypatch.setattr(dispatch, "prefers_dense_on_gpu", lambda spec: True)
+    with tuning.override(gpu_dense_mask_max_elements=1000):
+        report = dispatch_report(*_qkv(), mask=masks.sliding_window(2))
+    assert report.chosen == "sdpa_dense", str(report)
+    assert report.reasons["blocked"] == [
+        "auto: on CUDA sdpa_dense is faster while the dense mask fits (<= 1000 elements); "
+        "force backend='blocked' for linear memory"]
+    assert report.reasons["sdpa_dense"] == [] and report.reasons["reference"] == []
+    dropped = dispatch_report(*_qkv(), mask=masks.sliding_window(2), dropout_p=0.1)
+    assert dropped.reasons["blocked"] == ["dropout not supported"]
+
+
+@pytest.mark.parametrize("mask, bias, copies", [
+    (masks.padding([3, 7]), None, 2),  # batch 2
+    (None, biases.alibi(2), 2),  # heads 2
+    (masks.causal(), biases.alibi(2), 2),  # (1, 1) and (1, 2) broadcast to (1, 2)
+    (masks.padding([3, 7]), biases.alibi(2), 4),  # (2, 1) and (1, 2) broadcast to (2, 2)
+    (masks.causal(), None, 1),
+])
+def test_the_dense_mask_rule_counts_copies_times_lq_times_lk(
+        mask: masks.Mask | None, bias: biases.Bias | None, copies: int) -> None:
+    """auto's CUDA rule, on any device: sdpa_dense while the dense mask, copies x Lq x Lk with
+    the batch and head copies that mask and bias broadcast to, has at most
+    ``gpu_dense_mask_max_elements`` elements."""
+    from attnkit.backends.dispatch import dense_mask_is_small
+
+    q, k, v = (torch.randn(2, 2, length, 4) for length in (5, 7, 7))
+    spec = validate(q, k, v, mask=mask, bias=bias, scale=None, softcap=None, dropout_p=0.0)
+    size = copies * 5 * 7
+    with tuning.override(gpu_dense_mask_max_elements=size):
+        assert dense_mask_is_small(spec)
+    with tuning.override(gpu_dense_mask_max_elements=size - 1):
+        assert not dense_mask_is_small(spec)
+
+
+def test_the_dense_mask_rule_needs_a_mask_and_sdpa_dense() -> None:
+    from attnkit.backends.dispatch import dense_mask_is_small, prefers_dense_on_gpu
+
+    q, k, v = _qkv()
+    plain = validate(q, k, v, mask=None, bias=None, scale=None, softcap=None, dropout_p=0.0)
+    capped = validate(q, k, v, mask=masks.causal(), bias=None, scale=None, softcap=2.0,
+                      dropout_p=0.0)  # sdpa_dense has no softcap
+    window = validate(q, k, v, mask=masks.sliding_window(2), bias=None, scale=None,
+                      softcap=None, dropout_p=0.0)
+    with tuning.override(gpu_dense_mask_max_elements=10**9):
+        assert not dense_mask_is_small(plain)
+        assert not dense_mask_is_small(capped)
+        assert dense_mask_is_small(window)
+        assert not prefers_dense_on_gpu(window)  # on the CPU the blocked backend stays
 
 
 def test_dropout_is_unbiased() -> None:
