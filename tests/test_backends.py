@@ -433,6 +433,38 @@ def test_flex_declines_what_it_cannot_do_without_compiling() -> None:
         assert any("backward" in r for r in reasons), reasons
 
 
+@pytest.mark.parametrize("options", [
+    {"mask": oracle.causal() & oracle.window(3) & oracle.padding([8, 0]),
+     "bias": oracle.alibi(4), "softcap": 5.0},  # rows with no key in batch 1
+    {"scale": 0.3},
+    {"bias": oracle.dense_bias(torch.randn(2, 1, 5, 8))},
+    {"mask": oracle.document(torch.tensor([[0] * 3 + [1] * 5, [0] * 8])[:, 3:],
+                             torch.tensor([[0] * 3 + [1] * 5, [0] * 8])), "softcap": 2.0},
+], ids=["mask-alibi-softcap", "scale", "dense-bias", "documents-softcap"])
+def test_flex_forward_uncompiled_matches_the_oracle(options: dict[str, Any],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the flex backend hands to FlexAttention (the block mask from the mask's mask_mod,
+    the score_mod of bias and softcap, scale, GQA, zeros for rows with no key), checked with
+    flex_attention run eagerly: no compilation per shape. The compiled kernel itself runs in
+    the grid's ``flex-flex_small`` case (slow: seconds of compilation)."""
+    if "flex" not in backend_names:
+        pytest.fail("flex backend is not registered")
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from attnkit.backends import flex
+
+    monkeypatch.setattr(flex, "compiled_flex", lambda: flex_attention)
+    q, k, v = torch.randn(2, 4, 5, 16), torch.randn(2, 2, 8, 16), torch.randn(2, 2, 8, 16)
+    built = oracle.attnkit_options(options)
+    check_against_reference(lambda q, k, v: attention(q, k, v, backend="flex", **built),
+                            q, k, v, grad=False, **options)
+    # Inputs that require grad, under no_grad: FlexAttention on CPU must get them detached.
+    with torch.no_grad():
+        out = attention(*(t.requires_grad_() for t in (q, k, v)), backend="flex", **built)
+    torch.testing.assert_close(out, attention(q.detach(), k.detach(), v.detach(),
+                                              backend="reference", **built))
+
+
 def test_unknown_backend_name() -> None:
     with pytest.raises(ValueError, match=r"unknown backend 'fast'; choose one of \['auto', "):
         attention(*_qkv(), backend="fast")
