@@ -35,19 +35,19 @@ def _inputs(b: int, hq: int, hkv: int, lq: int, lk: int, d: int, dtype: torch.dt
 
 def _compare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: MaskDef | None = None,
              score_bias: BiasDef | None = None, softcap: float | None = None,
-             tiles: TileSizes | None = None, fused: bool | None = True,
-             atol: float = 1e-10) -> None:
+             scale: float | None = None, tiles: TileSizes | None = None,
+             fused: bool | None = True, atol: float = 1e-10) -> None:
     """Forward and gradients (q, k, v and the bias tensors that require grad) of blocked vs the
     float64 oracle, computed on the CPU from the definitions of ``mask`` and ``score_bias``."""
     spec = validate(q, k, v, mask=mask.build() if mask is not None else None,
-                    bias=score_bias.build() if score_bias is not None else None, scale=None,
+                    bias=score_bias.build() if score_bias is not None else None, scale=scale,
                     softcap=softcap, dropout_p=0.0)
     out = blocked_attention(spec, tiles, fused=fused)
     bias_leaves = list(score_bias.leaves) if score_bias is not None else []
     inputs = [q, k, v, *bias_leaves]
     ref_inputs = [t.detach().cpu().double().requires_grad_(t.requires_grad) for t in inputs]
-    ref, _ = float64_reference(*ref_inputs[:3], mask=mask, bias=score_bias, softcap=softcap,
-                               bias_leaves=ref_inputs[3:])
+    ref, _ = float64_reference(*ref_inputs[:3], mask=mask, bias=score_bias, scale=scale,
+                               softcap=softcap, bias_leaves=ref_inputs[3:])
     assert out.dtype == q.dtype
     torch.testing.assert_close(out.cpu().double(), ref.detach(), atol=atol, rtol=0)
     cotangent = torch.randn_like(ref)
@@ -130,6 +130,36 @@ def test_fused_float32_default_tiles(mask) -> None:
     q, k, v = _inputs(1, 4, 2, 200, 200, 16, torch.float32, 0)
     _compare(q, k, v, mask=mask, tiles=TileSizes(16, 16), atol=2e-5)
     _compare(q, k, v, mask=mask, atol=2e-5)
+
+
+@pytest.mark.parametrize("lq, lk", [(64, 64), (40, 70), (70, 40)])
+@pytest.mark.parametrize("offset", [None, -5, 0, 1, 3, 20])
+def test_causal_plan_at_every_alignment(lq: int, lk: int, offset: int | None) -> None:
+    """Default tiles: a causal mask whose square fits runs as keys before it plus one causal
+    call (offset 1: one key before it); alignments past the keys' end or with rows that see no
+    key go to the tile plan. Forward and backward with a given scale."""
+    q, k, v = _inputs(1, 4, 2, lq, lk, 8, torch.float64, lq + lk)
+    _compare(q, k, v, mask=oracle.causal(offset), scale=0.3)
+
+
+def test_a_mask_every_item_of_a_call_shares_is_built_once() -> None:
+    """Items of one kernel call whose masks agree keep one (1, H|1, q, k) additive mask. Here a
+    sliding window joined with padding (not a band, so the plan cannot know it in advance):
+    after its first blocks, each 16-row block sees the same pattern of a 48-key range."""
+    length = 128
+    q, k, v = (t.detach() for t in _inputs(1, 2, 2, length, length, 8, torch.float64, 4))
+    mask = oracle.window(20) & oracle.padding([length])
+    spec = validate(q, k, v, mask=mask.build(), bias=None, scale=None, softcap=None,
+                    dropout_p=0.0)
+    plan = blocked_fused.make_plan(spec, 16, 16, by_structure=False)
+    mb, groups = plan.for_batch(0)
+    masked = [i for i, g in enumerate(groups) if g.first.masked]
+    assert max(groups[i].n for i in masked) >= 5, groups
+    for i in masked:
+        additive, _ = plan.mask_of(mb, i)
+        assert additive is not None and additive.shape[0] == 1, (groups[i], additive)
+    _compare(q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), mask=mask,
+             tiles=TileSizes(16, 16))
 
 
 @st.composite
@@ -349,10 +379,20 @@ def test_float32_matches_pure_path_and_non_contiguous_inputs() -> None:
 
 
 def test_tile_sizes_validate() -> None:
-    with pytest.raises(ValueError, match="block_q"):
+    with pytest.raises(ValueError) as err:
         TileSizes(block_q=0)
+    assert str(err.value) == "TileSizes.block_q must be >= 1 or None, got 0"
+    with pytest.raises(ValueError) as err:
+        TileSizes(block_k=-3)
+    assert str(err.value) == "TileSizes.block_k must be >= 1 or None, got -3"
+    assert TileSizes(1, 1).resolved(fused=False) == (1, 1)
     assert TileSizes().resolved(fused=True) == blocked_fused_default()
+    assert TileSizes().resolved(fused=False) == (256, 512)  # the documented pure-loop default
+    assert TileSizes(None, 9).resolved(fused=False) == (256, 9)
+    assert TileSizes(7, None).resolved(fused=True) == (7, blocked_fused_default()[1])
     assert TileSizes(7, 9).resolved(fused=False) == (7, 9)
+    assert TileSizes().is_default
+    assert not TileSizes(None, 9).is_default and not TileSizes(7, None).is_default
 
 
 def blocked_fused_default() -> tuple[int, int]:

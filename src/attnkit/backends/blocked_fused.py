@@ -73,8 +73,8 @@ class _Item:
     q_len: int  # query rows
     k0: int  # first key
     k_len: int  # keys
-    masked: bool  # some tile in range is partial: apply the mask
-    level: int  # how many earlier items the query rows already have (0 = write, else merge)
+    masked: bool = False  # some tile in range is partial: apply the mask
+    level: int = 0  # how many earlier items the query rows already have (0 = write, else merge)
     pattern: tuple[int, ...] = ()  # tile states along the key range (masked items only)
     causal: bool = False  # square item allowing keys k - k0 <= q - q0 (the kernel's is_causal)
 
@@ -144,8 +144,8 @@ def _causal_items(hi: int, lq: int, lk: int) -> list[_Item] | None:
         return None
     items = []
     if hi > 0:
-        items.append(_Item(0, lq, 0, hi, False, 0))
-    items.append(_Item(0, lq, hi, lq, False, len(items), (), True))
+        items.append(_Item(0, lq, 0, hi))
+    items.append(_Item(0, lq, hi, lq, level=len(items), causal=True))
     return items
 
 
@@ -158,8 +158,8 @@ def _band_items(lo: int, hi: int, lq: int, lk: int, bk: int, block: int) -> list
         q_len = min(block, lq - q0)
         k0, k1 = max(0, q0 + lo), min(lk, q0 + q_len + hi)
         if k1 > k0:
-            items.append(_Item(q0, q_len, k0, k1 - k0, True, 0,
-                               (PARTIAL,) * math.ceil((k1 - k0) / bk)))
+            items.append(_Item(q0, q_len, k0, k1 - k0, masked=True,
+                               pattern=(PARTIAL,) * math.ceil((k1 - k0) / bk)))
     return items
 
 
@@ -183,7 +183,7 @@ def _group_items(items: list[_Item], relative: bool) -> list[_Group]:
                 and not it.causal and not prev.causal
                 and prev.k0 == it.k0 and prev.k_len == it.k_len
                 and prev.q0 + prev.q_len == it.q0):
-            merged[-1] = _Item(prev.q0, prev.q_len + it.q_len, it.k0, it.k_len, False, it.level)
+            merged[-1] = _Item(prev.q0, prev.q_len + it.q_len, it.k0, it.k_len, level=it.level)
         else:
             merged.append(it)
     merged.sort(key=lambda it: (it.level, it.masked, it.causal, it.q_len, it.k_len,
@@ -260,7 +260,7 @@ class FusedPlan:
     def __init__(self, mask: Mask | None, lq: int, lk: int, block_q: int, block_k: int,
                  dtype: torch.dtype, *, by_structure: bool = True,
                  band_block: int | None = None) -> None:
-        self._args = (mask, lq, lk, block_q, block_k, dtype, by_structure)
+        self._args = (mask, lq, lk, block_q, block_k, dtype)
         self.mask, self.lq, self.lk, self.bk, self.dtype = mask, lq, lk, block_k, dtype
         self.band_block: int | None = None  # query rows per block when planned as a band
         n_q, n_k = math.ceil(lq / block_q), math.ceil(lk / block_k)
@@ -280,7 +280,7 @@ class FusedPlan:
                                         self.relative)]
         elif diagonal is not None:  # packed documents: one square call per document
             runs, causal_runs = diagonal
-            self.groups = [_group_items([_Item(a, b - a, a, b - a, False, 0, (), causal_runs)
+            self.groups = [_group_items([_Item(a, b - a, a, b - a, causal=causal_runs)
                                          for a, b in row], False) for row in runs]
         else:
             if mask is None:
@@ -300,9 +300,8 @@ class FusedPlan:
         backward_block = tuning.current().band_block_backward
         if self.band_block is None or self.band_block == backward_block:
             return self
-        mask, lq, lk, block_q, block_k, dtype, by_structure = self._args
-        return FusedPlan(mask, lq, lk, block_q, block_k, dtype, by_structure=by_structure,
-                         band_block=backward_block)
+        # Only a plan by structure has a band_block: the default by_structure=True rebuilds it.
+        return FusedPlan(*self._args, band_block=backward_block)
 
     def for_batch(self, b: int) -> tuple[int, list[_Group]]:
         """(batch index the mask uses, kernel calls) for batch element ``b``."""
