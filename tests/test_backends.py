@@ -535,18 +535,26 @@ def test_each_missing_capability_gives_its_own_reason() -> None:
     ("sdpa_dense", None, biases.alibi(2)),
     ("sdpa_dense", masks.causal() & masks.sliding_window(2), biases.alibi(2)),
     ("reference", masks.causal() & masks.sliding_window(2), biases.alibi(2)),
-    ("blocked", None, biases.alibi(2)),  # (a mask's tile plan reads values: not on meta)
+    # blocked's pure tile loop (a mask's tile plan reads values: not on meta), with softcap
+    ("blocked", None, biases.alibi(2)),
+    ("blocked", None, biases.dense(torch.zeros(1, 2, 5, 7, device="meta", requires_grad=True))),
 ])
 def test_masks_and_biases_are_built_on_the_inputs_device(name: str, mask: masks.Mask | None,
                                                           bias: biases.Bias | None) -> None:
-    """Dense masks and biases are made on the device of q, k, v. torch's meta device stands in
-    for a GPU here: it refuses to mix with CPU tensors, so anything left on the CPU fails (the
-    CUDA grid runs the real thing where a GPU is present)."""
-    q = torch.randn(2, 2, 5, 4, device="meta")
-    k, v = torch.randn(2, 2, 7, 4, device="meta"), torch.randn(2, 2, 7, 4, device="meta")
-    spec = validate(q, k, v, mask=mask, bias=bias, scale=None, softcap=None, dropout_p=0.0)
+    """Dense masks, biases and buffers are made on the device of q, k, v, forward and backward.
+    torch's meta device stands in for a GPU here: it refuses to mix with CPU tensors, so
+    anything left on the CPU fails (the CUDA grid runs the real thing where a GPU is present)."""
+    q = torch.randn(2, 2, 5, 4, device="meta", requires_grad=True)
+    k = torch.randn(2, 2, 7, 4, device="meta", requires_grad=True)
+    v = torch.randn(2, 2, 7, 4, device="meta", requires_grad=True)
+    softcap = 2.0 if name == "blocked" else None
+    spec = validate(q, k, v, mask=mask, bias=bias, scale=None, softcap=softcap, dropout_p=0.0)
     out = get_backend(name).forward(spec)
     assert out.device.type == "meta" and out.shape == (2, 2, 5, 4)
+    leaves = [q, k, v, *(t for t in (bias.tensors() if bias else ()) if t.requires_grad)]
+    grads = torch.autograd.grad(out.sum(), leaves)
+    assert [g.device.type for g in grads] == ["meta"] * len(leaves)
+    assert [g.shape for g in grads] == [t.shape for t in leaves]
 
 
 def test_a_report_reads_as_one_line_per_backend() -> None:
