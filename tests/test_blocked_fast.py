@@ -162,6 +162,53 @@ def test_a_mask_every_item_of_a_call_shares_is_built_once() -> None:
              tiles=TileSizes(16, 16))
 
 
+def _plan_items(plan: blocked_fused.FusedPlan) -> list[tuple[int, int, int, int, bool]]:
+    """Every item of the plan's kernel calls (batch element 0) as (first query, query rows,
+    first key, keys, masked), sorted."""
+    _, groups = plan.for_batch(0)
+    return sorted((g.first.q0 + i * g.first.q_len, g.first.q_len, g.first.k0 + i * g.k_step,
+                   g.first.k_len, g.first.masked) for g in groups for i in range(g.n))
+
+
+def test_tile_plan_splits_full_middles_and_merges_equal_rows() -> None:
+    """The tile plan (8 x 8 tiles, L = 64): a run of key tiles with partial tiles only at its
+    ends and at least ``min_full_tiles_to_split`` (4) full tiles between is masked ends and an
+    unmasked middle; with 3 full tiles it stays one masked call; consecutive query blocks that
+    see the same fully visible keys are one call."""
+    q = torch.randn(1, 1, 64, 8, dtype=torch.float64)
+
+    def items(mask: masks.Mask) -> list[tuple[int, int, int, int, bool]]:
+        spec = validate(q, q, q, mask=mask, bias=None, scale=None, softcap=None, dropout_p=0.0)
+        return _plan_items(blocked_fused.make_plan(spec, 8, 8, by_structure=False))
+
+    assert tuning.current().min_full_tiles_to_split == 4
+    # rows 48..55 see keys [8..48] .. [15..55]: tile 1 partial, tiles 2-5 full, tile 6 partial
+    assert [it for it in items(masks.sliding_window(40)) if it[0] == 48] == [
+        (48, 8, 8, 8, True), (48, 8, 16, 32, False), (48, 8, 48, 8, True)]
+    # rows 48..55 see keys [16..48] .. [23..55]: only tiles 3-5 full
+    assert [it for it in items(masks.sliding_window(32)) if it[0] == 48] == [
+        (48, 8, 16, 40, True)]
+    # causal: rows 48..55 see tiles 0-5 whole and the diagonal tile 6 in part
+    assert [it for it in items(masks.causal()) if it[0] == 48] == [
+        (48, 8, 0, 48, False), (48, 8, 48, 8, True)]
+    assert items(masks.padding([40])) == [(0, 64, 0, 40, False)]
+
+
+_ALTERNATING = torch.tensor([[True] * 8, [True, False, True, True, False, True, True, True]] * 4)
+
+
+@pytest.mark.parametrize("mask, tiles", [
+    # every tile full or empty: one unmasked run per row, one key longer each row
+    (oracle.causal(), (1, 1)),
+    # a fully visible row, then a partly masked one over the same keys
+    (oracle.dense_mask(_ALTERNATING), (1, 4)),
+], ids=["causal-1x1", "alternating-1x4"])
+def test_tile_plan_keeps_rows_apart_where_they_differ(mask: MaskDef, tiles: tuple[int, int]
+                                                      ) -> None:
+    q, k, v = _inputs(1, 2, 2, 8, 8, 8, torch.float64, 5)
+    _compare(q, k, v, mask=mask, tiles=TileSizes(*tiles))
+
+
 @st.composite
 def _structured_case(draw: st.DrawFn) -> tuple[object, int, int]:
     """Masks the default plan runs by structure (causal bands, packed documents) and their
