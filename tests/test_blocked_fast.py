@@ -394,8 +394,12 @@ def test_bias_and_softcap_fall_back_to_pure_tiles_with_bias_gradients() -> None:
     spec = validate(q, k, v, mask=masks.causal(), bias=dense_bias.build(), scale=None,
                     softcap=None, dropout_p=0.0)
     assert not blocked_fused.fused_supports(spec)
-    with pytest.raises(ValueError, match="fused CPU path"):
+    with pytest.raises(ValueError) as err:
         blocked_attention(spec, fused=True)
+    assert str(err.value) == (
+        "the fused CPU path of 'blocked' needs a CPU tensor of float32 or float64, no bias, no "
+        "softcap, no dropout and torch's fused CPU flash kernel; pass fused=None to fall back "
+        "to the pure PyTorch tiles")
     # the pure path, with the gradient of the bias table compared too
     _compare(q, k, v, mask=oracle.causal(), score_bias=dense_bias, fused=None,
              tiles=TileSizes(4, 5))
