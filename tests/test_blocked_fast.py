@@ -177,7 +177,7 @@ def test_tile_plan_splits_full_middles_and_merges_equal_rows() -> None:
     see the same fully visible keys are one call."""
     q = torch.randn(1, 1, 64, 8, dtype=torch.float64)
 
-    def items(mask: masks.Mask) -> list[tuple[int, int, int, int, bool]]:
+    def items(mask: masks.Mask | None) -> list[tuple[int, int, int, int, bool]]:
         spec = validate(q, q, q, mask=mask, bias=None, scale=None, softcap=None, dropout_p=0.0)
         return _plan_items(blocked_fused.make_plan(spec, 8, 8, by_structure=False))
 
@@ -192,6 +192,7 @@ def test_tile_plan_splits_full_middles_and_merges_equal_rows() -> None:
     assert [it for it in items(masks.causal()) if it[0] == 48] == [
         (48, 8, 0, 48, False), (48, 8, 48, 8, True)]
     assert items(masks.padding([40])) == [(0, 64, 0, 40, False)]
+    assert items(None) == items(masks.full()) == [(0, 64, 0, 64, False)]
 
 
 _ALTERNATING = torch.tensor([[True] * 8, [True, False, True, True, False, True, True, True]] * 4)

@@ -263,7 +263,6 @@ class FusedPlan:
         self._args = (mask, lq, lk, block_q, block_k, dtype)
         self.mask, self.lq, self.lk, self.bk, self.dtype = mask, lq, lk, block_k, dtype
         self.band_block: int | None = None  # query rows per block when planned as a band
-        n_q, n_k = math.ceil(lq / block_q), math.ceil(lk / block_k)
         band = mask.band(lq, lk) if mask is not None else None
         if band == (None, None):  # the mask allows everything
             mask = self.mask = None
@@ -282,16 +281,15 @@ class FusedPlan:
             runs, causal_runs = diagonal
             self.groups = [_group_items([_Item(a, b - a, a, b - a, causal=causal_runs)
                                          for a, b in row], False) for row in runs]
+        elif mask is None:  # every key visible to every query: one call
+            self.groups = [_group_items([_Item(0, lq, 0, lk)], False)]
         else:
-            if mask is None:
-                states = [[[FULL] * n_k for _ in range(n_q)]]
-            else:
-                s = mask.block_states(lq, lk, block_q, block_k, torch.device("cpu"))
-                # Over heads: a tile is skipped if empty for every head, unmasked if full for all.
-                merged = torch.where((s == EMPTY).all(1), EMPTY,
-                                     torch.where((s == FULL).all(1), FULL, 1))  # (B|1, nQ, nK)
-                states = merged.tolist()
-            self.groups = [_plan(st, block_q, block_k, lq, lk, self.relative) for st in states]
+            s = mask.block_states(lq, lk, block_q, block_k, torch.device("cpu"))
+            # Over heads: a tile is skipped if empty for every head, unmasked if full for all.
+            merged = torch.where((s == EMPTY).all(1), EMPTY,
+                                 torch.where((s == FULL).all(1), FULL, 1))  # (B|1, nQ, nK)
+            self.groups = [_plan(st, block_q, block_k, lq, lk, self.relative)
+                           for st in merged.tolist()]
         self._masks: dict[tuple[int, int], tuple[Tensor, Tensor | None]] = {}
 
     def for_backward(self) -> FusedPlan:
