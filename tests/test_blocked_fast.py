@@ -195,6 +195,27 @@ def test_tile_plan_splits_full_middles_and_merges_equal_rows() -> None:
     assert items(None) == items(masks.full()) == [(0, 64, 0, 64, False)]
 
 
+def test_masked_calls_are_grouped_within_max_mask_elements() -> None:
+    """Masked items of one shape run as one call while the call's additive mask stays within
+    ``max_mask_elements``; a band whose keys move with its queries keeps one item's mask, so
+    it is not limited; items over the same keys (step 0, here a document) group too."""
+    q = torch.randn(1, 1, 128, 8, dtype=torch.float64)
+    item = 16 * 48  # a 16-row block of the window's 48-key range
+
+    def masked_calls(mask: masks.Mask) -> list[tuple[int, int, int, int]]:
+        spec = validate(q, q, q, mask=mask, bias=None, scale=None, softcap=None, dropout_p=0.0)
+        with tuning.override(max_mask_elements=3 * item):
+            plan = blocked_fused.make_plan(spec, 16, 16, by_structure=False)
+        _, groups = plan.for_batch(0)
+        return [(g.n, g.k_step, g.first.q_len, g.first.k_len) for g in groups if g.first.masked]
+
+    # window & padding is not a band: six 16 x 48 items, in calls of at most 3
+    assert masked_calls(masks.sliding_window(20) & masks.padding([128]))[-2:] == [
+        (3, 16, 16, 48), (3, 16, 16, 48)]
+    assert masked_calls(masks.sliding_window(20))[-1] == (6, 16, 16, 48)  # the band: one call
+    assert (5, 0, 16, 16) in masked_calls(masks.document(torch.tensor([[0] * 40 + [1] * 88])))
+
+
 _ALTERNATING = torch.tensor([[True] * 8, [True, False, True, True, False, True, True, True]] * 4)
 
 
