@@ -375,6 +375,20 @@ def test_structured_plan_makes_one_call_per_causal_square(monkeypatch: pytest.Mo
                              (2, 200, True, False)], calls
 
 
+@pytest.mark.parametrize("lq, lk", [(0, 5), (5, 0)])
+@pytest.mark.parametrize("mask", [None, masks.causal()])
+def test_empty_lengths_give_empty_or_zero_outputs(lq: int, lk: int, mask: masks.Mask | None
+                                                  ) -> None:
+    """No queries: an empty output; no keys: zeros (every row has nothing to attend to), and
+    zero gradients."""
+    q, k, v = _inputs(1, 2, 2, lq, lk, 8, torch.float64, 6)
+    spec = validate(q, k, v, mask=mask, bias=None, scale=None, softcap=None, dropout_p=0.0)
+    out = blocked_attention(spec)
+    assert torch.equal(out, torch.zeros(1, 2, lq, 8, dtype=torch.float64))
+    grads = torch.autograd.grad(out.sum(), [q, k, v], allow_unused=True)
+    assert all(g is None or torch.equal(g, torch.zeros_like(g)) for g in grads)
+
+
 def test_fully_masked_rows_give_zeros_and_finite_grads() -> None:
     q, k, v = _inputs(2, 2, 2, 12, 12, 8, torch.float64, 1)
     allowed = torch.rand(2, 1, 12, 12, generator=torch.Generator().manual_seed(0)) > 0.5
