@@ -195,6 +195,19 @@ def test_tile_plan_splits_full_middles_and_merges_equal_rows() -> None:
     assert items(None) == items(masks.full()) == [(0, 64, 0, 64, False)]
 
 
+def test_bands_up_to_band_max_width_keys_per_row_run_as_a_band() -> None:
+    q = torch.randn(1, 1, 64, 8, dtype=torch.float64)
+
+    def band_block(mask: masks.Mask) -> int | None:
+        spec = validate(q, q, q, mask=mask, bias=None, scale=None, softcap=None, dropout_p=0.0)
+        with tuning.override(band_max_width=9, band_block=8):
+            return blocked_fused.make_plan(spec, 16, 16).band_block
+
+    assert band_block(masks.sliding_window(4, 4)) == 8  # 9 keys per row
+    assert band_block(masks.sliding_window(5, 4)) is None  # 10 keys per row: tiles
+    assert band_block(masks.sliding_window(8, 0)) == 8
+
+
 def test_masked_calls_are_grouped_within_max_mask_elements() -> None:
     """Masked items of one shape run as one call while the call's additive mask stays within
     ``max_mask_elements``; a band whose keys move with its queries keeps one item's mask, so

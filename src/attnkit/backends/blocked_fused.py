@@ -369,7 +369,6 @@ def fused_forward(spec: AttentionSpec, plan: FusedPlan) -> tuple[Tensor, Tensor]
                     _windows(v[b], k0, n, g.k_step, f.k_len),
                     causal=f.causal, attn_mask=_mask_rows(additive, i0, n),
                     scale=spec.scale)  # (n, H, q, Dv), (n, H, q)
-                l = l.to(q.dtype)
                 if row_has_key is not None:  # the kernel gives lse 0 to rows with no key
                     l = l.masked_fill(~_mask_rows(row_has_key, i0, n), float("-inf"))
                 r0, r1 = q0, q0 + n * f.q_len
