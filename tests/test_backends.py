@@ -427,10 +427,23 @@ def test_flex_declines_what_it_cannot_do_without_compiling() -> None:
     with pytest.raises(NoBackendError, match="gradients into the bias"):
         attention(*_qkv(), bias=biases.dense(table), backend="flex")
     q, k, v = (t.requires_grad_() for t in _qkv())
-    if not torch.cuda.is_available():
-        reasons = get_backend("flex").not_supported_reasons(
-            validate(q, k, v, mask=None, bias=None, scale=None, softcap=None, dropout_p=0.0))
-        assert any("backward" in r for r in reasons), reasons
+    with_grad = validate(q, k, v, mask=None, bias=None, scale=None, softcap=None, dropout_p=0.0)
+    assert get_backend("flex").not_supported_reasons(with_grad) == [
+        "backward not supported on CPU (FlexAttention is forward-only there)"]
+    with torch.no_grad():  # the same inputs need no backward here
+        assert get_backend("flex").not_supported_reasons(
+            validate(q, k, v, mask=None, bias=None, scale=None, softcap=None,
+                     dropout_p=0.0)) == []
+
+
+def test_flex_says_when_torch_has_no_flex_attention(monkeypatch: pytest.MonkeyPatch) -> None:
+    from attnkit.backends import flex
+
+    assert flex.flex_available()  # torch >= 2.5
+    monkeypatch.setattr(flex, "flex_available", lambda: False)
+    spec = validate(*_qkv(), mask=None, bias=None, scale=None, softcap=None, dropout_p=0.0)
+    assert get_backend("flex").not_supported_reasons(spec) == [
+        f"torch {torch.__version__} has no FlexAttention"]
 
 
 @pytest.mark.parametrize("options", [
