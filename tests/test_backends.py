@@ -436,6 +436,23 @@ def test_flex_declines_what_it_cannot_do_without_compiling() -> None:
                      dropout_p=0.0)) == []
 
 
+@pytest.mark.parametrize("qk_dim, v_dim, reasons", [
+    (8, 16, ["head dim 8 < 16 not supported on CUDA"]),
+    (16, 15, ["head dim 15 < 16 not supported on CUDA"]),
+    (16, 16, []),
+])
+def test_flex_cuda_kernels_need_head_dims_of_16(qk_dim: int, v_dim: int,
+                                                 reasons: list[str]) -> None:
+    """The rule flex applies on CUDA (Triton's minimum), checked on any device."""
+    from attnkit.backends.flex import cuda_head_dim_reasons
+
+    q, k = torch.randn(1, 2, 6, qk_dim), torch.randn(1, 2, 7, qk_dim)
+    spec = validate(q, k, torch.randn(1, 2, 7, v_dim), mask=None, bias=None, scale=None,
+                    softcap=None, dropout_p=0.0)
+    assert cuda_head_dim_reasons(spec) == reasons
+    assert get_backend("flex").not_supported_reasons(spec) == []  # on the CPU: no such limit
+
+
 def test_flex_says_when_torch_has_no_flex_attention(monkeypatch: pytest.MonkeyPatch) -> None:
     from attnkit.backends import flex
 
