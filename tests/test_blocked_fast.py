@@ -402,6 +402,50 @@ def test_empty_lengths_give_empty_or_zero_outputs(lq: int, lk: int, mask: masks.
     assert all(g is None or torch.equal(g, torch.zeros_like(g)) for g in grads)
 
 
+def _kernel_rows(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
+    """Record (query rows, is_causal) of every fused forward kernel call from now on."""
+    calls: list[tuple[int, bool]] = []
+    real = cpu_flash.forward_op()
+
+    def counting(q, k, v, dropout, is_causal, **kwargs):
+        calls.append((q.shape[2], is_causal))
+        return real(q, k, v, dropout, is_causal, **kwargs)
+
+    monkeypatch.setattr(cpu_flash, "forward_op", lambda: counting)
+    return calls
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_tile_sizes_reach_the_kernel_calls(grad: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Default tiles: 128 query rows per item for a mask planned by tiles, one causal call for
+    causal; given tiles (64 x 64): the tile plan even for causal. With and without autograd."""
+    calls = _kernel_rows(monkeypatch)
+    q, k, v = (t.requires_grad_(grad) for t in _inputs(1, 2, 2, 512, 512, 8, torch.float32, 7))
+    sinks = masks.causal() & (masks.sliding_window(100) | masks.sink(4))
+    for mask, tiles, rows, causal in ((sinks, TileSizes(), {128}, False),
+                                      (masks.causal(), TileSizes(), {512}, True),
+                                      (masks.causal(), TileSizes(64, 64), {64}, False)):
+        calls.clear()
+        spec = validate(q, k, v, mask=mask, bias=None, scale=None, softcap=None, dropout_p=0.0)
+        BlockedBackend(tiles).forward(spec)
+        assert {n for n, _ in calls} == rows and any(c for _, c in calls) == causal, calls
+
+
+def test_blocked_backend_keeps_its_tiles_and_fused_choice(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    calls = _kernel_rows(monkeypatch)
+    q, k, v = _inputs(1, 2, 2, 40, 40, 8, torch.float64, 8)
+    spec = validate(q, k, v, mask=masks.sliding_window(5) & masks.padding([33]), bias=None,
+                    scale=None, softcap=None, dropout_p=0.0)
+    BlockedBackend(TileSizes(8, 8)).forward(spec)
+    assert calls and {n for n, _ in calls} == {8}
+    calls.clear()
+    pure = BlockedBackend(TileSizes(8, 8), fused=False).forward(spec)
+    assert calls == []  # the pure PyTorch loop
+    torch.testing.assert_close(pure, float64_reference(
+        q, k, v, mask=oracle.window(5) & oracle.padding([33]))[0])
+
+
 def test_fully_masked_rows_give_zeros_and_finite_grads() -> None:
     q, k, v = _inputs(2, 2, 2, 12, 12, 8, torch.float64, 1)
     allowed = torch.rand(2, 1, 12, 12, generator=torch.Generator().manual_seed(0)) > 0.5
