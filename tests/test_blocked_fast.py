@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import oracle
-from attnkit import masks
+from attnkit import bias, masks
 from attnkit.backends import blocked_fused, cpu_flash, tuning
 from attnkit.backends.blocked import BlockedBackend, TileSizes, blocked_attention
 from attnkit.functional.math import validate
@@ -444,6 +444,43 @@ def test_blocked_backend_keeps_its_tiles_and_fused_choice(monkeypatch: pytest.Mo
     assert calls == []  # the pure PyTorch loop
     torch.testing.assert_close(pure, float64_reference(
         q, k, v, mask=oracle.window(5) & oracle.padding([33]))[0])
+
+
+def _tiles_seen(monkeypatch: pytest.MonkeyPatch, kind: type) -> list[tuple[int, int]]:
+    """Record (query rows, keys) of every ``tile()`` evaluation of masks or biases of ``kind``."""
+    seen: list[tuple[int, int]] = []
+    real = kind.tile
+
+    def counting(self, q_idx, k_idx, *args, **kwargs):
+        seen.append((len(q_idx), len(k_idx)))
+        return real(self, q_idx, k_idx, *args, **kwargs)
+
+    monkeypatch.setattr(kind, "tile", counting)
+    return seen
+
+
+def test_pure_loop_visits_non_empty_tiles_and_masks_partial_ones(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Causal, 8 x 8 tiles, L = 64, with ALiBi (evaluated on every tile visited): the 36 tiles
+    on and below the diagonal are computed, only the 8 diagonal ones apply the mask."""
+    mask, alibi = masks.causal(), bias.alibi(2)
+    mask_tiles = _tiles_seen(monkeypatch, type(mask))
+    bias_tiles = _tiles_seen(monkeypatch, type(alibi))
+    q, k, v = (t.detach() for t in _inputs(2, 2, 2, 64, 64, 8, torch.float64, 9))
+    spec = validate(q, k, v, mask=mask, bias=alibi, scale=None, softcap=None, dropout_p=0.0)
+    out = blocked_attention(spec, TileSizes(8, 8))
+    assert len(bias_tiles) == 36 and len(mask_tiles) == 8
+    torch.testing.assert_close(out, float64_reference(q, k, v, mask=oracle.causal(),
+                                                      bias=oracle.alibi(2))[0])
+
+
+def test_pure_loop_default_tiles_are_256_by_512(monkeypatch: pytest.MonkeyPatch) -> None:
+    alibi = bias.alibi(2)
+    bias_tiles = _tiles_seen(monkeypatch, type(alibi))
+    q, k, v = (t.detach() for t in _inputs(1, 2, 2, 600, 600, 8, torch.float32, 10))
+    spec = validate(q, k, v, mask=None, bias=alibi, scale=None, softcap=None, dropout_p=0.0)
+    blocked_attention(spec)
+    assert sorted(set(bias_tiles)) == [(88, 88), (88, 512), (256, 88), (256, 512)]
 
 
 def test_fully_masked_rows_give_zeros_and_finite_grads() -> None:
