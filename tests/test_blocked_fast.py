@@ -474,6 +474,19 @@ def test_pure_loop_visits_non_empty_tiles_and_masks_partial_ones(
                                                       bias=oracle.alibi(2))[0])
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_each_row_is_stabilized_by_its_own_maximum(fused: bool) -> None:
+    """Rows whose scores lie 200 apart in float32 (exp(-200) is 0 there): each row subtracts
+    its own running maximum, so the low row keeps its weights."""
+    q = torch.tensor([10.0, -10.0]).view(1, 1, 2, 1)
+    k = torch.tensor([10.0, 9.0, 8.0]).view(1, 1, 3, 1)
+    v = torch.randn(1, 1, 3, 1)
+    spec = validate(q, k, v, mask=None, bias=None, scale=1.0, softcap=None, dropout_p=0.0)
+    out = blocked_attention(spec, TileSizes(2, 3), fused=fused)
+    want, _ = float64_reference(q, k, v, scale=1.0)
+    torch.testing.assert_close(out.double(), want, atol=1e-6, rtol=1e-5)
+
+
 def test_pure_loop_default_tiles_are_256_by_512(monkeypatch: pytest.MonkeyPatch) -> None:
     alibi = bias.alibi(2)
     bias_tiles = _tiles_seen(monkeypatch, type(alibi))
