@@ -360,10 +360,13 @@ def test_band_backward_runs_larger_blocks(monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.setattr(cpu_flash, "backward_op", lambda: counting)
     q, k, v = _inputs(1, 2, 2, 1024, 1024, 8, torch.float64, 3)
-    _compare(q, k, v, mask=oracle.window(100, 60))
-    interior = [r for r in rows if r == tuning.current().band_block_backward]
-    assert tuning.current().band_block_backward != tuning.current().band_block
-    assert sum(rows) == 1024 and len(interior) >= len(rows) - 4, rows
+    for backward_block in (tuning.current().band_block_backward, 96):  # 96: not a tile size
+        rows.clear()
+        with tuning.override(band_block_backward=backward_block):
+            _compare(q, k, v, mask=oracle.window(100, 60))
+        interior = [r for r in rows if r == backward_block]
+        assert backward_block != tuning.current().band_block
+        assert sum(rows) == 1024 and len(interior) >= len(rows) - 4, rows
 
 
 def test_structured_plan_makes_one_call_per_causal_square(monkeypatch: pytest.MonkeyPatch
