@@ -23,16 +23,16 @@ from torch import Tensor
 
 import oracle
 from attnkit import attention, masks
-from attnkit.backends import get_backend
+from attnkit.backends import get_backend, list_backends
 from attnkit.backends.base import Backend
 from attnkit.backends.blocked import BlockedBackend, TileSizes
 from attnkit.functional.math import validate
-from conftest import backend_names, check_against_reference, float64_reference, tolerance
+from conftest import check_against_reference, float64_reference, tolerance
 from strategies import RELATIONS, Shape, bias_defs, mask_defs, shapes
 
 # Compiled backends are exercised in test_backends.py on a small fixed case (compilation per
 # random shape would take minutes).
-FAST_BACKENDS = [n for n in backend_names if n != "flex"]
+FAST_BACKENDS = [n for n in list_backends() if n != "flex"]
 #: Long calls cost ~10x a short one: fewer examples, scaled with the profile.
 LONG_EXAMPLES = max(4, settings().max_examples // 8)
 

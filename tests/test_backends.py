@@ -22,22 +22,27 @@ from attnkit import bias as biases
 from attnkit.backends import (
     Backend,
     Capabilities,
+    DispatchReport,
     NoBackendError,
     get_backend,
     list_backends,
     register_backend,
+    select_backend,
+    tuning,
 )
 from attnkit.backends.blocked import BlockedBackend, TileSizes, blocked_attention
 from attnkit.backends.dispatch import _REGISTRY, select_backend
 from attnkit.backends.reference import ReferenceBackend
 from attnkit.functional.math import AttentionSpec, validate
 from conftest import (
-    backend_names,
     check_against_reference,
     cuda_only,
     float64_reference,
     tolerance,
 )
+
+#: Every registered backend, read when the tests are collected: a new backend is tested at once.
+backend_names = list_backends()
 
 
 @dataclass
@@ -426,10 +431,72 @@ def test_flex_declines_what_it_cannot_do_without_compiling() -> None:
     with pytest.raises(NoBackendError, match="gradients into the bias"):
         attention(*_qkv(), bias=biases.dense(table), backend="flex")
     q, k, v = (t.requires_grad_() for t in _qkv())
-    if not torch.cuda.is_available():
-        reasons = get_backend("flex").not_supported_reasons(
-            validate(q, k, v, mask=None, bias=None, scale=None, softcap=None, dropout_p=0.0))
-        assert any("backward" in r for r in reasons), reasons
+    with_grad = validate(q, k, v, mask=None, bias=None, scale=None, softcap=None, dropout_p=0.0)
+    assert get_backend("flex").not_supported_reasons(with_grad) == [
+        "backward not supported on CPU (FlexAttention is forward-only there)"]
+    with torch.no_grad():  # the same inputs need no backward here
+        assert get_backend("flex").not_supported_reasons(
+            validate(q, k, v, mask=None, bias=None, scale=None, softcap=None,
+                     dropout_p=0.0)) == []
+
+
+@pytest.mark.parametrize("qk_dim, v_dim, reasons", [
+    (8, 16, ["head dim 8 < 16 not supported on CUDA"]),
+    (16, 15, ["head dim 15 < 16 not supported on CUDA"]),
+    (16, 16, []),
+])
+def test_flex_cuda_kernels_need_head_dims_of_16(qk_dim: int, v_dim: int,
+                                                 reasons: list[str]) -> None:
+    """The rule flex applies on CUDA (Triton's minimum), checked on any device."""
+    from attnkit.backends.flex import cuda_head_dim_reasons
+
+    q, k = torch.randn(1, 2, 6, qk_dim), torch.randn(1, 2, 7, qk_dim)
+    spec = validate(q, k, torch.randn(1, 2, 7, v_dim), mask=None, bias=None, scale=None,
+                    softcap=None, dropout_p=0.0)
+    assert cuda_head_dim_reasons(spec) == reasons
+    assert get_backend("flex").not_supported_reasons(spec) == []  # on the CPU: no such limit
+
+
+def test_flex_says_when_torch_has_no_flex_attention(monkeypatch: pytest.MonkeyPatch) -> None:
+    from attnkit.backends import flex
+
+    assert flex.flex_available()  # torch >= 2.5
+    monkeypatch.setattr(flex, "flex_available", lambda: False)
+    spec = validate(*_qkv(), mask=None, bias=None, scale=None, softcap=None, dropout_p=0.0)
+    assert get_backend("flex").not_supported_reasons(spec) == [
+        f"torch {torch.__version__} has no FlexAttention"]
+
+
+@pytest.mark.parametrize("options", [
+    {"mask": oracle.causal() & oracle.window(3) & oracle.padding([8, 0]),
+     "bias": oracle.alibi(4), "softcap": 5.0},  # rows with no key in batch 1
+    {"scale": 0.3},
+    {"bias": oracle.dense_bias(torch.randn(2, 1, 5, 8))},
+    {"mask": oracle.document(torch.tensor([[0] * 3 + [1] * 5, [0] * 8])[:, 3:],
+                             torch.tensor([[0] * 3 + [1] * 5, [0] * 8])), "softcap": 2.0},
+], ids=["mask-alibi-softcap", "scale", "dense-bias", "documents-softcap"])
+def test_flex_forward_uncompiled_matches_the_oracle(options: dict[str, Any],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the flex backend hands to FlexAttention (the block mask from the mask's mask_mod,
+    the score_mod of bias and softcap, scale, GQA, zeros for rows with no key), checked with
+    flex_attention run eagerly: no compilation per shape. The compiled kernel itself runs in
+    the grid's ``flex-flex_small`` case (slow: seconds of compilation)."""
+    if "flex" not in backend_names:
+        pytest.fail("flex backend is not registered")
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from attnkit.backends import flex
+
+    monkeypatch.setattr(flex, "compiled_flex", lambda: flex_attention)
+    q, k, v = torch.randn(2, 4, 5, 16), torch.randn(2, 2, 8, 16), torch.randn(2, 2, 8, 16)
+    built = oracle.attnkit_options(options)
+    check_against_reference(lambda q, k, v: attention(q, k, v, backend="flex", **built),
+                            q, k, v, grad=False, **options)
+    # Inputs that require grad, under no_grad: FlexAttention on CPU must get them detached.
+    with torch.no_grad():
+        out = attention(*(t.requires_grad_() for t in (q, k, v)), backend="flex", **built)
+    torch.testing.assert_close(out, attention(q.detach(), k.detach(), v.detach(),
+                                              backend="reference", **built))
 
 
 def test_unknown_backend_name() -> None:
@@ -456,6 +523,168 @@ def test_a_newly_registered_backend_is_dispatchable() -> None:
         assert "test_plain_only" in dispatch_report(q, k, v).reasons
     finally:
         _REGISTRY.pop("test_plain_only")
+
+
+class _DeclinesEverything(Backend):
+    """A backend that declares none of the capabilities (and two dtypes, two devices)."""
+
+    name = "test_declines_everything"
+    capabilities = Capabilities(dtypes=frozenset({torch.float16, torch.bfloat16}),
+                                devices=frozenset({"mps", "cuda"}), masks=False, bias=False,
+                                bias_grad=False, softcap=False, dropout=False, backward=False)
+
+    def forward(self, spec: AttentionSpec) -> Tensor:
+        raise AssertionError("never run: it declines every call")
+
+
+def test_each_missing_capability_gives_its_own_reason() -> None:
+    """Every declared capability that a call needs and the backend lacks is one reason, in
+    words that name the value (dtype and device lists sorted, without the ``torch.`` prefix)."""
+    q, k, v = (t.requires_grad_() for t in _qkv())
+    table = torch.randn(1, 2, 6, 6, requires_grad=True)
+    spec = validate(q, k, v, mask=masks.causal(), bias=biases.dense(table), scale=None,
+                    softcap=2.0, dropout_p=0.1)
+    assert _DeclinesEverything().not_supported_reasons(spec) == [
+        "dtype float32 not in ['bfloat16', 'float16']",
+        "device cpu not in ['cuda', 'mps']",
+        "mask causal() not supported",
+        "score bias not supported",
+        "gradients into the bias not supported",
+        "softcap not supported",
+        "dropout not supported",
+        "backward not supported (inputs require grad)",
+    ]
+    assert ReferenceBackend().not_supported_reasons(spec) == []  # declares everything
+    # No gradient wanted into the bias: bias_grad does not matter.
+    frozen = validate(q, k, v, mask=None, bias=biases.dense(table.detach()), scale=None,
+                      softcap=None, dropout_p=0.0)
+    no_bias_grad = type("NoBiasGrad", (ReferenceBackend,),
+                        {"capabilities": Capabilities(bias_grad=False)})()
+    assert no_bias_grad.not_supported_reasons(frozen) == []
+    assert no_bias_grad.not_supported_reasons(spec) == ["gradients into the bias not supported"]
+
+
+@pytest.mark.parametrize("name, mask, bias", [
+    ("sdpa_dense", masks.padding([3, 7]), None),
+    ("sdpa_dense", None, biases.alibi(2)),
+    ("sdpa_dense", masks.causal() & masks.sliding_window(2), biases.alibi(2)),
+    ("reference", masks.causal() & masks.sliding_window(2), biases.alibi(2)),
+    # blocked's pure tile loop (a mask's tile plan reads values: not on meta), with softcap
+    ("blocked", None, biases.alibi(2)),
+    ("blocked", None, biases.dense(torch.zeros(1, 2, 5, 7, device="meta", requires_grad=True))),
+])
+def test_masks_and_biases_are_built_on_the_inputs_device(name: str, mask: masks.Mask | None,
+                                                          bias: biases.Bias | None) -> None:
+    """Dense masks, biases and buffers are made on the device of q, k, v, forward and backward.
+    torch's meta device stands in for a GPU here: it refuses to mix with CPU tensors, so
+    anything left on the CPU fails (the CUDA grid runs the real thing where a GPU is present)."""
+    q = torch.randn(2, 2, 5, 4, device="meta", requires_grad=True)
+    k = torch.randn(2, 2, 7, 4, device="meta", requires_grad=True)
+    v = torch.randn(2, 2, 7, 4, device="meta", requires_grad=True)
+    softcap = 2.0 if name == "blocked" else None
+    spec = validate(q, k, v, mask=mask, bias=bias, scale=None, softcap=softcap, dropout_p=0.0)
+    out = get_backend(name).forward(spec)
+    assert out.device.type == "meta" and out.shape == (2, 2, 5, 4)
+    leaves = [q, k, v, *(t for t in (bias.tensors() if bias else ()) if t.requires_grad)]
+    grads = torch.autograd.grad(out.sum(), leaves)
+    assert [g.device.type for g in grads] == ["meta"] * len(leaves)
+    assert [g.shape for g in grads] == [t.shape for t in leaves]
+
+
+def test_a_report_reads_as_one_line_per_backend() -> None:
+    report = DispatchReport("blocked", {"sdpa": ["softcap not supported", "no flag"],
+                                        "blocked": []})
+    assert str(report) == ("chosen: blocked\n  sdpa        softcap not supported; no flag\n"
+                           "  blocked     ok")
+    assert str(DispatchReport(None)) == "chosen: none"
+
+
+def test_select_backend_defaults_to_auto_and_names_every_reason() -> None:
+    q, k, v = _qkv()
+    window = validate(q, k, v, mask=masks.sliding_window(2), bias=None, scale=None,
+                      softcap=None, dropout_p=0.0)
+    assert select_backend(window).name == "blocked"
+    capped = validate(q, k, v, mask=None, bias=biases.alibi(2), scale=None, softcap=3.0,
+                      dropout_p=0.0)
+    with pytest.raises(NoBackendError) as err:
+        select_backend(capped, "sdpa")
+    assert str(err.value) == ("backend 'sdpa' cannot run this call: score bias not supported; "
+                              "softcap not supported. Use backend='auto' or fix the inputs.")
+    # A device no backend takes: auto lists every backend with its reasons.
+    meta = [torch.randn(1, 2, 6, 4, device="meta") for _ in range(3)]
+    with pytest.raises(NoBackendError) as err:
+        attention(*meta)
+    message = str(err.value)
+    assert message.startswith("no backend supports this call:\nchosen: none\n"), message
+    for name in backend_names:
+        line = next(line for line in message.splitlines() if line.startswith(f"  {name:<11} "))
+        assert line.endswith("device meta not in ['cpu', 'cuda']"), message
+
+
+def test_auto_skips_a_backend_of_its_order_that_is_not_registered(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(_REGISTRY, "flex", raising=False)
+    monkeypatch.delitem(_REGISTRY, "blocked")
+    report = dispatch_report(*_qkv(), mask=masks.sliding_window(2))
+    assert list(report.reasons) == ["sdpa", "sdpa_dense", "reference"]
+    assert report.chosen == "sdpa_dense"
+
+
+def test_auto_on_cuda_prefers_the_dense_mask_and_blocked_says_why(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where auto prefers the dense mask (on CUDA, see the next test), ``blocked`` gives the
+    rule as its reason and ``sdpa_dense`` runs; a backend with its own reasons keeps them."""
+    from attnkit.backends import dispatch
+
+    monkeypatch.setattr(dispatch, "prefers_dense_on_gpu", lambda spec: True)
+    with tuning.override(gpu_dense_mask_max_elements=1000):
+        report = dispatch_report(*_qkv(), mask=masks.sliding_window(2))
+    assert report.chosen == "sdpa_dense", str(report)
+    assert report.reasons["blocked"] == [
+        "auto: on CUDA sdpa_dense is faster while the dense mask fits (<= 1000 elements); "
+        "force backend='blocked' for linear memory"]
+    assert report.reasons["sdpa_dense"] == [] and report.reasons["reference"] == []
+    dropped = dispatch_report(*_qkv(), mask=masks.sliding_window(2), dropout_p=0.1)
+    assert dropped.reasons["blocked"] == ["dropout not supported"]
+
+
+@pytest.mark.parametrize("mask, bias, copies", [
+    (masks.padding([3, 7]), None, 2),  # batch 2
+    (None, biases.alibi(2), 2),  # heads 2
+    (masks.causal(), biases.alibi(2), 2),  # (1, 1) and (1, 2) broadcast to (1, 2)
+    (masks.padding([3, 7]), biases.alibi(2), 4),  # (2, 1) and (1, 2) broadcast to (2, 2)
+    (masks.causal(), None, 1),
+])
+def test_the_dense_mask_rule_counts_copies_times_lq_times_lk(
+        mask: masks.Mask | None, bias: biases.Bias | None, copies: int) -> None:
+    """auto's CUDA rule, on any device: sdpa_dense while the dense mask, copies x Lq x Lk with
+    the batch and head copies that mask and bias broadcast to, has at most
+    ``gpu_dense_mask_max_elements`` elements."""
+    from attnkit.backends.dispatch import dense_mask_is_small
+
+    q, k, v = (torch.randn(2, 2, length, 4) for length in (5, 7, 7))
+    spec = validate(q, k, v, mask=mask, bias=bias, scale=None, softcap=None, dropout_p=0.0)
+    size = copies * 5 * 7
+    with tuning.override(gpu_dense_mask_max_elements=size):
+        assert dense_mask_is_small(spec)
+    with tuning.override(gpu_dense_mask_max_elements=size - 1):
+        assert not dense_mask_is_small(spec)
+
+
+def test_the_dense_mask_rule_needs_a_mask_and_sdpa_dense() -> None:
+    from attnkit.backends.dispatch import dense_mask_is_small, prefers_dense_on_gpu
+
+    q, k, v = _qkv()
+    plain = validate(q, k, v, mask=None, bias=None, scale=None, softcap=None, dropout_p=0.0)
+    capped = validate(q, k, v, mask=masks.causal(), bias=None, scale=None, softcap=2.0,
+                      dropout_p=0.0)  # sdpa_dense has no softcap
+    window = validate(q, k, v, mask=masks.sliding_window(2), bias=None, scale=None,
+                      softcap=None, dropout_p=0.0)
+    with tuning.override(gpu_dense_mask_max_elements=10**9):
+        assert not dense_mask_is_small(plain)
+        assert not dense_mask_is_small(capped)
+        assert dense_mask_is_small(window)
+        assert not prefers_dense_on_gpu(window)  # on the CPU the blocked backend stays
 
 
 def test_dropout_is_unbiased() -> None:

@@ -49,6 +49,11 @@ def load_targets() -> tuple[list[str], dict[str, dict[str, object]]]:
     return list(config["defaults"]["pytest_args"]), dict(config["modules"])
 
 
+def timeout_multiplier() -> float:
+    """mutmut ends a mutant after 2 x multiplier x (its tests' clean CPU time + 1 s) of CPU."""
+    return float(tomllib.loads(TARGETS.read_text())["defaults"].get("timeout_multiplier", 15.0))
+
+
 def toml_list(items: list[str]) -> str:
     return "[" + ", ".join(json.dumps(i) for i in items) + "]"
 
@@ -77,6 +82,7 @@ def prepare(name: str, target: dict[str, object], pytest_args: list[str],
         f"only_mutate = {toml_list([str(target['path'])])}\n"
         f"pytest_add_cli_args_test_selection = {toml_list(present)}\n"
         f"pytest_add_cli_args = {toml_list(pytest_args)}\n"
+        f"timeout_multiplier = {timeout_multiplier()}\n"
         + PYTEST_SETTINGS)
     return work
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -226,7 +226,7 @@ class _BlockedFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, spec: AttentionSpec, tiles: TileSizes, *tensors: Tensor) -> Tensor:
         q, k, v, *bias_tensors = tensors
-        spec = AttentionSpec(q, k, v, spec.mask, spec.bias, spec.scale, spec.softcap, 0.0)
+        spec = replace(spec, q=q, k=k, v=v)
         out, lse = _forward(spec, tiles, bias_tensors)
         ctx.spec, ctx.tiles = spec, tiles
         ctx.save_for_backward(q, k, v, out, lse, *bias_tensors)
@@ -236,7 +236,7 @@ class _BlockedFunction(torch.autograd.Function):
     def backward(ctx: Any, *grads: Tensor) -> Any:
         q, k, v, out, lse, *bias_tensors = ctx.saved_tensors
         spec: AttentionSpec = ctx.spec
-        spec = AttentionSpec(q, k, v, spec.mask, spec.bias, spec.scale, spec.softcap, 0.0)
+        spec = replace(spec, q=q, k=k, v=v)
         wants_bias_grad = ctx.needs_input_grad[5:]
         result = _backward(spec, ctx.tiles, bias_tensors, wants_bias_grad, out, lse,
                            grads[0].contiguous())
@@ -249,7 +249,7 @@ class _FusedBlockedFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, spec: AttentionSpec, tiles: TileSizes, q: Tensor, k: Tensor,
                 v: Tensor) -> Tensor:
-        spec = AttentionSpec(q, k, v, spec.mask, None, spec.scale, None, 0.0)
+        spec = replace(spec, q=q, k=k, v=v)
         plan = make_plan(spec, *tiles.resolved(fused=True), by_structure=tiles.is_default)
         out, lse = fused_forward(spec, plan)
         ctx.spec, ctx.plan = spec, plan
@@ -260,7 +260,7 @@ class _FusedBlockedFunction(torch.autograd.Function):
     def backward(ctx: Any, *grads: Tensor) -> Any:
         q, k, v, out, lse = ctx.saved_tensors
         spec: AttentionSpec = ctx.spec
-        spec = AttentionSpec(q, k, v, spec.mask, None, spec.scale, None, 0.0)
+        spec = replace(spec, q=q, k=k, v=v)
         dq, dk, dv = fused_backward(spec, ctx.plan, out, lse, grads[0].contiguous())
         return None, None, dq, dk, dv
 

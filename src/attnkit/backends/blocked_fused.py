@@ -73,8 +73,8 @@ class _Item:
     q_len: int  # query rows
     k0: int  # first key
     k_len: int  # keys
-    masked: bool  # some tile in range is partial: apply the mask
-    level: int  # how many earlier items the query rows already have (0 = write, else merge)
+    masked: bool = False  # some tile in range is partial: apply the mask
+    level: int = 0  # how many earlier items the query rows already have (0 = write, else merge)
     pattern: tuple[int, ...] = ()  # tile states along the key range (masked items only)
     causal: bool = False  # square item allowing keys k - k0 <= q - q0 (the kernel's is_causal)
 
@@ -144,8 +144,8 @@ def _causal_items(hi: int, lq: int, lk: int) -> list[_Item] | None:
         return None
     items = []
     if hi > 0:
-        items.append(_Item(0, lq, 0, hi, False, 0))
-    items.append(_Item(0, lq, hi, lq, False, len(items), (), True))
+        items.append(_Item(0, lq, 0, hi))
+    items.append(_Item(0, lq, hi, lq, level=len(items), causal=True))
     return items
 
 
@@ -158,8 +158,8 @@ def _band_items(lo: int, hi: int, lq: int, lk: int, bk: int, block: int) -> list
         q_len = min(block, lq - q0)
         k0, k1 = max(0, q0 + lo), min(lk, q0 + q_len + hi)
         if k1 > k0:
-            items.append(_Item(q0, q_len, k0, k1 - k0, True, 0,
-                               (PARTIAL,) * math.ceil((k1 - k0) / bk)))
+            items.append(_Item(q0, q_len, k0, k1 - k0, masked=True,
+                               pattern=(PARTIAL,) * math.ceil((k1 - k0) / bk)))
     return items
 
 
@@ -183,7 +183,7 @@ def _group_items(items: list[_Item], relative: bool) -> list[_Group]:
                 and not it.causal and not prev.causal
                 and prev.k0 == it.k0 and prev.k_len == it.k_len
                 and prev.q0 + prev.q_len == it.q0):
-            merged[-1] = _Item(prev.q0, prev.q_len + it.q_len, it.k0, it.k_len, False, it.level)
+            merged[-1] = _Item(prev.q0, prev.q_len + it.q_len, it.k0, it.k_len, level=it.level)
         else:
             merged.append(it)
     merged.sort(key=lambda it: (it.level, it.masked, it.causal, it.q_len, it.k_len,
@@ -260,10 +260,9 @@ class FusedPlan:
     def __init__(self, mask: Mask | None, lq: int, lk: int, block_q: int, block_k: int,
                  dtype: torch.dtype, *, by_structure: bool = True,
                  band_block: int | None = None) -> None:
-        self._args = (mask, lq, lk, block_q, block_k, dtype, by_structure)
+        self._args = (mask, lq, lk, block_q, block_k, dtype)
         self.mask, self.lq, self.lk, self.bk, self.dtype = mask, lq, lk, block_k, dtype
         self.band_block: int | None = None  # query rows per block when planned as a band
-        n_q, n_k = math.ceil(lq / block_q), math.ceil(lk / block_k)
         band = mask.band(lq, lk) if mask is not None else None
         if band == (None, None):  # the mask allows everything
             mask = self.mask = None
@@ -280,18 +279,17 @@ class FusedPlan:
                                         self.relative)]
         elif diagonal is not None:  # packed documents: one square call per document
             runs, causal_runs = diagonal
-            self.groups = [_group_items([_Item(a, b - a, a, b - a, False, 0, (), causal_runs)
+            self.groups = [_group_items([_Item(a, b - a, a, b - a, causal=causal_runs)
                                          for a, b in row], False) for row in runs]
+        elif mask is None:  # every key visible to every query: one call
+            self.groups = [_group_items([_Item(0, lq, 0, lk)], False)]
         else:
-            if mask is None:
-                states = [[[FULL] * n_k for _ in range(n_q)]]
-            else:
-                s = mask.block_states(lq, lk, block_q, block_k, torch.device("cpu"))
-                # Over heads: a tile is skipped if empty for every head, unmasked if full for all.
-                merged = torch.where((s == EMPTY).all(1), EMPTY,
-                                     torch.where((s == FULL).all(1), FULL, 1))  # (B|1, nQ, nK)
-                states = merged.tolist()
-            self.groups = [_plan(st, block_q, block_k, lq, lk, self.relative) for st in states]
+            s = mask.block_states(lq, lk, block_q, block_k, torch.device("cpu"))
+            # Over heads: a tile is skipped if empty for every head, unmasked if full for all.
+            merged = torch.where((s == EMPTY).all(1), EMPTY,
+                                 torch.where((s == FULL).all(1), FULL, 1))  # (B|1, nQ, nK)
+            self.groups = [_plan(st, block_q, block_k, lq, lk, self.relative)
+                           for st in merged.tolist()]
         self._masks: dict[tuple[int, int], tuple[Tensor, Tensor | None]] = {}
 
     def for_backward(self) -> FusedPlan:
@@ -300,9 +298,8 @@ class FusedPlan:
         backward_block = tuning.current().band_block_backward
         if self.band_block is None or self.band_block == backward_block:
             return self
-        mask, lq, lk, block_q, block_k, dtype, by_structure = self._args
-        return FusedPlan(mask, lq, lk, block_q, block_k, dtype, by_structure=by_structure,
-                         band_block=backward_block)
+        # Only a plan by structure has a band_block: the default by_structure=True rebuilds it.
+        return FusedPlan(*self._args, band_block=backward_block)
 
     def for_batch(self, b: int) -> tuple[int, list[_Group]]:
         """(batch index the mask uses, kernel calls) for batch element ``b``."""
@@ -372,7 +369,6 @@ def fused_forward(spec: AttentionSpec, plan: FusedPlan) -> tuple[Tensor, Tensor]
                     _windows(v[b], k0, n, g.k_step, f.k_len),
                     causal=f.causal, attn_mask=_mask_rows(additive, i0, n),
                     scale=spec.scale)  # (n, H, q, Dv), (n, H, q)
-                l = l.to(q.dtype)
                 if row_has_key is not None:  # the kernel gives lse 0 to rows with no key
                     l = l.masked_fill(~_mask_rows(row_has_key, i0, n), float("-inf"))
                 r0, r1 = q0, q0 + n * f.q_len

@@ -21,17 +21,17 @@ from attnkit.functional.math import AttentionSpec
 __all__ = ["DispatchReport", "NoBackendError", "get_backend", "list_backends", "register_backend",
            "select_backend"]
 
-_REGISTRY: dict[str, Backend] = {}
+# The built-in backends, filled without calling a function of this module: importing attnkit
+# then runs none of its code (mutmut's forced-fail check makes every such call raise).
+_REGISTRY: dict[str, Backend] = {
+    b.name: b for b in (SdpaBackend(), BlockedBackend(), FlexBackend(), SdpaDenseBackend(),
+                        ReferenceBackend())}
 AUTO_ORDER = ["sdpa", "blocked", "flex", "sdpa_dense", "reference"]
 
 
 def register_backend(backend: Backend) -> None:
     """Add (or replace) a backend under ``backend.name``."""
     _REGISTRY[backend.name] = backend
-
-
-for _b in (SdpaBackend(), BlockedBackend(), FlexBackend(), SdpaDenseBackend(), ReferenceBackend()):
-    register_backend(_b)
 
 
 def list_backends() -> list[str]:
@@ -67,16 +67,25 @@ class DispatchReport:
 
 def prefers_dense_on_gpu(spec: AttentionSpec) -> bool:
     """Whether auto should pass over ``blocked`` for ``sdpa_dense`` (CUDA, mask small enough)."""
-    if spec.q.device.type != "cuda" or (spec.mask is None and spec.bias is None):
+    # On a GPU the blocked backend runs its pure PyTorch tile loop, about 10x slower than SDPA
+    # with a dense mask: auto prefers the dense mask while it stays small.
+    return spec.q.device.type == "cuda" and dense_mask_is_small(spec)
+
+
+def dense_mask_is_small(spec: AttentionSpec) -> bool:
+    """Whether ``sdpa_dense`` can run ``spec`` with a dense mask of at most the tuning constant
+    ``gpu_dense_mask_max_elements`` elements: (B|1) x (H|1) x Lq x Lk, the batch and head
+    counts being those the mask and bias broadcast to. False without a mask or bias (nothing
+    dense to build)."""
+    if spec.mask is None and spec.bias is None:
         return False
     dense = _REGISTRY.get("sdpa_dense")
     if dense is None or dense.not_supported_reasons(spec):
         return False
     parts = [m for m in (spec.mask, spec.bias) if m is not None]
-    copies = max((p.batch_size or 1) * (p.num_heads or 1) for p in parts)
-    # On a GPU the blocked backend runs its pure PyTorch tile loop, about 10x slower than SDPA
-    # with a dense mask: auto prefers the dense mask while it stays this small.
-    return copies * spec.lq * spec.lk <= tuning.current().gpu_dense_mask_max_elements
+    batch = max(p.batch_size or 1 for p in parts)
+    heads = max(p.num_heads or 1 for p in parts)
+    return batch * heads * spec.lq * spec.lk <= tuning.current().gpu_dense_mask_max_elements
 
 
 def _auto_reasons(name: str, backend: Backend, spec: AttentionSpec) -> list[str]:

@@ -17,8 +17,8 @@ from torch import Tensor
 from attnkit.backends.base import Backend, Capabilities
 from attnkit.functional.math import AttentionSpec
 
-__all__ = ["FLEX_RECOMPILE_LIMIT", "FlexBackend", "allow_in_auto", "allowed_in_auto",
-           "compiled_flex", "flex_available"]
+__all__ = ["FLEX_RECOMPILE_LIMIT", "MIN_CUDA_HEAD_DIM", "FlexBackend", "allow_in_auto",
+           "allowed_in_auto", "compiled_flex", "cuda_head_dim_reasons", "flex_available"]
 
 _ALLOW_IN_AUTO = False
 
@@ -26,6 +26,10 @@ _ALLOW_IN_AUTO = False
 #: past dynamo's default of 8 flex_attention silently falls back to an unfused path that
 #: materializes all scores. Applied around this function's calls only, never process-wide.
 FLEX_RECOMPILE_LIMIT = 256
+
+#: The smallest head dim FlexAttention's Triton kernels take ("embedding dimension ... must be
+#: at least 16").
+MIN_CUDA_HEAD_DIM = 16
 
 
 def allow_in_auto(allowed: bool = True) -> None:
@@ -86,10 +90,8 @@ class FlexBackend(Backend):
         if spec.needs_grad and spec.q.device.type == "cpu":
             # torch raises "FlexAttention does not support backward on CPU" at the first call.
             reasons.append("backward not supported on CPU (FlexAttention is forward-only there)")
-        head_dim = min(spec.q.shape[-1], spec.v.shape[-1])
-        if spec.q.device.type == "cuda" and head_dim < 16:
-            # The Triton kernels raise "embedding dimension ... must be at least 16".
-            reasons.append(f"head dim {head_dim} < 16 not supported on CUDA")
+        if spec.q.device.type == "cuda":
+            reasons.extend(cuda_head_dim_reasons(spec))
         return reasons
 
     def forward(self, spec: AttentionSpec) -> Tensor:
@@ -108,10 +110,16 @@ class FlexBackend(Backend):
         out = compiled_flex()(q, k, v, score_mod=score_mod,
                                block_mask=block_mask, scale=spec.scale,
                                enable_gqa=spec.heads != spec.kv_heads)
-        if spec.mask is not None:
-            # FlexAttention leaves rows with no allowed key at zero already; make it explicit.
-            out = torch.nan_to_num(out, nan=0.0)
-        return out
+        return out  # rows with no allowed key are zeros already (FlexAttention's definition)
+
+
+def cuda_head_dim_reasons(spec: AttentionSpec) -> list[str]:
+    """Why the CUDA kernels cannot take the head dims of ``spec`` (the smaller of q/k and v);
+    empty if they can."""
+    head_dim = min(spec.q.shape[-1], spec.v.shape[-1])
+    if head_dim < MIN_CUDA_HEAD_DIM:
+        return [f"head dim {head_dim} < {MIN_CUDA_HEAD_DIM} not supported on CUDA"]
+    return []
 
 
 def _score_mod(spec: AttentionSpec) -> Any:

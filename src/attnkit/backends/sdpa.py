@@ -2,13 +2,15 @@
 
 - ``sdpa``: only what maps onto SDPA's native flags (no mask, or causal with Lq == Lk), so
   torch's fused kernels (flash / memory-efficient) run with memory linear in L.
-- ``sdpa_dense``: any mask and bias, passed as a dense (B, H, Lq, Lk) float mask: exact and
-  fused, but memory quadratic in L (what users do with SDPA when their mask has no flag).
+- ``sdpa_dense``: any mask and bias, passed as a dense (B, H, Lq, Lk) mask (boolean, or
+  additive float with a bias): exact and fused, but memory quadratic in L (what users do with
+  SDPA when their mask has no flag).
 """
 
 from __future__ import annotations
 
-import torch
+import math
+
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -49,9 +51,9 @@ class SdpaDenseBackend(Backend):
 
     def forward(self, spec: AttentionSpec) -> Tensor:
         q = spec.q
-        additive = torch.zeros(1, 1, spec.lq, spec.lk, dtype=q.dtype, device=q.device)
+        attn_mask: Tensor | None = None  # additive float (B|1, H|1, Lq, Lk), or bool: True = keep
         if spec.bias is not None:
-            additive = additive + spec.bias.dense(spec.lq, spec.lk, q.device).to(q.dtype)
+            attn_mask = spec.bias.dense(spec.lq, spec.lk, q.device).to(q.dtype)
         row_has_key = None
         if spec.mask is not None:
             allowed = spec.mask.dense(spec.lq, spec.lk, q.device)  # (B|1, H|1, Lq, Lk)
@@ -59,8 +61,9 @@ class SdpaDenseBackend(Backend):
             # Rows with no key would be NaN in some torch versions: let them attend everywhere,
             # then zero them (their gradient is zero too).
             allowed = allowed | ~row_has_key
-            additive = additive.masked_fill(~allowed, float("-inf"))
-        out = _sdpa(spec, additive, False)
+            attn_mask = (allowed if attn_mask is None
+                         else attn_mask.masked_fill(~allowed, -math.inf))
+        out = _sdpa(spec, attn_mask, False)
         if row_has_key is not None:
             out = out.masked_fill(~row_has_key, 0.0)
         return out
