@@ -31,7 +31,7 @@ from attnkit.backends import (
     tuning,
 )
 from attnkit.backends.blocked import BlockedBackend, TileSizes, blocked_attention
-from attnkit.backends.dispatch import _REGISTRY, select_backend
+from attnkit.backends.dispatch import _REGISTRY
 from attnkit.backends.reference import ReferenceBackend
 from attnkit.functional.math import AttentionSpec, validate
 from conftest import (
