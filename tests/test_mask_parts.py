@@ -62,3 +62,33 @@ def test_split_mask_reads_causal_and_padding_or_says_what_it_supports() -> None:
     with pytest.raises(ValueError, match="for batch size 2"):
         split_mask(oracle.padding([1, 2]).build(), batch=3, lq=3, lk=3,
                    device=torch.device("cpu"), kind="linear")
+
+
+@pytest.mark.parametrize("mask", [
+    None, oracle.full(), oracle.causal(), oracle.padding([5, 2]), oracle.padding(VALID),
+    oracle.causal() & oracle.padding(VALID), oracle.window(2, 1),
+], ids=["none", "full", "causal", "lengths", "valid", "causal-valid", "window"])
+def test_counts_and_key_padding_are_made_on_the_device_asked_for(mask: MaskDef | None) -> None:
+    """Every path builds its tensors on ``device`` (the meta device here, so a tensor made on
+    the CPU by mistake shows up on a CPU-only machine)."""
+    meta = torch.device("meta")
+    built = None if mask is None else mask.build()
+    counts = allowed_key_counts(built, batch=2, heads=1, lq=6, lk=7, device=meta, chunk=4)
+    assert counts.device == meta and counts.shape[2:] == (6, 1)
+    if mask is not None and "window" not in repr(built):
+        parts = split_mask(built, batch=2, lq=6, lk=7, device=meta, kind="ssmax")
+        assert parts.key_valid is None or parts.key_valid.device == meta
+
+
+def test_split_mask_checks_the_mask_against_the_call_shape() -> None:
+    """A mask made for other lengths, batch or heads is refused before it is read."""
+    cpu = torch.device("cpu")
+    with pytest.raises(ValueError, match="7"):
+        split_mask(oracle.padding(VALID).build(), batch=2, lq=6, lk=6, device=cpu, kind="linear")
+    with pytest.raises(ValueError, match="batch"):
+        split_mask(oracle.padding(VALID).build(), batch=3, lq=6, lk=7, device=cpu, kind="linear")
+    # a per-head mask is checked with its own head count, then refused for what it is
+    heads = oracle.dense_mask(torch.rand(2, 3, 6, 7, generator=torch.Generator().manual_seed(0))
+                              > 0.3).build()
+    with pytest.raises(ValueError, match="supports only causal"):
+        split_mask(heads, batch=2, lq=6, lk=7, device=cpu, kind="linear")
