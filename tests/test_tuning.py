@@ -115,3 +115,23 @@ def test_bench_tune_writes_a_config_the_engine_reads(tuning_file: Path,
     assert written["values"] == values and written["measured"]["length"] == 256
     assert tuning.current().band_block == values["band_block"]
     assert "wrote" in capsys.readouterr().out
+
+
+def test_default_path_and_the_written_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                           ) -> None:
+    """Without $ATTNKIT_TUNING the file is the user config folder's tuning.json; write makes
+    missing folders and leaves exactly the documented, stable JSON (no temporary file); a file
+    without a version is read as the current format."""
+    import platformdirs
+
+    monkeypatch.delenv(tuning.ENV_VAR, raising=False)
+    assert tuning.default_path() == Path(platformdirs.user_config_dir("attnkit")) / "tuning.json"
+    target = tmp_path / "a" / "b" / "tuning.json"
+    tuning.write({"band_block": 64}, target)
+    expected = {"version": tuning.FORMAT_VERSION, "values": {"band_block": 64}, "measured": {}}
+    assert target.read_text() == json.dumps(expected, indent=2, sort_keys=True) + "\n"
+    assert [p.name for p in target.parent.iterdir()] == ["tuning.json"]
+    tuning.write({"band_block": 32}, target, measured={"machine": "test"})
+    assert json.loads(target.read_text())["measured"] == {"machine": "test"}
+    target.write_text(json.dumps({"values": {"band_block": 32}}))
+    assert tuning.load(target).band_block == 32
