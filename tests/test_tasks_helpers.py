@@ -192,3 +192,15 @@ def test_augmented_images_shift_and_flip_from_the_seeded_global_rng() -> None:
     assert data[5][1] == 5
     with pytest.raises(ValueError, match="max_shift"):
         AugmentedImages(image[None], torch.zeros(1), max_shift=-1)
+
+
+def test_import_package_names_the_package_the_need_and_the_install_command() -> None:
+    from attnkit.tasks.base import MissingDataError
+    from attnkit.tasks.sources import PIP_DATA_INSTALL, import_package
+
+    assert import_package("json.decoder", needed_for="x").__name__ == "json.decoder"
+    with pytest.raises(MissingDataError) as info:
+        import_package("no_such_attnkit_pkg.sub", needed_for="the test task")
+    message = str(info.value)
+    assert message.startswith("the test task needs the Python package no_such_attnkit_pkg,")
+    assert message.endswith(f"install it with: {PIP_DATA_INSTALL}")

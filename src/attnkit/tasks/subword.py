@@ -16,8 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from attnkit.tasks.base import MissingDataError
-from attnkit.tasks.sources import PIP_DATA_INSTALL, atomic_write_bytes
+from attnkit.tasks.sources import atomic_write_bytes, import_package
 from attnkit.tasks.tokenizers import BOS, EOS, PAD, UNK
 
 __all__ = ["SubwordTokenizer", "train_subword_tokenizer"]
@@ -26,12 +25,7 @@ _FORMAT_VERSION = 1  # bump when the tokenizer recipe below changes, to invalida
 
 
 def _tokenizers_module() -> Any:
-    try:
-        import tokenizers
-    except ImportError as err:
-        raise MissingDataError(f"subword tokenizers need the Python package tokenizers; install "
-                               f"it with: {PIP_DATA_INSTALL}") from err
-    return tokenizers
+    return import_package("tokenizers", needed_for="subword tokenization")
 
 
 class SubwordTokenizer:

@@ -24,10 +24,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Subset
 
-from attnkit.tasks.base import MissingDataError, Task, register_task
+from attnkit.tasks.base import Task, register_task
 from attnkit.tasks.bible import DEFAULT_SWORD_DIR, load_parallel_verses
-from attnkit.tasks.sources import PIP_DATA_INSTALL
 from attnkit.tasks.sources import cache_dir as default_cache_dir
+from attnkit.tasks.sources import import_package
 from attnkit.tasks.splits import SequencePairDataset, limit, pad_sequences, split_indices
 from attnkit.tasks.subword import SubwordTokenizer, train_subword_tokenizer
 
@@ -36,12 +36,7 @@ __all__ = ["TextPairDataset", "TranslationScores", "corpus_bleu", "load_translat
 
 
 def _sacrebleu() -> Any:
-    try:
-        import sacrebleu
-    except ImportError as err:
-        raise MissingDataError(f"BLEU needs the Python package sacrebleu; install it with: "
-                               f"{PIP_DATA_INSTALL}") from err
-    return sacrebleu
+    return import_package("sacrebleu", needed_for="BLEU")
 
 
 class TranslationScores(dict[str, float]):
