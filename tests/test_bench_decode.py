@@ -106,3 +106,15 @@ def test_profile_prints_the_decode_step_table(capsys: pytest.CaptureFixture[str]
     printed = capsys.readouterr().out
     assert "'threads': 1" in printed
     assert "Self CPU" in printed and "aten::addmm" in printed  # the projections are there
+    assert "profile with --threads 1" not in printed
+
+
+def test_a_profile_with_two_threads_says_it_distorts(capsys: pytest.CaptureFixture[str]) -> None:
+    threads = torch.get_num_threads()
+    try:
+        assert main(["bench", "decode", "--quick", "--profile", "--threads", "2"]) == 0
+    finally:
+        torch.set_num_threads(threads)  # the suite runs one thread per worker
+    printed = capsys.readouterr().out
+    assert "'threads': 2" in printed and "Self CPU" in printed
+    assert "torch.profiler slows OpenMP kernels" in printed and "--threads 1" in printed

@@ -331,6 +331,12 @@ def profile_decode(cfg: DecodeBenchConfig, *, batch: int = 1, prompt_length: int
     return str(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
+#: printed above a profile taken with more than one thread
+PROFILE_THREADS_CAVEAT = (
+    "note: with more than one thread torch.profiler slows OpenMP kernels (on the project's CPU "
+    "the one-query SDPA call took 5.5 ms under it, 20 us timed directly): for where a step's "
+    "time goes, profile with --threads 1")
+
 #: the columns of the printed and Markdown tables
 COLUMNS = ("implementation", "batch", "prompt", "tokens_per_s", "tokens_per_s_min",
            "tokens_per_s_max", "vs_hf", "share_of_bound", "step_ms", "prefill_s", "peak_mib")
@@ -417,7 +423,11 @@ def _run(args: argparse.Namespace) -> int:
     cfg = replace(base, **{k: v for k, v in changes.items()
                            if v is not None or k == "threads"})
     if args.profile:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)  # before the environment line that reports it
         print(environment())
+        if cfg.threads != 1:
+            print(PROFILE_THREADS_CAVEAT)
         print(profile_decode(cfg, batch=args.batches[0] if args.batches else 1,
                              prompt_length=args.prompts[0] if args.prompts else 32))
         return 0
