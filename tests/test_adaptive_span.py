@@ -279,3 +279,29 @@ def test_span_ramp_attention_defaults_gqa_and_dropout() -> None:
                                                dropout_p=0.5) for _ in range(400)])
     assert (dropped != dropped[:1]).any(-1).any(0).all()  # every row's draws differ
     torch.testing.assert_close(dropped.mean(0), want, rtol=0, atol=0.25)
+
+
+@pytest.mark.parametrize("fractions, max_span, ramp, lk", [
+    ([0.0, 0.0], 12, 3, 30),  # every head's ramp starts at distance 0
+    ([0.8, 0.3], 12, 3, 20),  # ramps past the first block's rows: empty left strips
+    ([0.25], 8, 1, 30),  # span 2, ramp 1: a single distance on the ramp
+    ([1.0, 1.3], 12, 3, 24),  # no ramp inside the window: no gradient at all
+])
+def test_span_gradient_of_each_ramp_strip(fractions, max_span, ramp, lk) -> None:
+    """The fused backward's span gradient (two strips of ramp distances per block, left and
+    right of the rows) against autograd through the dense formula, without a mask."""
+    g = torch.Generator().manual_seed(len(fractions) + lk)
+    heads, lq = len(fractions), 20
+    q, k, v = (torch.randn(2, heads, n, 4, generator=g, dtype=torch.float64, requires_grad=True)
+               for n in (lq, lk, lk))
+    fraction = torch.tensor(fractions, dtype=torch.float64, requires_grad=True)
+    window = max_span - 1
+    got = banded_span_attention(q, k, v, fraction, max_span=max_span, ramp=ramp, window=window,
+                                mask=None, block=4)
+    want = dense_span_attention(q, k, v, fraction, max_span=max_span, ramp=ramp, window=window,
+                                allowed=None)
+    grad = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    (got_span,) = torch.autograd.grad(got, fraction, grad)
+    (want_span,) = torch.autograd.grad(want, fraction, grad)
+    torch.testing.assert_close(got_span, want_span)
+    assert (got_span == 0).all() == (min(fractions) >= 1.0)

@@ -37,7 +37,7 @@ from torch.utils.checkpoint import checkpoint
 from attnkit.backends import cpu_flash, tuning
 from attnkit.functional.bias import SpanRampBias
 from attnkit.functional.masks import Mask
-from attnkit.functional.math import expand_kv, finite_or
+from attnkit.functional.math import expand_kv
 
 __all__ = [
     "banded_span_attention",
@@ -60,7 +60,9 @@ def _ramp(span_fraction: Tensor, max_span: int, ramp: int, window: int, dtype: t
     """The ramp before its clamp, (R + z - x) / R, and where m_z(x) > 0 is kept: (H, window + 2)
     each, for distances x = 0..window + 1 (the last column is "beyond the window")."""
     distance = _arange(0, window + 2, span_fraction)
-    span = span_fraction.to(dtype).clamp(0.0, 1.0) * max_span  # (H,)
+    # Only the lower clamp of [0, 1] shows: from a fraction of 1 on, every distance below
+    # max_span has m = 1 already (raw >= 1), and none is on the ramp.
+    span = span_fraction.to(dtype).clamp(min=0.0) * max_span  # (H,)
     raw = (ramp + span[:, None] - distance) / ramp
     keep = (raw > 0) & (distance < max_span) & (distance <= window)
     return raw, keep
@@ -132,14 +134,14 @@ def _block_ramp(table: Tensor, ramps: dict[tuple[int, int, int], Tensor], q0: in
     return ramps[pattern]
 
 
-def _block_mask(band: _Band, q0: int, q1: int, k0: int, k1: int, lq: int, lk: int,
+def _block_mask(mask: Mask | None, q0: int, q1: int, k0: int, k1: int, lq: int, lk: int,
                 like: Tensor) -> tuple[Tensor | None, bool]:
     """The caller's mask on one block, bool (B|1, H|1, C, K) or None, and whether a row of the
     block can be left with no key: under a mask, or for query positions before key 0 (more
     queries than keys). Otherwise every row sees itself (distance 0, ramp 1)."""
-    if band.mask is None:
+    if mask is None:
         return None, q0 + lk - lq < 0
-    return band.mask.tile(_arange(q0, q1, like), _arange(k0, k1, like), lq, lk), True
+    return mask.tile(_arange(q0, q1, like), _arange(k0, k1, like), lq, lk), True
 
 
 def _masked_bias(log_ramp: Tensor, allowed: Tensor | None, rows_can_be_empty: bool
@@ -155,7 +157,7 @@ def _block_bias(table: Tensor, band: _Band, q0: int, q1: int, k0: int, k1: int, 
                 ) -> tuple[Tensor, Tensor | None]:
     """:func:`_masked_bias` of one block."""
     log_ramp = _block_ramp(table, ramps, q0, q1, k0, k1, lk - lq)
-    return _masked_bias(log_ramp, *_block_mask(band, q0, q1, k0, k1, lq, lk, table))
+    return _masked_bias(log_ramp, *_block_mask(band.mask, q0, q1, k0, k1, lq, lk, table))
 
 
 def _kernel_mask(bias: Tensor, row_has_key: Tensor | None) -> Tensor:
@@ -214,7 +216,9 @@ class _FusedSpanBand(torch.autograd.Function):
         table = log_ramp_table(span_fraction.detach(), max_span=band.max_span, ramp=band.ramp,
                                window=band.window, dtype=q.dtype)
         out = q.new_zeros(*q.shape[:-1], v.shape[-1])  # (B, H, L, Dv)
-        lse = q.new_full(q.shape[:-1], -math.inf)  # (B, H, L)
+        # Log-sum-exp of each row, (B, H, L); +inf for a row with no key (none in its band, or
+        # all masked), so that its P = exp(S - lse) is exactly 0 in backward.
+        lse = q.new_full(q.shape[:-1], math.inf)
         ramps: dict[tuple[int, int, int], Tensor] = {}
         for q0, q1, k0, k1 in span_blocks(lq, lk, band.window, band.block):
             bias, row_has_key = _block_bias(table, band, q0, q1, k0, k1, lq, lk, ramps)
@@ -223,7 +227,7 @@ class _FusedSpanBand(torch.autograd.Function):
                                            scale=scale)
             if row_has_key is not None:
                 o = o.masked_fill(~row_has_key[..., None], 0.0)
-                l = l.masked_fill(~row_has_key, -math.inf)
+                l = l.masked_fill(~row_has_key, math.inf)
             out[:, :, q0:q1], lse[:, :, q0:q1] = o, l
         ctx.band = band
         ctx.save_for_backward(q, k, v, span_fraction, out, lse)
@@ -241,8 +245,6 @@ class _FusedSpanBand(torch.autograd.Function):
         slopes = ramp_slope_table(span_fraction.detach(), **options)
         # None: no head has a ramp inside the window, or the span needs no gradient
         ramp_range = _ramp_range(slopes) if ctx.needs_input_grad[3] else None
-        # Rows with no key: lse +inf makes their P = exp(S - lse) exactly 0, so no gradient.
-        lse = finite_or(lse, math.inf)
         delta = (grad_out * out).sum(-1)  # (B, H, L)
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         d_span = torch.zeros_like(span_fraction)
@@ -299,7 +301,6 @@ def banded_span_attention(q: Tensor, k: Tensor, v: Tensor, span_fraction: Tensor
         return fused_span_band(q, k, v, span_fraction, max_span=max_span, ramp=ramp,
                                window=window, mask=mask, block=block)
     lq, lk = q.shape[2], k.shape[2]
-    band = _Band(max_span, ramp, window, block, mask)
     table = log_ramp_table(span_fraction, max_span=max_span, ramp=ramp, window=window,
                            dtype=q.dtype)
     # Training off the fused kernel: each block's scores are recomputed in the backward.
@@ -309,7 +310,7 @@ def banded_span_attention(q: Tensor, k: Tensor, v: Tensor, span_fraction: Tensor
     for q0, q1, k0, k1 in span_blocks(lq, lk, window, block):
         args = (q[:, :, q0:q1], k[:, :, k0:k1], v[:, :, k0:k1],
                 _block_ramp(table, ramps, q0, q1, k0, k1, lk - lq),
-                *_block_mask(band, q0, q1, k0, k1, lq, lk, q), dropout_p)
+                *_block_mask(mask, q0, q1, k0, k1, lq, lk, q), dropout_p)
         out[:, :, q0:q1] = (checkpoint(_span_block, *args, use_reentrant=False) if checkpointed
                             else _span_block(*args))
     return out
