@@ -305,3 +305,27 @@ def test_span_gradient_of_each_ramp_strip(fractions, max_span, ramp, lk) -> None
     (want_span,) = torch.autograd.grad(want, fraction, grad)
     torch.testing.assert_close(got_span, want_span)
     assert (got_span == 0).all() == (min(fractions) >= 1.0)
+
+
+@pytest.mark.parametrize("shapes", [
+    ((1, 2, 6, 4), (1, 4, 6, 4), (1, 4, 6, 4), (2,)),  # key/value heads not repeated (GQA)
+    ((2, 2, 6, 4), (1, 2, 6, 4), (1, 2, 6, 4), (2,)),  # batch
+    ((1, 2, 6, 4), (1, 2, 6, 4), (1, 2, 5, 4), (2,)),  # key and value lengths
+    ((1, 2, 6, 4), (1, 2, 6, 3), (1, 2, 6, 4), (2,)),  # query and key head dims
+    ((1, 2, 6, 4), (1, 2, 6, 4), (1, 2, 6, 4), (3,)),  # one span per head
+    ((2, 6, 4), (2, 6, 4), (2, 6, 4), (2,)),  # no head dimension
+])
+def test_shapes_are_checked_before_any_kernel(shapes) -> None:
+    """A head-count mismatch reaching the fused kernel ends the process (SIGFPE): every entry
+    refuses such shapes with the shapes in the message."""
+    q, k, v, fraction = (torch.randn(s) for s in shapes)
+    message = (rf"got q {tuple(shapes[0])}, k {tuple(shapes[1])}, v {tuple(shapes[2])}, "
+               rf"span_fraction {tuple(shapes[3])}; repeat grouped").replace("(", r"\(").replace(
+                   ")", r"\)")
+    options = {"max_span": 8, "ramp": 2, "window": 7, "mask": None, "block": 4}
+    for grad in (False, True):
+        with pytest.raises(ValueError, match=r"^span attention needs q \(B, H, L, D\), k .*"
+                           + message):
+            banded_span_attention(q.requires_grad_(grad), k, v, fraction, **options)
+    with pytest.raises(ValueError, match=message):
+        span_band.fused_span_band(q, k, v, fraction, **options)

@@ -110,6 +110,18 @@ def fused_span_supported(q: Tensor, v: Tensor, dropout_p: float) -> bool:
             and cpu_flash.fused_kernel_available())
 
 
+def _check_shapes(q: Tensor, k: Tensor, v: Tensor, span_fraction: Tensor) -> None:
+    """The fused kernel does not check head counts (a mismatch ends the process): check here."""
+    if not (q.dim() == k.dim() == v.dim() == 4 and q.shape[:2] == k.shape[:2] == v.shape[:2]
+            and k.shape[2] == v.shape[2] and q.shape[3] == k.shape[3]
+            and span_fraction.shape == q.shape[1:2]):
+        raise ValueError(
+            "span attention needs q (B, H, L, D), k (B, H, S, D), v (B, H, S, Dv) and "
+            f"span_fraction (H,), got q {tuple(q.shape)}, k {tuple(k.shape)}, "
+            f"v {tuple(v.shape)}, span_fraction {tuple(span_fraction.shape)}; repeat grouped "
+            "key/value heads first (span_ramp_attention does)")
+
+
 @dataclass(frozen=True)
 class _Band:
     """What the blocks need besides the tensors."""
@@ -271,6 +283,7 @@ def fused_span_band(q: Tensor, k: Tensor, v: Tensor, span_fraction: Tensor, *, m
     """q (B, H, L, D), k / v (B, H, S, D|Dv), span_fraction (H,) -> (B, H, L, Dv).
 
     Differentiable in q, k, v and span_fraction; needs :func:`fused_span_supported`."""
+    _check_shapes(q, k, v, span_fraction)
     out: Tensor = _FusedSpanBand.apply(q, k, v, span_fraction,
                                        _Band(max_span, ramp, window, block, mask))
     return out
@@ -295,6 +308,7 @@ def banded_span_attention(q: Tensor, k: Tensor, v: Tensor, span_fraction: Tensor
     Rows with no key in the band (a mask, or more queries than keys) give zeros. ``block``
     defaults to the tuning's ``span_block``.
     """
+    _check_shapes(q, k, v, span_fraction)
     block = tuning.current().span_block if block is None else block
     if (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, span_fraction))
             and fused_span_supported(q, v, dropout_p)):
