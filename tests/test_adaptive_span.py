@@ -319,9 +319,9 @@ def test_shapes_are_checked_before_any_kernel(shapes) -> None:
     """A head-count mismatch reaching the fused kernel ends the process (SIGFPE): every entry
     refuses such shapes with the shapes in the message."""
     q, k, v, fraction = (torch.randn(s) for s in shapes)
-    message = (rf"got q {tuple(shapes[0])}, k {tuple(shapes[1])}, v {tuple(shapes[2])}, "
-               rf"span_fraction {tuple(shapes[3])}; repeat grouped").replace("(", r"\(").replace(
-                   ")", r"\)")
+    message = (f"got q {tuple(shapes[0])}, k {tuple(shapes[1])}, v {tuple(shapes[2])}, "
+               f"span_fraction {tuple(shapes[3])}; repeat grouped key/value heads first "
+               "(span_ramp_attention does)$").replace("(", r"\(").replace(")", r"\)")
     options = {"max_span": 8, "ramp": 2, "window": 7, "mask": None, "block": 4}
     for grad in (False, True):
         with pytest.raises(ValueError, match=r"^span attention needs q \(B, H, L, D\), k .*"

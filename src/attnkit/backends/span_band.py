@@ -173,7 +173,8 @@ def _block_bias(table: Tensor, band: _Band, q0: int, q1: int, k0: int, k1: int, 
 
 
 def _kernel_mask(bias: Tensor, row_has_key: Tensor | None) -> Tensor:
-    """The kernel gives NaN to a row with no key: such rows see everything (zeroed after)."""
+    """A row with no key may come out NaN (torch 2.13's CPU kernels give 0, which other builds
+    and devices need not): such rows see everything instead, and are zeroed after."""
     if row_has_key is None:
         return bias
     return torch.where(row_has_key[..., None], bias, torch.zeros_like(bias))
