@@ -329,3 +329,21 @@ def test_shapes_are_checked_before_any_kernel(shapes) -> None:
             banded_span_attention(q.requires_grad_(grad), k, v, fraction, **options)
     with pytest.raises(ValueError, match=message):
         span_band.fused_span_band(q, k, v, fraction, **options)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_float32_span_is_used_at_the_precision_of_float64_activations(path: str) -> None:
+    """The ramp table is computed at the activations' dtype: over a long span (1000 positions)
+    the float32 product span_fraction * max_span alone would be off by ~1e-5 of a position."""
+    g = torch.Generator().manual_seed(9)
+    training = path != "inference"
+    q, k = (torch.randn(1, 1, 160, 4, generator=g, dtype=torch.float64, requires_grad=training)
+            for _ in range(2))
+    v = torch.randn(1, 1, 160, 3 if path == "checkpointed" else 4, generator=g,
+                    dtype=torch.float64, requires_grad=training)
+    fraction = torch.tensor([0.1234567], dtype=torch.float32)  # span 123.4567...
+    options = {"max_span": 1000, "ramp": 3, "window": 127}
+    with torch.set_grad_enabled(training):
+        got = banded_span_attention(q, k, v, fraction, mask=None, block=32, **options)
+    want = dense_span_attention(q, k, v, fraction.double(), allowed=None, **options)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
