@@ -148,13 +148,13 @@ class _ChunkedKernelAttention(torch.autograd.Function):
                 features: KernelFeatures, chunk: int) -> Tensor:
         b, length, heads = q.shape[:3]
         dv = v.shape[-1]
-        kv = top = None
+        kv = top = inverse = None  # None: backward returns zero gradients without them
         if not (k.shape[1] and length):  # no keys (every row is zero) or no queries
-            out, inverse = q.new_zeros(b, length, heads, dv), q.new_zeros(b, length, heads, 1)
+            out = q.new_zeros(b, length, heads, dv)
         else:
             out, inverse = q.new_empty(b, length, heads, dv), q.new_empty(b, length, heads, 1)
             kv, top = _fold_keys(features, k, v, valid, chunk)
-            kv_t = expand_kv(kv, heads).transpose(-1, -2)  # (B, H, M, E)
+            kv_t = expand_kv(kv, heads).mT  # (B, H, M, E)
             for start in range(0, length, chunk):
                 rows = slice(start, start + chunk)
                 phi = features.queries(q[:, rows].transpose(1, 2).contiguous())  # (B, H, C, M)
@@ -182,7 +182,7 @@ class _ChunkedKernelAttention(torch.autograd.Function):
         if kv is None:
             return grad_q, grad_k, grad_v, None, None, None
         heads, dv = q.shape[2], v.shape[-1]
-        kv_t = expand_kv(kv, heads).transpose(-1, -2)  # (B, H, M, E)
+        kv_t = expand_kv(kv, heads).mT  # (B, H, M, E)
         grad_kv_t = torch.zeros_like(kv_t) if (need_k or need_v) else None
         for start in range(0, q.shape[1], chunk):
             rows = slice(start, start + chunk)
@@ -193,13 +193,13 @@ class _ChunkedKernelAttention(torch.autograd.Function):
             grad_den = (grad_num * out[:, rows].transpose(1, 2)).sum(-1, keepdim=True).neg_()
             grad_both = torch.cat([grad_num, grad_den], -1)  # (B, H, C, E)
             if grad_kv_t is not None:
-                grad_kv_t.add_(phi.transpose(-1, -2) @ grad_both)
+                grad_kv_t.add_(phi.mT @ grad_both)
             if grad_q is not None:
-                grad_phi = grad_both @ kv_t.transpose(-1, -2)  # (B, H, C, M)
+                grad_phi = grad_both @ kv_t.mT  # (B, H, C, M)
                 grad_q[:, rows] = features.queries_backward(q_c, phi, grad_phi).transpose(1, 2)
         if grad_kv_t is None:
             return grad_q, grad_k, grad_v, None, None, None
-        grad_kv = _sum_groups(grad_kv_t, k.shape[2]).transpose(-1, -2)  # (B, Hkv, E, M)
+        grad_kv = _sum_groups(grad_kv_t, k.shape[2]).mT  # (B, Hkv, E, M)
         ref = None if top is None else _reference_shift(top)
         for start in range(0, k.shape[1], chunk):
             rows = slice(start, start + chunk)
@@ -210,11 +210,16 @@ class _ChunkedKernelAttention(torch.autograd.Function):
             grad_kv_c = grad_kv if shift is None or ref is None else (
                 grad_kv * torch.exp(shift[..., None, None] - ref))
             if grad_v is not None:  # the ones column's gradient goes nowhere
-                grad_v[:, rows] = (phi @ grad_kv_c[..., :dv, :].transpose(-1, -2)).transpose(1, 2)
+                grad_v[:, rows] = (phi @ grad_kv_c[..., :dv, :].mT).transpose(1, 2)
             if grad_k is not None:
                 grad_phi = _with_ones(v[:, rows]).transpose(1, 2) @ grad_kv_c  # (B, Hkv, C, M)
                 grad_k[:, rows] = features.keys_backward(k_c, phi, grad_phi).transpose(1, 2)
         return grad_q, grad_k, grad_v, None, None, None
+
+
+def _check_chunk(chunk: int) -> None:
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
 
 
 def chunked_kernel_attention(q: Tensor, k: Tensor, v: Tensor, features: KernelFeatures, *,
@@ -226,13 +231,10 @@ def chunked_kernel_attention(q: Tensor, k: Tensor, v: Tensor, features: KernelFe
     free. A query that sees no key gets zeros. GQA: ``kv`` is built on Hkv heads and repeated
     (small). Not twice differentiable.
     """
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    _check_chunk(chunk)
     out = _ChunkedKernelAttention.apply(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                         key_valid, features, chunk)
     return out.transpose(1, 2)
-
-
 
 
 def _safe_divide(num: Tensor, den: Tensor) -> Tensor:
@@ -252,6 +254,7 @@ def causal_kernel_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor, *, chunk: i
     state ``kv`` (B, H, M, Dv), ``normalizer`` (B, H, M).
     """
     chunk = tuning.current().kernel_causal_chunk if chunk is None else chunk
+    _check_chunk(chunk)
     b, h, length, m = phi_q.shape
     dv = v.shape[-1]
     pad = (-length) % chunk
@@ -261,7 +264,7 @@ def causal_kernel_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor, *, chunk: i
     qc = phi_q.view(b, h, n, chunk, m)
     kc = phi_k.view(b, h, n, chunk, m)
     vc = v.view(b, h, n, chunk, dv)
-    chunk_kv = kc.transpose(-1, -2) @ vc  # (B, H, n, M, Dv)
+    chunk_kv = kc.mT @ vc  # (B, H, n, M, Dv)
     chunk_norm = kc.sum(3)  # (B, H, n, M)
     # State before each chunk: exclusive prefix sum over chunks, plus the initial state.
     kv_before = chunk_kv.cumsum(2) - chunk_kv
@@ -269,7 +272,10 @@ def causal_kernel_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor, *, chunk: i
     if kv0 is not None and normalizer0 is not None:
         kv_before = kv_before + kv0.unsqueeze(2)
         norm_before = norm_before + normalizer0.unsqueeze(2)
-    within = torch.tril(qc @ kc.transpose(-1, -2))  # (B, H, n, C, C)
+    elif kv0 is not None or normalizer0 is not None:
+        raise ValueError("a decoding state is kv0 and normalizer0 together, got "
+                         f"{'kv0' if normalizer0 is None else 'normalizer0'} only")
+    within = torch.tril(qc @ kc.mT)  # (B, H, n, C, C)
     num = qc @ kv_before + within @ vc  # (B, H, n, C, Dv)
     den = (qc @ norm_before.unsqueeze(-1)) + within.sum(-1, keepdim=True)  # (B, H, n, C, 1)
     out = _safe_divide(num, den).reshape(b, h, n * chunk, dv)[:, :, :length]
@@ -282,9 +288,9 @@ def kernel_attention_weights(phi_q: Tensor, phi_k: Tensor, causal: bool) -> Tens
     """The implied attention matrix (B, H, L, S): phi(q_i).phi(k_j) / sum_j' phi(q_i).phi(k_j')."""
     lq, lk = phi_q.shape[2], phi_k.shape[2]
     check_weights_size(lq, lk)
-    scores = phi_q @ phi_k.transpose(-1, -2)  # (B, H, L, S)
+    scores = phi_q @ phi_k.mT  # (B, H, L, S)
     if causal:
-        keep = torch.ones(lq, lk, dtype=torch.bool, device=scores.device).tril(lk - lq)
+        keep = scores.new_ones(lq, lk, dtype=torch.bool).tril(lk - lq)
         scores = scores.masked_fill(~keep, 0.0)
     return _safe_divide(scores, scores.sum(-1, keepdim=True))
 

@@ -25,6 +25,7 @@ adaptive-span layer hands it a :class:`~attnkit.functional.bias.SpanRampBias` an
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +37,7 @@ from torch.utils.checkpoint import checkpoint
 from attnkit.backends import cpu_flash, tuning
 from attnkit.functional.bias import SpanRampBias
 from attnkit.functional.masks import Mask
-from attnkit.functional.math import expand_kv, finite_or
+from attnkit.functional.math import expand_kv
 
 __all__ = [
     "banded_span_attention",
@@ -49,14 +50,21 @@ __all__ = [
 ]
 
 
+def _arange(start: int, stop: int, like: Tensor) -> Tensor:
+    """Positions ``start .. stop - 1`` on ``like``'s device: (stop - start,) int64."""
+    return torch.arange(start, stop, device=like.device)
+
+
 def _ramp(span_fraction: Tensor, max_span: int, ramp: int, window: int, dtype: torch.dtype
           ) -> tuple[Tensor, Tensor]:
     """The ramp before its clamp, (R + z - x) / R, and where m_z(x) > 0 is kept: (H, window + 2)
     each, for distances x = 0..window + 1 (the last column is "beyond the window")."""
-    distance = torch.arange(window + 2, device=span_fraction.device, dtype=dtype)
-    span = span_fraction.to(dtype).clamp(0.0, 1.0) * max_span  # (H,)
+    distance = _arange(0, window + 2, span_fraction)
+    # Only the lower clamp of [0, 1] shows: from a fraction of 1 on, every distance below
+    # max_span has m = 1 already (raw >= 1), and none is on the ramp.
+    span = span_fraction.to(dtype).clamp(min=0.0) * max_span  # (H,)
     raw = (ramp + span[:, None] - distance) / ramp
-    keep = (raw.clamp(0.0, 1.0) > 0) & (distance < max_span) & (distance <= window)
+    keep = (raw > 0) & (distance < max_span) & (distance <= window)
     return raw, keep
 
 
@@ -65,8 +73,7 @@ def log_ramp_table(span_fraction: Tensor, *, max_span: int, ramp: int, window: i
     """log m_z(x) for distances x = 0..window, then one -inf column: (H, window + 2)."""
     raw, keep = _ramp(span_fraction, max_span, ramp, window, dtype)
     # log of 0 is -inf; the inner where keeps the gradient finite (no inf * 0).
-    return torch.where(keep, torch.log(torch.where(keep, raw.clamp(0.0, 1.0), 1.0)),
-                       float("-inf"))
+    return torch.where(keep, torch.log(torch.where(keep, raw.clamp(max=1.0), 1.0)), -math.inf)
 
 
 def ramp_slope_table(span_fraction: Tensor, *, max_span: int, ramp: int, window: int,
@@ -77,11 +84,10 @@ def ramp_slope_table(span_fraction: Tensor, *, max_span: int, ramp: int, window:
     their bounds, as torch's ``clamp`` does), written out so the backward needs no graph:
     ``max_span / (R * raw)`` on the ramp (``raw <= 1``), 0 elsewhere."""
     raw, keep = _ramp(span_fraction, max_span, ramp, window, dtype)
-    on_ramp = keep & (raw <= 1.0)
-    fraction = span_fraction.to(dtype)
-    fraction_inside = ((fraction >= 0.0) & (fraction <= 1.0)).to(dtype)[:, None]
-    slope = max_span / (ramp * torch.where(on_ramp, raw, torch.ones_like(raw)))
-    return torch.where(on_ramp, slope * fraction_inside, torch.zeros_like(raw))
+    # The clamp of the fraction to [0, 1] stops the gradient below 0. Above 1 nothing is on the
+    # ramp (it would start at x = max_span, past the last kept distance): no test needed there.
+    on_ramp = keep & (raw <= 1.0) & (span_fraction >= 0.0)[:, None]
+    return torch.where(on_ramp, max_span / (ramp * raw), 0.0)
 
 
 def span_blocks(lq: int, lk: int, window: int, block: int) -> list[tuple[int, int, int, int]]:
@@ -104,6 +110,18 @@ def fused_span_supported(q: Tensor, v: Tensor, dropout_p: float) -> bool:
             and cpu_flash.fused_kernel_available())
 
 
+def _check_shapes(q: Tensor, k: Tensor, v: Tensor, span_fraction: Tensor) -> None:
+    """The fused kernel does not check head counts (a mismatch ends the process): check here."""
+    if not (q.dim() == k.dim() == v.dim() == 4 and q.shape[:2] == k.shape[:2] == v.shape[:2]
+            and k.shape[2] == v.shape[2] and q.shape[3] == k.shape[3]
+            and span_fraction.shape == q.shape[1:2]):
+        raise ValueError(
+            "span attention needs q (B, H, L, D), k (B, H, S, D), v (B, H, S, Dv) and "
+            f"span_fraction (H,), got q {tuple(q.shape)}, k {tuple(k.shape)}, "
+            f"v {tuple(v.shape)}, span_fraction {tuple(span_fraction.shape)}; repeat grouped "
+            "key/value heads first (span_ramp_attention does)")
+
+
 @dataclass(frozen=True)
 class _Band:
     """What the blocks need besides the tensors."""
@@ -115,31 +133,48 @@ class _Band:
     mask: Mask | None
 
 
+def _block_ramp(table: Tensor, ramps: dict[tuple[int, int, int], Tensor], q0: int, q1: int,
+                k0: int, k1: int, offset: int) -> Tensor:
+    """log m_z(|i - j|) of one block, (1, H, C, K): one gather from the distance table, done
+    once per block geometry in ``ramps`` (all interior blocks share one)."""
+    pattern = (q0 + offset - k0, q1 - q0, k1 - k0)  # the block's distances depend on these only
+    if pattern not in ramps:
+        last = table.shape[1] - 1  # the "beyond the window" column
+        q_pos = _arange(q0, q1, table) + offset
+        distance = (q_pos[:, None] - _arange(k0, k1, table)[None, :]).abs().clamp(max=last)
+        ramps[pattern] = table[:, distance].unsqueeze(0)
+    return ramps[pattern]
+
+
+def _block_mask(mask: Mask | None, q0: int, q1: int, k0: int, k1: int, lq: int, lk: int,
+                like: Tensor) -> tuple[Tensor | None, bool]:
+    """The caller's mask on one block, bool (B|1, H|1, C, K) or None, and whether a row of the
+    block can be left with no key: under a mask, or for query positions before key 0 (more
+    queries than keys). Otherwise every row sees itself (distance 0, ramp 1)."""
+    if mask is None:
+        return None, q0 + lk - lq < 0
+    return mask.tile(_arange(q0, q1, like), _arange(k0, k1, like), lq, lk), True
+
+
+def _masked_bias(log_ramp: Tensor, allowed: Tensor | None, rows_can_be_empty: bool
+                 ) -> tuple[Tensor, Tensor | None]:
+    """Additive mask (B|1, H, C, K), ``-inf`` where not allowed, and which rows have a key
+    (B|1, H, C) (None: all do)."""
+    bias = log_ramp if allowed is None else log_ramp.masked_fill(~allowed, -math.inf)
+    return bias, (torch.isfinite(bias).any(-1) if rows_can_be_empty else None)
+
+
 def _block_bias(table: Tensor, band: _Band, q0: int, q1: int, k0: int, k1: int, lq: int,
-                lk: int, ramps: dict[tuple[int, int, int], Tensor] | None = None
+                lk: int, ramps: dict[tuple[int, int, int], Tensor]
                 ) -> tuple[Tensor, Tensor | None]:
-    """Additive mask (B|1, H, C, K) of one block, ``-inf`` where not allowed, and which rows
-    have a key (None: all do)."""
-    device = table.device
-    q_idx = torch.arange(q0, q1, device=device)
-    k_idx = torch.arange(k0, k1, device=device)
-    # Blocks with the same geometry (all interior ones) share the ramp: gather it once.
-    pattern = (q0 + lk - lq - k0, q1 - q0, k1 - k0)
-    bias = None if ramps is None else ramps.get(pattern)
-    if bias is None:
-        distance = (q_idx[:, None] + (lk - lq) - k_idx[None, :]).abs().clamp(max=band.window + 1)
-        bias = table[:, distance].unsqueeze(0)  # (1, H, C, K)
-        if ramps is not None:
-            ramps[pattern] = bias
-    if band.mask is None:  # every row sees itself (distance 0, ramp 1): no empty row
-        return bias, None
-    allowed = band.mask.tile(q_idx, k_idx, lq, lk)
-    bias = bias.masked_fill(~allowed, float("-inf"))
-    return bias, torch.isfinite(bias).any(-1)  # (B|1, H, C)
+    """:func:`_masked_bias` of one block."""
+    log_ramp = _block_ramp(table, ramps, q0, q1, k0, k1, lk - lq)
+    return _masked_bias(log_ramp, *_block_mask(band.mask, q0, q1, k0, k1, lq, lk, table))
 
 
 def _kernel_mask(bias: Tensor, row_has_key: Tensor | None) -> Tensor:
-    """The kernel gives NaN to a row with no key: such rows see everything (zeroed after)."""
+    """A row with no key may come out NaN (torch 2.13's CPU kernels give 0, which other builds
+    and devices need not): such rows see everything instead, and are zeroed after."""
     if row_has_key is None:
         return bias
     return torch.where(row_has_key[..., None], bias, torch.zeros_like(bias))
@@ -165,17 +200,17 @@ def _span_grad_of_block(q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, lse: 
     q0, q1 = rows
     p0, p1 = q0 + lk - lq, q1 - 1 + lk - lq  # first and last key position the rows face
     total = slopes.new_zeros(slopes.shape[0])
-    q_pos = torch.arange(q0, q1, device=q.device)[:, None] + (lk - lq)  # (C, 1)
+    q_pos = _arange(q0, q1, q)[:, None] + (lk - lq)  # (C, 1)
     # Left strip: keys p - hi .. p - lo (distance 0 counted here); right: p + max(lo, 1) .. p + hi.
     for left, a, b in ((True, p0 - hi, p1 - lo + 1), (False, p0 + max(lo, 1), p1 + hi + 1)):
         a, b = max(a, 0), min(b, lk)
         if b <= a:
             continue
         bias, _ = _block_bias(table, band, q0, q1, a, b, lq, lk, ramps)  # (B|1,H,C,K), -inf kept
-        s = (q @ k[:, :, a:b].transpose(-1, -2)) * scale + bias
+        s = (q @ k[:, :, a:b].mT) * scale + bias
         p = torch.exp(s - lse[..., None])  # rows with no key: lse +inf -> 0
-        d_s = p * ((grad_out @ v[:, :, a:b].transpose(-1, -2)) - delta[..., None])
-        k_pos = torch.arange(a, b, device=q.device)[None, :]  # (1, K)
+        d_s = p * ((grad_out @ v[:, :, a:b].mT) - delta[..., None])
+        k_pos = _arange(a, b, q)[None, :]  # (1, K)
         distance = (q_pos - k_pos).abs()
         on_side = (k_pos <= q_pos) if left else (k_pos > q_pos)
         weight = torch.where(on_side & (distance >= lo) & (distance <= hi),
@@ -194,17 +229,18 @@ class _FusedSpanBand(torch.autograd.Function):
         table = log_ramp_table(span_fraction.detach(), max_span=band.max_span, ramp=band.ramp,
                                window=band.window, dtype=q.dtype)
         out = q.new_zeros(*q.shape[:-1], v.shape[-1])  # (B, H, L, Dv)
-        lse = q.new_full(q.shape[:-1], float("-inf"))  # (B, H, L)
+        # Log-sum-exp of each row, (B, H, L); +inf for a row with no key (none in its band, or
+        # all masked), so that its P = exp(S - lse) is exactly 0 in backward.
+        lse = q.new_full(q.shape[:-1], math.inf)
         ramps: dict[tuple[int, int, int], Tensor] = {}
         for q0, q1, k0, k1 in span_blocks(lq, lk, band.window, band.block):
             bias, row_has_key = _block_bias(table, band, q0, q1, k0, k1, lq, lk, ramps)
             o, l = cpu_flash.flash_forward(q[:, :, q0:q1], k[:, :, k0:k1], v[:, :, k0:k1],
                                            causal=False, attn_mask=_kernel_mask(bias, row_has_key),
                                            scale=scale)
-            l = l.to(q.dtype)
             if row_has_key is not None:
                 o = o.masked_fill(~row_has_key[..., None], 0.0)
-                l = l.masked_fill(~row_has_key, float("-inf"))
+                l = l.masked_fill(~row_has_key, math.inf)
             out[:, :, q0:q1], lse[:, :, q0:q1] = o, l
         ctx.band = band
         ctx.save_for_backward(q, k, v, span_fraction, out, lse)
@@ -219,11 +255,9 @@ class _FusedSpanBand(torch.autograd.Function):
         options = {"max_span": band.max_span, "ramp": band.ramp, "window": band.window,
                    "dtype": q.dtype}
         table = log_ramp_table(span_fraction.detach(), **options)
-        wants_span = ctx.needs_input_grad[3]
-        slopes = ramp_slope_table(span_fraction.detach(), **options) if wants_span else None
-        ramp_range = None if slopes is None else _ramp_range(slopes)  # None: no span gradient
-        # Rows with no key: lse +inf makes their P = exp(S - lse) exactly 0, so no gradient.
-        lse = finite_or(lse, float("inf"))
+        slopes = ramp_slope_table(span_fraction.detach(), **options)
+        # None: no head has a ramp inside the window, or the span needs no gradient
+        ramp_range = _ramp_range(slopes) if ctx.needs_input_grad[3] else None
         delta = (grad_out * out).sum(-1)  # (B, H, L)
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         d_span = torch.zeros_like(span_fraction)
@@ -234,15 +268,15 @@ class _FusedSpanBand(torch.autograd.Function):
                 grad_out[:, :, q0:q1], q[:, :, q0:q1], k[:, :, k0:k1], v[:, :, k0:k1],
                 out[:, :, q0:q1], lse[:, :, q0:q1], causal=False,
                 attn_mask=_kernel_mask(bias, row_has_key), scale=scale)
-            dq[:, :, q0:q1] += gq
+            dq[:, :, q0:q1] = gq  # query blocks do not overlap; key ranges do
             dk[:, :, k0:k1] += gk
             dv[:, :, k0:k1] += gv
-            if slopes is not None and ramp_range is not None:
+            if ramp_range is not None:
                 d_span += _span_grad_of_block(
                     q[:, :, q0:q1], k, v, grad_out[:, :, q0:q1], lse[:, :, q0:q1],
                     delta[:, :, q0:q1], table, slopes, ramp_range, band, (q0, q1), lq, lk,
-                    scale, ramps).to(d_span.dtype)
-        return dq, dk, dv, (d_span if wants_span else None), None
+                    scale, ramps)
+        return dq, dk, dv, d_span, None
 
 
 def fused_span_band(q: Tensor, k: Tensor, v: Tensor, span_fraction: Tensor, *, max_span: int,
@@ -250,32 +284,20 @@ def fused_span_band(q: Tensor, k: Tensor, v: Tensor, span_fraction: Tensor, *, m
     """q (B, H, L, D), k / v (B, H, S, D|Dv), span_fraction (H,) -> (B, H, L, Dv).
 
     Differentiable in q, k, v and span_fraction; needs :func:`fused_span_supported`."""
+    _check_shapes(q, k, v, span_fraction)
     out: Tensor = _FusedSpanBand.apply(q, k, v, span_fraction,
                                        _Band(max_span, ramp, window, block, mask))
     return out
 
 
-def _block_log_ramp(table: Tensor, q_idx: Tensor, k_idx: Tensor) -> Tensor:
-    """The ramp bias of one block, (1, H, C, K): one gather from the distance table."""
-    window = table.shape[1] - 2
-    distance = (q_idx[:, None] - k_idx[None, :]).abs().clamp(max=window + 1)  # (C, K)
-    return table[:, distance].unsqueeze(0)
-
-
-def _span_block(q: Tensor, k: Tensor, v: Tensor, table: Tensor, q_idx: Tensor, k_idx: Tensor,
-                allowed: Tensor | None, dropout_p: float,
-                log_ramp: Tensor | None = None) -> Tensor:
-    """One query block: q (B, H, C, D), k / v (B, H, K, D|Dv) -> (B, H, C, Dv)."""
-    if log_ramp is None:
-        log_ramp = _block_log_ramp(table, q_idx, k_idx)
-    if allowed is None:  # every query sees itself (distance 0, ramp 1): no empty row
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=log_ramp, dropout_p=dropout_p)
-    log_ramp = log_ramp.masked_fill(~allowed, float("-inf"))  # (B|1, H, C, K)
-    # A row with no key would be NaN in the fused kernel: let it see everything, then zero it.
-    row_has_key = torch.isfinite(log_ramp).any(-1, keepdim=True)
-    log_ramp = torch.where(row_has_key, log_ramp, 0.0)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=log_ramp, dropout_p=dropout_p)
-    return out.masked_fill(~row_has_key, 0.0)
+def _span_block(q: Tensor, k: Tensor, v: Tensor, log_ramp: Tensor, allowed: Tensor | None,
+                rows_can_be_empty: bool, dropout_p: float) -> Tensor:
+    """One query block: q (B, H, C, D), k / v (B, H, K, D|Dv), log_ramp (1, H, C, K), allowed
+    (B|1, H|1, C, K) or None -> (B, H, C, Dv)."""
+    bias, row_has_key = _masked_bias(log_ramp, allowed, rows_can_be_empty)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=_kernel_mask(bias, row_has_key),
+                                         dropout_p=dropout_p)
+    return out if row_has_key is None else out.masked_fill(~row_has_key[..., None], 0.0)
 
 
 def banded_span_attention(q: Tensor, k: Tensor, v: Tensor, span_fraction: Tensor, *,
@@ -284,39 +306,29 @@ def banded_span_attention(q: Tensor, k: Tensor, v: Tensor, span_fraction: Tensor
     """softmax(q k^T / sqrt(D) + log m_z(|i - j|)) v over the band |i - j| <= window only.
 
     q (B, H, L, D), k / v (B, H, S, D|Dv) -> (B, H, L, Dv); positions bottom-right aligned.
+    Rows with no key in the band (a mask, or more queries than keys) give zeros. ``block``
+    defaults to the tuning's ``span_block``.
     """
+    _check_shapes(q, k, v, span_fraction)
     block = tuning.current().span_block if block is None else block
-    lq, lk = q.shape[2], k.shape[2]
-    offset = lk - lq
     if (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, span_fraction))
             and fused_span_supported(q, v, dropout_p)):
         return fused_span_band(q, k, v, span_fraction, max_span=max_span, ramp=ramp,
                                window=window, mask=mask, block=block)
+    lq, lk = q.shape[2], k.shape[2]
     table = log_ramp_table(span_fraction, max_span=max_span, ramp=ramp, window=window,
                            dtype=q.dtype)
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, table))
-    pieces = []
+    # Training off the fused kernel: each block's scores are recomputed in the backward.
+    checkpointed = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, table))
+    out = q.new_zeros(*q.shape[:-1], v.shape[-1])  # (B, H, L, Dv); rows with no key stay 0
     ramps: dict[tuple[int, int, int], Tensor] = {}
-    for q0 in range(0, lq, block):
-        q1 = min(q0 + block, lq)
-        k0, k1 = max(0, q0 + offset - window), min(lk, q1 + offset + window)
-        q_idx = torch.arange(q0, q1, device=q.device)
-        k_idx = torch.arange(k0, k1, device=q.device)
-        if k1 <= k0:
-            pieces.append(q.new_zeros(*q.shape[:2], q1 - q0, v.shape[-1]))
-            continue
-        allowed = None if mask is None else mask.tile(q_idx, k_idx, lq, lk)
-        args = (q[:, :, q0:q1], k[:, :, k0:k1], v[:, :, k0:k1], table, q_idx + offset, k_idx,
-                allowed, dropout_p)
-        if needs_grad:
-            pieces.append(checkpoint(_span_block, *args, use_reentrant=False))
-            continue
-        # Interior blocks share one distance pattern: build each distinct ramp bias once.
-        pattern = (q0 + offset - k0, q1 - q0, k1 - k0)
-        if pattern not in ramps:
-            ramps[pattern] = _block_log_ramp(table, q_idx + offset, k_idx)
-        pieces.append(_span_block(*args, log_ramp=ramps[pattern]))
-    return torch.cat(pieces, dim=2)
+    for q0, q1, k0, k1 in span_blocks(lq, lk, window, block):
+        args = (q[:, :, q0:q1], k[:, :, k0:k1], v[:, :, k0:k1],
+                _block_ramp(table, ramps, q0, q1, k0, k1, lk - lq),
+                *_block_mask(mask, q0, q1, k0, k1, lq, lk, q), dropout_p)
+        out[:, :, q0:q1] = (checkpoint(_span_block, *args, use_reentrant=False) if checkpointed
+                            else _span_block(*args))
+    return out
 
 
 def span_ramp_attention(q: Tensor, k: Tensor, v: Tensor, ramp: SpanRampBias, *, window: int,
