@@ -50,8 +50,9 @@ def flash_forward(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, attn_mask: T
     """out (N, H, Lq, Dv) and row log-sum-exp (N, H, Lq) of q (N, H, Lq, D), k / v (N, H, Lk, D).
 
     ``attn_mask`` is additive (N|1, H|1, Lq, Lk); ``causal`` is the kernel's top-left
-    ``is_causal``. A row whose keys are all ``-inf`` gives NaN and an lse of 0: callers mask such
-    rows themselves.
+    ``is_causal``. A row whose keys are all ``-inf`` has an lse of 0 and an output that depends
+    on the torch build (zeros on torch 2.13's CPU kernel, NaN in others): callers mask such rows
+    themselves.
     """
     out, lse = forward_op()(q, k, v, 0.0, causal, attn_mask=attn_mask, scale=scale)
     return out, lse
