@@ -89,8 +89,10 @@ def prepare(name: str, target: dict[str, object], pytest_args: list[str],
     return work
 
 
+# mutmut hands each mutant its tests as a set: a fixed hash seed keeps their order, and so the
+# verdict of a mutant that crashes the worker in one test and fails another, from run to run.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HYPOTHESIS_PROFILE": "mutation",
-       "PYTHONDONTWRITEBYTECODE": "1"}
+       "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0"}
 MUTMUT = [sys.executable, "-m", "mutmut"]
 
 
