@@ -1,12 +1,16 @@
 # make demo: set up and run the main job.  make test: set up and run the tests.
 # make test-thorough: the property tests with 500 hypothesis examples each (scheduled runs).
-# make mutation: mutation score of the core modules (tools/mutation/targets.toml; ~1 h on 2 cores).
+# make mutation: mutation score of the core modules (tools/mutation/targets.toml), two mutmut
+#   workers (MUTATION_CHILDREN=1 on a machine shared with other work); estimated, not timed:
+#   ~40 min on 2 cores without train/loop.py, ~65 with it (docs/core-tests.md).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # The CPU wheel of this torch lies on the build machines' disk; an unpinned torch pulls CUDA.
 TORCH_PIN ?= torch==2.13.0
+# Parallel mutmut workers of `make mutation`: one per core of the 2-core build machine.
+MUTATION_CHILDREN ?= 2
 
 .PHONY: setup demo test test-thorough mutation lint bench clean
 
@@ -33,7 +37,7 @@ test-thorough: $(STAMP)
 
 mutation: $(STAMP)
 	$(PY) -m pip install -q -e ".[mutation]" "$(TORCH_PIN)"
-	nice -n 10 $(PY) tools/mutation/run.py
+	nice -n 10 $(PY) tools/mutation/run.py --children $(MUTATION_CHILDREN)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests

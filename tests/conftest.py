@@ -27,6 +27,12 @@ from oracle import BiasDef, MaskDef
 # Tests run with the default tuning constants, whatever tuning file this machine has.
 os.environ["ATTNKIT_TUNING"] = os.path.join(os.path.dirname(__file__), "no-such-tuning.json")
 
+# torch.testing.assert_close imports torch.distributed.tensor and sympy on its first call (about
+# a second). Made once here, when pytest loads this file, that import is inherited by the test
+# runs that mutmut forks, one per mutant, from a process that has collected the tests; before,
+# every mutant that reached a comparison paid it again.
+torch.testing.assert_close(torch.zeros(1), torch.zeros(1))
+
 _QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large]
 # default: what `make test` runs; sized so the property tests take a few minutes on 2 cores.
 settings.register_profile("default", max_examples=60, deadline=None,

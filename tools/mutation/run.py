@@ -1,8 +1,10 @@
 """Run mutmut over the core modules, one scratch copy per module, and print the scores.
 
-Usage (from the repository root; ``make mutation`` runs every target)::
+Usage (from the repository root; ``make mutation`` runs every target with two workers,
+``MUTATION_CHILDREN=1 make mutation`` with one)::
 
     .venv/bin/python tools/mutation/run.py                 # every target in targets.toml
+    .venv/bin/python tools/mutation/run.py --children 2    # two mutants at a time
     .venv/bin/python tools/mutation/run.py math kv_cache   # some targets
     .venv/bin/python tools/mutation/run.py --report        # scores of finished runs only
     .venv/bin/python tools/mutation/run.py --resume math   # go on from an interrupted run
@@ -87,8 +89,10 @@ def prepare(name: str, target: dict[str, object], pytest_args: list[str],
     return work
 
 
+# mutmut hands each mutant its tests as a set: a fixed hash seed keeps their order, and so the
+# verdict of a mutant that crashes the worker in one test and fails another, from run to run.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HYPOTHESIS_PROFILE": "mutation",
-       "PYTHONDONTWRITEBYTECODE": "1"}
+       "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0"}
 MUTMUT = [sys.executable, "-m", "mutmut"]
 
 
@@ -99,11 +103,11 @@ def run_one(name: str, target: dict[str, object], pytest_args: list[str],
     with open(work / "mutmut.log", "a" if resume else "w") as log:
         code = subprocess.call([*MUTMUT, "run", "--max-children", str(children)], cwd=work,
                                env=ENV, stdout=log, stderr=subprocess.STDOUT)
-    return collect(name, target, time.monotonic() - start, code)
+    return collect(name, target, time.monotonic() - start, code, children)
 
 
 def collect(name: str, target: dict[str, object], elapsed: float | None = None,
-            code: int | None = None) -> dict[str, object]:
+            code: int | None = None, children: int | None = None) -> dict[str, object]:
     """Counts, score and survivors of a run, finished or not (unrun mutants count as not
     killed, under "not_checked")."""
     work = RUNS / name
@@ -114,13 +118,15 @@ def collect(name: str, target: dict[str, object], elapsed: float | None = None,
         elapsed = json.loads(previous.read_text()).get("seconds")
     if elapsed is None:  # a run whose driver was stopped: from its config to its last output
         elapsed = (work / "mutmut.log").stat().st_mtime - (work / "pyproject.toml").stat().st_mtime
-    summary = summarize(name, target, work, elapsed or 0.0, code)
+    if children is None and previous.exists():
+        children = json.loads(previous.read_text()).get("children")
+    summary = summarize(name, target, work, elapsed or 0.0, code, children)
     write_survivors(work)
     return summary
 
 
 def summarize(name: str, target: dict[str, object], work: Path, elapsed: float,
-              code: int | None) -> dict[str, object]:
+              code: int | None, children: int | None = None) -> dict[str, object]:
     stats_file = work / "mutants" / "mutmut-cicd-stats.json"
     counts = json.loads(stats_file.read_text()) if stats_file.exists() else {}
     killed = int(counts.get("killed", 0))
@@ -129,7 +135,7 @@ def summarize(name: str, target: dict[str, object], work: Path, elapsed: float,
                                                         "segfault"))
     total = killed + timeouts + not_killed  # mutants with a verdict (all, if the run finished)
     summary = {"name": name, "path": target["path"], "exit_code": code,
-               "seconds": round(elapsed), "counts": counts,
+               "seconds": round(elapsed), "children": children, "counts": counts,
                "score": round(100 * (killed + timeouts) / total, 1) if total else None}
     (work / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
@@ -168,7 +174,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="targets from targets.toml (default: all)")
     parser.add_argument("--children", type=int, default=1,
-                        help="parallel mutant workers (default 1: the machine is shared)")
+                        help="parallel mutant workers (default 1, for a machine shared with "
+                             "other work; make mutation passes MUTATION_CHILDREN, 2)")
     parser.add_argument("--report", action="store_true", help="only print finished scores")
     parser.add_argument("--resume", action="store_true",
                         help="keep the scratch copies and go on from the verdicts they hold")
@@ -182,13 +189,18 @@ def main() -> None:
     unknown = sorted(set(args.names) - set(targets))
     if unknown:
         parser.error(f"unknown targets {unknown}; known: {sorted(targets)}")
-    for name in args.names or list(targets):
+    start = time.monotonic()
+    names = args.names or list(targets)
+    for name in names:
         if args.collect:
             summary = collect(name, targets[name])
         else:
             summary = run_one(name, targets[name], pytest_args, args.children, args.resume)
         print(json.dumps(summary), flush=True)
     report()
+    if not args.collect:
+        print(f"{len(names)} targets in {(time.monotonic() - start) / 60:.1f} minutes with "
+              f"{args.children} worker(s)")
 
 
 if __name__ == "__main__":

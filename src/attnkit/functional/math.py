@@ -160,12 +160,11 @@ def safe_softmax(scores: Tensor, allowed: Tensor | None) -> Tensor:
     scores are finite and torch's fused softmax runs (one output, and in backward one gradient,
     instead of four full-size temporaries).
     """
-    if allowed is None and scores.shape[-1]:
-        return torch.softmax(scores, -1)
-    if allowed is not None:
-        scores = scores.masked_fill(~allowed, float("-inf"))
     if scores.shape[-1] == 0:  # no keys at all: empty weights, so the output rows are zero
         return scores
+    if allowed is None:
+        return torch.softmax(scores, -1)
+    scores = scores.masked_fill(~allowed, -math.inf)
     row_max = scores.amax(dim=-1, keepdim=True)
     row_max = finite_or(row_max)
     exp = torch.exp(scores - row_max)
@@ -176,7 +175,7 @@ def safe_softmax(scores: Tensor, allowed: Tensor | None) -> Tensor:
 def modified_scores(spec: AttentionSpec) -> Tensor:
     """Scores after scale, bias and softcap, before masking: (B, Hq, Lq, Lk)."""
     k = expand_kv(spec.k, spec.heads)
-    scores = (spec.q @ k.transpose(-1, -2)) * spec.scale
+    scores = (spec.q @ k.mT) * spec.scale
     if spec.bias is not None:
         scores = scores + spec.bias.dense(spec.lq, spec.lk, scores.device).to(scores.dtype)
     if spec.softcap is not None:
