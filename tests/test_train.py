@@ -476,7 +476,8 @@ def test_a_run_without_run_dir_is_named_after_task_and_family(
 
 @pytest.mark.parametrize("at_epoch_end", [False, True])
 def test_a_stop_request_saves_a_checkpoint_then_raises_with_where_to_resume(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at_epoch_end: bool) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        at_epoch_end: bool) -> None:
     """SIGTERM during a step: inside an epoch the run stops after that step with the epoch's
     statistics so far in the checkpoint; in an epoch's last step it first validates and saves
     the epoch's end. Either way TrainingInterrupted carries the run directory, step, epoch
@@ -511,6 +512,8 @@ def test_a_stop_request_saves_a_checkpoint_then_raises_with_where_to_resume(
     assert str(err) == (f"SIGTERM: stopped at step {stop_at} (epoch 1) after saving a "
                         f"checkpoint; resume with: attnkit train --resume {tmp_path / 'r'}")
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert capsys.readouterr().err == ("\nSIGTERM: stopping after this step and saving a "
+                                       "checkpoint (send it again to stop at once)\n")
     last = latest_checkpoint(tmp_path / "r" / "checkpoints")
     assert last is not None and last.name == f"step-{stop_at:08d}"
     state = load_checkpoint(last, build_run_model(config, get_task("digits"), None))
@@ -539,10 +542,11 @@ def test_task_options_and_thread_count_apply_before_anything_is_built(tmp_path: 
 
 
 def test_the_progress_display_counts_steps_with_loss_and_lr(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """train.progress on: one display per epoch over its batches, named after the epoch, each
     step's loss and learning rate as its postfix (here the plain-line display, printing at
-    every step); off: a silent one."""
+    every step); off: a silent one. With TensorBoard on, the console says how to open it."""
     import io
 
     from attnkit.train.progress import PlainProgress
@@ -557,8 +561,11 @@ def test_the_progress_display_counts_steps_with_loss_and_lr(
     displays = enabled
     monkeypatch.setattr(train_loop, "progress_bar", every_step)
     config = tiny_config(tmp_path, epochs=2, batch_size=512, max_steps=4, progress=True,
-                         warmup_fraction=0.5)
+                         warmup_fraction=0.5, tensorboard=True)
     result = train(config, run_dir=tmp_path / "r")
+    assert capsys.readouterr().out.startswith(
+        f"run directory: {tmp_path / 'r'}\nTensorBoard: tensorboard --logdir "
+        f"{tmp_path / 'r' / 'tensorboard'}\n")
     per_epoch = 3  # digits' training split in batches of 512
     lrs = [warmup_cosine(s, total_steps=2 * per_epoch, peak_lr=config.train.lr,
                          warmup_steps=3, min_lr_ratio=config.train.min_lr_ratio)
