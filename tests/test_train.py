@@ -187,9 +187,14 @@ def test_a_run_reports_its_epochs_scalars_and_lines_by_value(
     written: list[tuple[int, dict[str, float]]] = []
     monkeypatch.setattr(RunLogger, "scalars",
                         lambda self, step, values: written.append((step, dict(values))))
+    import time
+
+    # checkpoint_every=2: the epochs' seconds add up over the pauses for checkpoints
     config = tiny_config(tmp_path, epochs=2, batch_size=256, warmup_fraction=0.25,
-                         min_lr_ratio=0.1)
+                         min_lr_ratio=0.1, checkpoint_every=2)
+    started = time.perf_counter()
     result = train(config, run_dir=tmp_path / "r")
+    wall = time.perf_counter() - started
     out = capsys.readouterr().out
     examples = len(get_task("digits").train)
     sizes = [[len(b) for b in epoch_batches(examples, batch_size=256, seed=config.train.seed,
@@ -230,7 +235,8 @@ def test_a_run_reports_its_epochs_scalars_and_lines_by_value(
     assert result.best == metrics["best"] and result.history == history
     assert metrics["test"] == result.test and set(result.test) >= {"accuracy", "loss"}
     assert metrics["steps"] == steps and metrics["stopped_early"] is False
-    assert metrics["train_seconds"] == result.train_seconds >= sum(r["seconds"] for r in history)
+    assert metrics["train_seconds"] == result.train_seconds < wall
+    assert result.train_seconds == pytest.approx(sum(r["seconds"] for r in history), rel=1e-9)
     assert (f"test accuracy: {result.test['accuracy']:.4f} "
             f"({result.train_seconds:.1f} s of training)") in out
     assert (tmp_path / "r" / "best" / "model.safetensors").is_file()
@@ -635,3 +641,13 @@ def test_evaluate_scores_a_split_in_eval_mode_and_restores_the_mode() -> None:
     train_loop.evaluate(model, task.test, task)
     assert not model.training
     assert seen == [(False, torch.device("cpu"))] * 3
+
+
+def test_checkpoints_every_few_minutes_inside_an_epoch(tmp_path: Path) -> None:
+    """train.checkpoint_minutes reaches the cadence: at a tiny interval every step is due."""
+    result = train(tiny_config(tmp_path, epochs=1, max_steps=3, checkpoint_every=0,
+                               checkpoint_minutes=1e-9, keep_checkpoints=5),
+                   run_dir=tmp_path / "r")
+    assert result.steps == 3
+    assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").glob("step-*")) == [
+        "step-00000001", "step-00000002", "step-00000003"]

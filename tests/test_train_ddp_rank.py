@@ -136,6 +136,9 @@ def test_each_rank_gets_the_same_weights_and_its_own_dropout_stream(tmp_path: Pa
                                     device=torch.device("cpu"))
         run = train_loop._prepare(config, task, info)
         draw = torch.rand(8)
+        assert train_loop._batches(config, task, info, 1) == epoch_batches(
+            len(task.train), batch_size=256, seed=config.train.seed, epoch=1, rank=rank,
+            world_size=2)  # this rank's shard
         if rank in draws:
             assert torch.equal(draw, draws[rank])
         draws[rank] = draw
@@ -143,7 +146,8 @@ def test_each_rank_gets_the_same_weights_and_its_own_dropout_stream(tmp_path: Pa
     assert not torch.equal(draws[0], draws[1])
     assert all(torch.equal(a, b) for a, b in zip(weights[0], weights[1], strict=True))
     torch.manual_seed(config.train.seed)
-    assert not torch.equal(torch.rand(8), draws[0])  # not the weights' stream continued
+    weights_stream = torch.rand(8)  # no rank's dropout continues the weights' stream
+    assert not torch.equal(weights_stream, draws[0]) and not torch.equal(weights_stream, draws[1])
 
 
 def test_sums_over_ranks_are_float64_and_stop_flags_reach_every_rank(

@@ -342,7 +342,7 @@ def train(config: RunConfig, *, task: Task | None = None, run_dir: str | Path | 
                         raise
                     found = [f"error: {err}"]  # the other ranks must not wait forever
             if info.enabled:
-                torch.distributed.broadcast_object_list(found, src=0)
+                torch.distributed.broadcast_object_list(found)  # from rank 0 (src's default)
             if found[0].startswith("error: "):
                 raise UsageError(found[0].removeprefix("error: "))
             run.run_dir = Path(found[0])
@@ -465,7 +465,7 @@ def _train_epoch(run: _Run, policy: _CheckpointPolicy, stops: StopRequests) -> s
 
 def _stop_requested(stops: StopRequests, info: distributed.DistInfo) -> bool:
     """A signal reached this process (or, under DDP, any process: all stop at the same step)."""
-    return distributed.sum_floats([1.0 if stops.requested else 0.0], info)[0] > 0
+    return distributed.sum_floats([float(stops.requested is not None)], info)[0] > 0
 
 
 def _step(run: _Run, objective: Any, batch: Any) -> tuple[float, dict[str, Any]]:
@@ -564,7 +564,7 @@ def _final_test(run: _Run) -> TrainResult:
     best_path = run.run_dir / "best" / "model.safetensors"
     if info.enabled:
         torch.distributed.barrier()
-    if progress.best_record is not None and best_path.is_file():
+    if best_path.is_file():  # saved with the best record (none before an epoch ends)
         load_weights(run.model, best_path)
     test = evaluate(run.model, run.task.test, run.task, batch_size=t.eval_batch_size,
                     precision=t.precision)
