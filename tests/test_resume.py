@@ -196,7 +196,8 @@ def test_resuming_a_run_whose_budget_is_spent_rewrites_nothing(
     written = {p.name: p.stat().st_mtime_ns for p in checkpoint.iterdir()}
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
-    assert "resumed from step 3" in capsys.readouterr().out
+    out = capsys.readouterr().out  # the epoch in progress is validated for the report again
+    assert "resumed from step 3" in out and "budget reached at step 3 (epoch 1, batch 3)" in out
     assert {p.name: p.stat().st_mtime_ns for p in checkpoint.iterdir()} == written
     assert [p.name for p in (run / "checkpoints").glob("step-*")] == ["step-00000003"]
     assert json.loads((run / "metrics.json").read_text())["steps"] == 3

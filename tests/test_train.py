@@ -187,9 +187,14 @@ def test_a_run_reports_its_epochs_scalars_and_lines_by_value(
     written: list[tuple[int, dict[str, float]]] = []
     monkeypatch.setattr(RunLogger, "scalars",
                         lambda self, step, values: written.append((step, dict(values))))
+    import time
+
+    # checkpoint_every=2: the epochs' seconds add up over the pauses for checkpoints
     config = tiny_config(tmp_path, epochs=2, batch_size=256, warmup_fraction=0.25,
-                         min_lr_ratio=0.1)
+                         min_lr_ratio=0.1, checkpoint_every=2)
+    started = time.perf_counter()
     result = train(config, run_dir=tmp_path / "r")
+    wall = time.perf_counter() - started
     out = capsys.readouterr().out
     examples = len(get_task("digits").train)
     sizes = [[len(b) for b in epoch_batches(examples, batch_size=256, seed=config.train.seed,
@@ -230,7 +235,8 @@ def test_a_run_reports_its_epochs_scalars_and_lines_by_value(
     assert result.best == metrics["best"] and result.history == history
     assert metrics["test"] == result.test and set(result.test) >= {"accuracy", "loss"}
     assert metrics["steps"] == steps and metrics["stopped_early"] is False
-    assert metrics["train_seconds"] == result.train_seconds >= sum(r["seconds"] for r in history)
+    assert metrics["train_seconds"] == result.train_seconds < wall
+    assert result.train_seconds == pytest.approx(sum(r["seconds"] for r in history), rel=1e-9)
     assert (f"test accuracy: {result.test['accuracy']:.4f} "
             f"({result.train_seconds:.1f} s of training)") in out
     assert (tmp_path / "r" / "best" / "model.safetensors").is_file()
@@ -385,14 +391,32 @@ def test_resume_point_run_dir_claims_and_missing_metric(
         train(tiny_config(tmp_path, max_steps=1), task=bleu, run_dir=tmp_path / "bleu")
 
 
-def test_a_gpu_checkpoints_rng_state_resumes_on_cpu() -> None:
-    """A checkpoint written on CUDA carries a "cuda" RNG state; restoring on the CPU sets the
-    CPU generator and leaves CUDA alone."""
-    state = train_loop._rng_state(torch.device("cpu"))
+def test_a_gpu_checkpoints_rng_state_resumes_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run on CUDA saves and restores its GPU's generator too (as uint8, whatever integer
+    dtype the checkpoint stored); a checkpoint written on CUDA restores on the CPU by setting
+    the CPU generator only, and a CPU checkpoint resumed on CUDA leaves the GPU's alone. (The
+    CUDA runtime calls are recorded here, so this runs without a GPU.)"""
+    calls: list[tuple[Any, ...]] = []
+    gpu_state = torch.arange(5, dtype=torch.uint8)
+    monkeypatch.setattr(torch.cuda, "get_rng_state",
+                        lambda device: calls.append(("get", device)) or gpu_state)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: calls.append(
+        ("set", state.dtype, state.tolist(), device)))
+    gpu, cpu = torch.device("cuda", 1), torch.device("cpu")
+    state = train_loop._rng_state(gpu)
+    assert set(state) == {"torch", "cuda"} and state["cuda"] is gpu_state
+    assert torch.equal(state["torch"], torch.get_rng_state()) and calls == [("get", gpu)]
+    calls.clear()
     expected = torch.rand(3)
-    train_loop._set_rng_state({"torch": state["torch"], "cuda": torch.zeros(3, dtype=torch.long)},
-                              torch.device("cpu"))
+    train_loop._set_rng_state({"torch": state["torch"].long(), "cuda": gpu_state.long()}, gpu)
+    assert calls == [("set", torch.uint8, [0, 1, 2, 3, 4], gpu)]
     assert torch.equal(torch.rand(3), expected)
+    calls.clear()
+    train_loop._set_rng_state({"torch": state["torch"]}, gpu)  # a checkpoint of a CPU run
+    assert torch.equal(torch.rand(3), expected) and calls == []
+    train_loop._set_rng_state({"torch": state["torch"], "cuda": gpu_state}, cpu)
+    assert torch.equal(torch.rand(3), expected) and calls == []
+    assert set(train_loop._rng_state(cpu)) == {"torch"} and calls == []
 
 
 def test_the_test_split_is_scored_with_the_best_weights(
@@ -454,3 +478,176 @@ def test_a_run_without_run_dir_is_named_after_task_and_family(
     out = capsys.readouterr().out
     assert out.startswith(f"run directory: {result.run_dir}\n")
     assert "TensorBoard" not in out and not (result.run_dir / "tensorboard").exists()
+
+
+@pytest.mark.parametrize("at_epoch_end", [False, True])
+def test_a_stop_request_saves_a_checkpoint_then_raises_with_where_to_resume(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        at_epoch_end: bool) -> None:
+    """SIGTERM during a step: inside an epoch the run stops after that step with the epoch's
+    statistics so far in the checkpoint; in an epoch's last step it first validates and saves
+    the epoch's end. Either way TrainingInterrupted carries the run directory, step, epoch
+    (1-based, the one to resume in) and signal, and the handlers are restored."""
+    import signal
+
+    from attnkit.tasks import get_task
+    from attnkit.train.checkpoint import load_checkpoint
+    from attnkit.train.interrupts import TrainingInterrupted
+    from attnkit.train.run import build_run_model
+
+    per_epoch = len(epoch_batches(len(get_task("digits").train), batch_size=256, seed=0,
+                                  epoch=0))
+    stop_at = per_epoch if at_epoch_end else 2
+    calls = {"n": 0}
+    original = train_loop.collect_auxiliary_losses
+
+    def signal_during_a_step(module: torch.nn.Module) -> Any:
+        calls["n"] += 1
+        if calls["n"] == stop_at:
+            signal.raise_signal(signal.SIGTERM)
+        return original(module)
+
+    monkeypatch.setattr(train_loop, "collect_auxiliary_losses", signal_during_a_step)
+    config = tiny_config(tmp_path, epochs=3, batch_size=256)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train(config, run_dir=tmp_path / "r")
+    assert calls["n"] == stop_at  # not one step more
+    err = stopped.value
+    assert (err.run_dir, err.step, err.epoch, err.signal_name) == (
+        tmp_path / "r", stop_at, 1, "SIGTERM")
+    assert str(err) == (f"SIGTERM: stopped at step {stop_at} (epoch 1) after saving a "
+                        f"checkpoint; resume with: attnkit train --resume {tmp_path / 'r'}")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert capsys.readouterr().err == ("\nSIGTERM: stopping after this step and saving a "
+                                       "checkpoint (send it again to stop at once)\n")
+    last = latest_checkpoint(tmp_path / "r" / "checkpoints")
+    assert last is not None and last.name == f"step-{stop_at:08d}"
+    state = load_checkpoint(last, build_run_model(config, get_task("digits"), None))
+    metrics = tmp_path / "r" / "metrics.json"  # written at each epoch's end
+    history = json.loads(metrics.read_text())["history"] if metrics.exists() else []
+    if at_epoch_end:
+        assert (state["epoch"], state["batch"], state["epoch_stats"]["count"]) == (1, 0, 0)
+        assert [r["step"] for r in history] == [per_epoch]
+    else:
+        assert (state["epoch"], state["batch"], state["epoch_stats"]["count"]) == (0, 2, 512)
+        assert history == [] and state["train_seconds"] > 0
+
+
+def test_task_options_and_thread_count_apply_before_anything_is_built(tmp_path: Path) -> None:
+    """config.task.options reach the task loader (an unknown one is refused by it, before any
+    directory exists); train.num_threads sets torch's thread count first."""
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(ValueError, match=r"^task 'digits' has no option 'no_such_option'"):
+            train(tiny_config(tmp_path, task_options={"no_such_option": 1}, num_threads=3),
+                  run_dir=tmp_path / "r")
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_progress_display_counts_steps_with_loss_and_lr(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """train.progress on: one display per epoch over its batches, named after the epoch, each
+    step's loss and learning rate as its postfix (here the plain-line display, printing at
+    every step); off: a silent one. With TensorBoard on, the console says how to open it."""
+    import io
+
+    from attnkit.train.progress import PlainProgress
+
+    shown = io.StringIO()
+    enabled: list[bool] = []
+
+    def every_step(total: int, desc: str, *, enabled: bool) -> Any:
+        displays.append(enabled)
+        return PlainProgress(total, desc, every_seconds=0.0, stream=shown)
+
+    displays = enabled
+    monkeypatch.setattr(train_loop, "progress_bar", every_step)
+    config = tiny_config(tmp_path, epochs=2, batch_size=512, max_steps=4, progress=True,
+                         warmup_fraction=0.5, tensorboard=True)
+    result = train(config, run_dir=tmp_path / "r")
+    assert capsys.readouterr().out.startswith(
+        f"run directory: {tmp_path / 'r'}\nTensorBoard: tensorboard --logdir "
+        f"{tmp_path / 'r' / 'tensorboard'}\n")
+    per_epoch = 3  # digits' training split in batches of 512
+    lrs = [warmup_cosine(s, total_steps=2 * per_epoch, peak_lr=config.train.lr,
+                         warmup_steps=3, min_lr_ratio=config.train.min_lr_ratio)
+           for s in range(4)]
+    expected = [f"epoch {e}/2: {n}/{per_epoch} steps, loss={loss:.4f} lr={lr:.2e}"
+                for (e, n), loss, lr in zip([(1, 1), (1, 2), (1, 3), (2, 1)],
+                                            result.step_losses, lrs, strict=True)]
+    assert shown.getvalue().splitlines() == expected
+    assert enabled == [True, True]
+    enabled.clear()
+    train(tiny_config(tmp_path, max_steps=1, progress=False), run_dir=tmp_path / "quiet")
+    assert enabled == [False]
+
+
+def test_a_fine_tuning_run_starts_from_the_checkpoint_in_its_run_directory(
+        tmp_path: Path) -> None:
+    """A run directory holding only ``hf/`` (as finetune() prepares it) trains the model saved
+    there, not one built from config.model."""
+    pytest.importorskip("transformers", reason="needs transformers: pip install 'attnkit[hf]'")
+    import attnkit.hf
+    from attnkit.models import ModelConfig, build_vit
+    from attnkit.train.run import HF_FOLDER
+
+    torch.manual_seed(0)
+    start = build_vit(ModelConfig(d_model=16, num_heads=2, num_layers=1, d_ff=32, dropout=0.0,
+                                  patch_size=4, pooling="cls"),
+                      image_shape=(1, 8, 8), num_classes=10)
+    run = tmp_path / "ft"
+    attnkit.hf.save(start, run / HF_FOLDER)
+    shapes = {k: tuple(v.shape) for k, v in attnkit.hf.load(run / HF_FOLDER).state_dict().items()}
+    result = train(tiny_config(tmp_path, max_steps=1), run_dir=run)
+    trained = load_file(str(run / "checkpoints" / "step-00000001" / "model.safetensors"))
+    assert result.steps == 1 and {k: tuple(v.shape) for k, v in trained.items()} == shapes
+
+
+def test_evaluate_scores_a_split_in_eval_mode_and_restores_the_mode() -> None:
+    """evaluate(): the mean cross-entropy (no label smoothing) and accuracy over the whole
+    split whatever the batch size, dropout off while scoring, the task's own scores added
+    (called with the model in eval mode and its device), the model's mode restored."""
+    import dataclasses
+
+    import torch.nn.functional as F
+
+    from attnkit.models import ModelConfig, build_vit
+    from attnkit.tasks import get_task
+    from attnkit.train.data import iterate
+
+    torch.manual_seed(0)
+    model = build_vit(ModelConfig(d_model=16, num_heads=2, num_layers=1, d_ff=32, dropout=0.5,
+                                  patch_size=4), image_shape=(1, 8, 8), num_classes=10)
+    seen: list[tuple[bool, torch.device]] = []
+    task = dataclasses.replace(get_task("digits"), evaluate=lambda m, data, device: (
+        seen.append((m.training, device)) or {"extra": float(len(data))}))
+    (whole,) = iterate(task.test, batch_size=len(task.test))
+    model.eval()
+    with torch.no_grad():
+        logits = model(whole.inputs)
+    loss = float(F.cross_entropy(logits, whole.targets))
+    accuracy = float((logits.argmax(-1) == whole.targets).double().mean())
+    model.train()
+    for batch_size in (7, 1000):
+        metrics = train_loop.evaluate(model, task.test, task, batch_size=batch_size)
+        assert metrics == {"loss": pytest.approx(loss, rel=1e-5), "accuracy": accuracy,
+                           "extra": float(len(task.test))}
+        assert model.training
+    model.eval()
+    train_loop.evaluate(model, task.test, task)
+    assert not model.training
+    assert seen == [(False, torch.device("cpu"))] * 3
+
+
+def test_checkpoints_every_few_minutes_inside_an_epoch(tmp_path: Path) -> None:
+    """train.checkpoint_minutes reaches the cadence: at a tiny interval every step is due."""
+    result = train(tiny_config(tmp_path, epochs=1, max_steps=3, checkpoint_every=0,
+                               checkpoint_minutes=1e-9, keep_checkpoints=5),
+                   run_dir=tmp_path / "r")
+    assert result.steps == 3
+    assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").glob("step-*")) == [
+        "step-00000001", "step-00000002", "step-00000003"]

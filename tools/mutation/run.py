@@ -9,6 +9,12 @@ Usage (from the repository root; ``make mutation`` runs every target with two wo
     .venv/bin/python tools/mutation/run.py --report        # scores of finished runs only
     .venv/bin/python tools/mutation/run.py --resume math   # go on from an interrupted run
     .venv/bin/python tools/mutation/run.py --collect math  # score an interrupted run as it is
+    .venv/bin/python tools/mutation/run.py train_loop --only "attnkit.train.loop.x__step*"
+
+``--only GLOB`` (repeatable) runs only the mutants whose names match, in its own scratch copy
+``runs/mutation/<name>.only/`` (a full run's results stay): a quick check of the tests written
+for some functions while working. Its score covers those mutants only; a module's score comes
+from a full run.
 
 Each target gets ``runs/mutation/<name>/``: a copy of ``src/`` and ``tests/`` taken when the run
 starts, a pyproject.toml that tells mutmut which file to mutate and which tests to run, and
@@ -20,6 +26,7 @@ no-tests): a mutant that no selected test reaches counts against the module.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import shutil
@@ -61,9 +68,9 @@ def toml_list(items: list[str]) -> str:
 
 
 def prepare(name: str, target: dict[str, object], pytest_args: list[str],
-            resume: bool = False) -> Path:
+            resume: bool = False, work: Path | None = None) -> Path:
     """A fresh scratch copy for one target, with the mutmut config that selects it."""
-    work = RUNS / name
+    work = work or RUNS / name
     if resume and (work / "mutants").is_dir():
         return work  # mutmut keeps each verdict: the run goes on where it stopped
     if work.exists():
@@ -97,20 +104,21 @@ MUTMUT = [sys.executable, "-m", "mutmut"]
 
 
 def run_one(name: str, target: dict[str, object], pytest_args: list[str],
-            children: int, resume: bool) -> dict[str, object]:
-    work = prepare(name, target, pytest_args, resume)
+            children: int, resume: bool, only: list[str] | None = None) -> dict[str, object]:
+    work = prepare(name, target, pytest_args, resume, RUNS / f"{name}.only" if only else None)
     start = time.monotonic()
     with open(work / "mutmut.log", "a" if resume else "w") as log:
-        code = subprocess.call([*MUTMUT, "run", "--max-children", str(children)], cwd=work,
-                               env=ENV, stdout=log, stderr=subprocess.STDOUT)
-    return collect(name, target, time.monotonic() - start, code, children)
+        code = subprocess.call([*MUTMUT, "run", "--max-children", str(children), *(only or [])],
+                               cwd=work, env=ENV, stdout=log, stderr=subprocess.STDOUT)
+    return collect(name, target, time.monotonic() - start, code, children, only)
 
 
 def collect(name: str, target: dict[str, object], elapsed: float | None = None,
-            code: int | None = None, children: int | None = None) -> dict[str, object]:
+            code: int | None = None, children: int | None = None,
+            only: list[str] | None = None) -> dict[str, object]:
     """Counts, score and survivors of a run, finished or not (unrun mutants count as not
-    killed, under "not_checked")."""
-    work = RUNS / name
+    killed, under "not_checked"). ``only``: the globs of a partial run (``--only``)."""
+    work = RUNS / f"{name}.only" if only else RUNS / name
     subprocess.call([*MUTMUT, "export-cicd-stats"], cwd=work, env=ENV,
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     previous = work / "summary.json"
@@ -120,33 +128,59 @@ def collect(name: str, target: dict[str, object], elapsed: float | None = None,
         elapsed = (work / "mutmut.log").stat().st_mtime - (work / "pyproject.toml").stat().st_mtime
     if children is None and previous.exists():
         children = json.loads(previous.read_text()).get("children")
-    summary = summarize(name, target, work, elapsed or 0.0, code, children)
-    write_survivors(work)
+    summary = summarize(name, target, work, elapsed or 0.0, code, children, only)
+    write_survivors(work, only)
     return summary
 
 
 def summarize(name: str, target: dict[str, object], work: Path, elapsed: float,
-              code: int | None, children: int | None = None) -> dict[str, object]:
+              code: int | None, children: int | None = None,
+              only: list[str] | None = None) -> dict[str, object]:
     stats_file = work / "mutants" / "mutmut-cicd-stats.json"
     counts = json.loads(stats_file.read_text()) if stats_file.exists() else {}
+    if only:  # the stats count every mutant; a partial run scores the matching ones
+        counts = partial_counts(work, only)
     killed = int(counts.get("killed", 0))
     timeouts = int(counts.get("timeout", 0))  # hypothesis hunting a failure past the limit
     not_killed = sum(int(counts.get(k, 0)) for k in ("survived", "no_tests", "suspicious",
                                                         "segfault"))
     total = killed + timeouts + not_killed  # mutants with a verdict (all, if the run finished)
-    summary = {"name": name, "path": target["path"], "exit_code": code,
+    summary = {"name": name, "path": target["path"], "exit_code": code, "only": only,
                "seconds": round(elapsed), "children": children, "counts": counts,
                "score": round(100 * (killed + timeouts) / total, 1) if total else None}
     (work / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 
-def write_survivors(work: Path) -> None:
+def mutant_statuses(work: Path) -> dict[str, str]:
+    """Each mutant's status as ``mutmut results --all true`` prints it (``killed``, ...)."""
+    listing = subprocess.run([*MUTMUT, "results", "--all", "true"], cwd=work, env=ENV,
+                             capture_output=True, text=True).stdout
+    return {name.strip(): status.strip() for name, _, status in
+            (line.rpartition(":") for line in listing.splitlines() if ":" in line)}
+
+
+def partial_counts(work: Path, only: list[str]) -> dict[str, int]:
+    """Counts of the mutants matching ``only`` (under mutmut's names for the statuses)."""
+    keys = {"killed": "killed", "timeout": "timeout", "survived": "survived",
+            "no tests": "no_tests", "suspicious": "suspicious", "segfault": "segfault"}
+    counts = {"total": 0}
+    for name, status in mutant_statuses(work).items():
+        if any(fnmatch.fnmatchcase(name, glob) for glob in only):
+            counts["total"] += 1
+            key = keys.get(status, "not_checked")
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def write_survivors(work: Path, only: list[str] | None = None) -> None:
     listing = subprocess.run([*MUTMUT, "results"], cwd=work, env=ENV, capture_output=True,
                              text=True).stdout
     # the mutants no test caught; not the ones an interrupted run never reached
     names = [line.split(":")[0].strip() for line in listing.splitlines()
              if line.strip().endswith((": survived", ": no tests", ": suspicious"))]
+    if only:
+        names = [n for n in names if any(fnmatch.fnmatchcase(n, glob) for glob in only)]
     with open(work / "survivors.txt", "w") as out:
         for mutant in names:
             shown = subprocess.run([*MUTMUT, "show", mutant], cwd=work, env=ENV,
@@ -165,7 +199,8 @@ def report() -> None:
         c = s["counts"]
         checked = sum(int(c.get(k, 0)) for k in ("killed", "timeout", "survived", "no_tests",
                                                   "suspicious", "segfault"))
-        print(f"| {s['path']} | {c.get('total', checked)} | {checked} | {c.get('killed', 0)} | "
+        path = s["path"] + (f" (only {' '.join(s['only'])})" if s.get("only") else "")
+        print(f"| {path} | {c.get('total', checked)} | {checked} | {c.get('killed', 0)} | "
               f"{c.get('timeout', 0)} | {c.get('survived', 0)} | {c.get('no_tests', 0)} | "
               f"{s['score']}% | {s['seconds'] / 60:.0f} |")
 
@@ -181,6 +216,10 @@ def main() -> None:
                         help="keep the scratch copies and go on from the verdicts they hold")
     parser.add_argument("--collect", action="store_true",
                         help="score the named runs as they are (e.g. interrupted), run nothing")
+    parser.add_argument("--only", action="append", metavar="GLOB",
+                        help="only the mutants whose names match (mutmut's names, e.g. "
+                             "'attnkit.train.loop.x__step*'), in runs/mutation/NAME.only/; a "
+                             "partial check while working, not a module's score")
     args = parser.parse_args()
     if args.report:
         report()
@@ -193,9 +232,10 @@ def main() -> None:
     names = args.names or list(targets)
     for name in names:
         if args.collect:
-            summary = collect(name, targets[name])
+            summary = collect(name, targets[name], only=args.only)
         else:
-            summary = run_one(name, targets[name], pytest_args, args.children, args.resume)
+            summary = run_one(name, targets[name], pytest_args, args.children, args.resume,
+                              args.only)
         print(json.dumps(summary), flush=True)
     report()
     if not args.collect:

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
 
 from attnkit.errors import UsageError
 
-__all__ = ["DistInfo", "all_reduce_sum", "cleanup", "pick_device", "setup"]
+__all__ = ["DistInfo", "all_gather_floats", "cleanup", "pick_device", "setup", "sum_floats"]
 
 
 @dataclass(frozen=True)
@@ -70,12 +69,14 @@ def setup(device_name: str) -> DistInfo:
     return DistInfo(rank, world_size, local_rank, device)
 
 
-def all_reduce_sum(values: Tensor, info: DistInfo) -> Tensor:
-    """Sum a tensor over processes (identity when single-process)."""
-    if info.enabled:
-        values = values.clone()
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return values
+def sum_floats(values: list[float], info: DistInfo) -> list[float]:
+    """Each value summed over processes, in float64 (the values as given when single-process).
+    The tensor lives on this process's device: NCCL reduces CUDA tensors only."""
+    if not info.enabled:
+        return list(values)
+    summed = torch.tensor(values, dtype=torch.float64, device=info.device)
+    dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+    return [float(v) for v in summed.tolist()]
 
 
 def all_gather_floats(value: float, info: DistInfo) -> list[float]:

@@ -342,7 +342,7 @@ def train(config: RunConfig, *, task: Task | None = None, run_dir: str | Path | 
                         raise
                     found = [f"error: {err}"]  # the other ranks must not wait forever
             if info.enabled:
-                torch.distributed.broadcast_object_list(found, src=0)
+                torch.distributed.broadcast_object_list(found)  # from rank 0 (src's default)
             if found[0].startswith("error: "):
                 raise UsageError(found[0].removeprefix("error: "))
             run.run_dir = Path(found[0])
@@ -414,35 +414,36 @@ def _train_epoch(run: _Run, policy: _CheckpointPolicy, stops: StopRequests) -> s
     Returns ``"budget"`` when ``max_steps`` / ``max_minutes`` ran out before the epoch's last
     batch, None at the epoch's end; raises :class:`TrainingInterrupted` on a stop request."""
     config, t, progress, task = run.config, run.config.train, run.progress, run.task
-    batches = _batches(config, task, run.info, progress.epoch)[progress.batch:]
+    all_batches = _batches(config, task, run.info, progress.epoch)
+    batches = all_batches[progress.batch:]
     started = time.perf_counter()
     assert run.wrapped is not None and run.logger is not None
     run.wrapped.train()
     bar = progress_bar(len(batches), f"epoch {progress.epoch + 1}/{t.epochs}",
                        enabled=t.progress and run.info.is_main)
-    totals = {k: torch.tensor(v, dtype=torch.float64) for k, v in progress.epoch_stats.items()}
+    totals = dict(progress.epoch_stats)  # Python floats: float64 sums, as a checkpoint holds
     objective = objective_for(task)
 
     run.epoch_seconds = 0.0
 
     def sync_progress() -> None:
         nonlocal started
-        progress.epoch_stats = {k: float(v) for k, v in totals.items()}
+        progress.epoch_stats = dict(totals)
         spent = time.perf_counter() - started
         progress.train_seconds += spent
         run.epoch_seconds += spent
         started = time.perf_counter()
 
     try:
-        for remaining, batch in zip(range(len(batches) - 1, -1, -1),
-                                    _batch_iter(task, batches, run.device)):
+        for batch in _batch_iter(task, batches, run.device):
             loss_value, stats = _step(run, objective, batch)
             for k in _STAT_KEYS:
                 totals[k] += float(stats[k])
-            bar.update(1)
+            # the postfix first: the plain-line display prints at update()
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{run.lr:.2e}")
+            bar.update(1)
             run.logger.scalars(progress.step, {"train/loss": loss_value, "train/lr": run.lr or 0.0})
-            if remaining == 0:
+            if progress.batch == len(all_batches):
                 break  # the epoch's end: evaluation and a checkpoint follow
             if _stop_requested(stops, run.info):
                 sync_progress()
@@ -464,9 +465,7 @@ def _train_epoch(run: _Run, policy: _CheckpointPolicy, stops: StopRequests) -> s
 
 def _stop_requested(stops: StopRequests, info: distributed.DistInfo) -> bool:
     """A signal reached this process (or, under DDP, any process: all stop at the same step)."""
-    flag = torch.tensor([1.0 if stops.requested else 0.0], dtype=torch.float64,
-                        device=info.device)
-    return bool(distributed.all_reduce_sum(flag, info).item() > 0)
+    return distributed.sum_floats([float(stops.requested is not None)], info)[0] > 0
 
 
 def _step(run: _Run, objective: Any, batch: Any) -> tuple[float, dict[str, Any]]:
@@ -481,7 +480,7 @@ def _step(run: _Run, objective: Any, batch: Any) -> tuple[float, dict[str, Any]]
         loss, stats = objective(run.wrapped, batch, run.task, t.label_smoothing)
         aux = collect_auxiliary_losses(run.model)
         total = loss + t.aux_loss_weight * aux if aux is not None else loss
-    run.optimizer.zero_grad(set_to_none=True)
+    run.optimizer.zero_grad()
     total.backward()
     if t.grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), t.grad_clip)
@@ -499,10 +498,8 @@ def _step(run: _Run, objective: Any, batch: Any) -> tuple[float, dict[str, Any]]
 def _epoch_train_metrics(run: _Run) -> tuple[dict[str, float], float]:
     """The epoch's training metrics over all processes, and how many examples they cover."""
     stats = run.progress.epoch_stats
-    summed = distributed.all_reduce_sum(
-        torch.tensor([stats[k] for k in _STAT_KEYS], dtype=torch.float64, device=run.device),
-        run.info).cpu()
-    totals = dict(zip(_STAT_KEYS, summed.tolist()))
+    summed = distributed.sum_floats([stats[k] for k in _STAT_KEYS], run.info)
+    totals = dict(zip(_STAT_KEYS, summed))
     return metrics_from_stats(totals, run.task.kind), totals["count"]
 
 
@@ -567,7 +564,7 @@ def _final_test(run: _Run) -> TrainResult:
     best_path = run.run_dir / "best" / "model.safetensors"
     if info.enabled:
         torch.distributed.barrier()
-    if progress.best_record is not None and best_path.is_file():
+    if best_path.is_file():  # saved with the best record (none before an epoch ends)
         load_weights(run.model, best_path)
     test = evaluate(run.model, run.task.test, run.task, batch_size=t.eval_batch_size,
                     precision=t.precision)
@@ -579,7 +576,7 @@ def _final_test(run: _Run) -> TrainResult:
     run.logger.update(best=progress.best_record, test=test, steps=progress.step,
                       stopped_early=progress.stopped_early,
                       train_seconds=progress.train_seconds, **extra)
-    run.logger.print(f"test {run.task.metric}: {test.get(run.task.metric, float('nan')):.4f} "
+    run.logger.print(f"test {run.task.metric}: {test[run.task.metric]:.4f} "
                      f"({progress.train_seconds:.1f} s of training)")
     return TrainResult(run_dir=run.run_dir, test=test, best=progress.best_record,
                        history=list(run.logger.metrics["history"]),
