@@ -714,10 +714,13 @@ def test_flex_allow_in_auto_lifts_only_the_opt_in_reason(monkeypatch: pytest.Mon
     opt_in = "needs compilation: opt in with attnkit.backends.flex.allow_in_auto()"
     before = dispatch_report(q, k, v, mask=window)
     assert before.reasons["flex"][0] == opt_in and before.chosen == "sdpa_dense"
+    spec = validate(q, k, v, mask=window, bias=None, scale=None, softcap=None, dropout_p=0.0)
+    assert select_backend(spec).name == "sdpa_dense"  # the call path agrees with the report
     try:
         flex.allow_in_auto()
         allowed = dispatch_report(q, k, v, mask=window)
         assert allowed.reasons["flex"] == [] and allowed.chosen == "flex"
+        assert select_backend(spec).name == "flex"
         # still declined for what flex cannot do (backward on CPU), with no opt-in reason
         grad = dispatch_report(q.requires_grad_(), k, v, mask=window)
         assert grad.chosen == "sdpa_dense"

@@ -127,15 +127,14 @@ def select_backend(spec: AttentionSpec, backend: str = "auto") -> Backend:
     :func:`report` would, without asking the ones after it (every call of every layer comes
     through here: a decode step of GPT-2 small makes 12 calls per token); the full report is
     built only to explain a failure."""
-    if backend == "auto":
-        for name in _auto_order():
-            if not _auto_reasons(name, _REGISTRY[name], spec):
-                return _REGISTRY[name]
-    rep = report(spec, backend)
-    if rep.chosen is None:
-        if backend == "auto":
-            raise NoBackendError(f"no backend supports this call:\n{rep}")
-        raise NoBackendError(f"backend {backend!r} cannot run this call: "
-                             f"{'; '.join(rep.reasons[backend])}. Use backend='auto' or fix the "
-                             f"inputs.")
-    return _REGISTRY[rep.chosen]
+    if backend != "auto":
+        chosen = get_backend(backend)
+        reasons = chosen.not_supported_reasons(spec)
+        if reasons:
+            raise NoBackendError(f"backend {backend!r} cannot run this call: "
+                                 f"{'; '.join(reasons)}. Use backend='auto' or fix the inputs.")
+        return chosen
+    for name in _auto_order():
+        if not _auto_reasons(name, _REGISTRY[name], spec):
+            return _REGISTRY[name]
+    raise NoBackendError(f"no backend supports this call:\n{report(spec)}")
