@@ -161,3 +161,17 @@ def test_documented_defaults_and_float64_tables() -> None:
     want = torch.tensor([math.sin(p / 10000 ** (2 * i / 6)), math.cos(p / 10000 ** (2 * i / 6))],
                         dtype=torch.float64)
     torch.testing.assert_close(table[p, 2 * i:2 * i + 2].double(), want, atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_per_sequence_positions_rotate_each_row_by_its_own(interleaved: bool) -> None:
+    """(B, L) positions (left-padded batches): row b of every head is rotated exactly as that
+    sequence alone with its (L,) positions."""
+    x = torch.randn(3, 2, 4, 6, dtype=torch.float64)  # (B, H, L, D)
+    positions = torch.tensor([[0, 1, 2, 3], [0, 0, 0, 1], [5, 6, 7, 8]])  # (B, L)
+    rotated = apply_rotary(x, rotary_angles(positions, 6), interleaved=interleaved)
+    assert rotated.shape == x.shape
+    for b in range(3):
+        alone = apply_rotary(x[b:b + 1], rotary_angles(positions[b], 6), interleaved=interleaved)
+        torch.testing.assert_close(rotated[b:b + 1], alone, rtol=0, atol=0)
+    assert not torch.allclose(rotated[0], rotated[2])  # the rows' positions differ
