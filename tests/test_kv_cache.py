@@ -259,3 +259,48 @@ def test_cache_edges_one_position_values_shape_and_defaults() -> None:
     assert rolling.key_positions.tolist() == [0, 1, 2, 3, 4, 5]
     rolling.update(*kv(3))
     assert rolling.key_positions.tolist() == [0, 1, 2, 3, 6, 7, 8]
+
+
+def test_caches_build_their_tensors_on_the_device_of_the_keys() -> None:
+    """Positions, pad masks and the rolling mask follow the device asked for / of the keys
+    (the meta device stands in for a GPU: a CPU tensor meeting a meta one raises)."""
+    meta = torch.device("meta")
+    k, v = (t.to(meta) for t in kv(4))
+    static = StaticKVCache(6)
+    assert static.query_positions(2, meta).device == meta
+    static.pads = torch.tensor([0, 2])  # pads may stay on the CPU
+    assert static.query_positions(4, meta).device == meta
+    _, _, extra = static.update(k, v)  # its pad mask is built beside the keys
+    assert isinstance(extra, masks.Mask) and extra.batch_size == 2
+    rolling = RollingKVCache(3, sink=1)
+    assert rolling.query_positions(2, meta).device == meta
+    _, _, allowed = rolling.update(k, v)
+    assert allowed.tensor.device == meta  # type: ignore[union-attr]
+
+
+def test_rolling_cache_attends_to_no_position_before_its_first_update() -> None:
+    cache = RollingKVCache(3, sink=1)
+    for _ in range(2):  # built, then reset after an update
+        assert cache.attended_positions.dtype == torch.long
+        assert cache.attended_positions.shape == (0,)
+        cache.update(*kv(5))
+        assert cache.attended_positions.tolist() == [0, 1, 2, 3, 4]
+        cache.reset()
+
+
+@pytest.mark.parametrize("make", [lambda: StaticKVCache(8), lambda: RollingKVCache(3, sink=1)])
+def test_reorder_keeps_the_chosen_rows_in_order(make: Any) -> None:
+    """Beam search: reorder(index) keeps batch rows ``index`` (repeats allowed) of keys and
+    values; before the first update there is nothing to reorder."""
+    cache = make()
+    cache.reorder(torch.tensor([1, 0]))  # nothing held yet: a no-op
+    k, v = kv(5, b=3)
+    cache.update(k, v)
+    index = torch.tensor([2, 0, 2])
+    held_k, held_v = cache.keys.clone(), cache.values.clone()
+    cache.reorder(index)
+    assert torch.equal(cache.keys, held_k[index]) and torch.equal(cache.values, held_v[index])
+    k2, v2 = kv(1, b=3)
+    keys, values, _ = cache.update(k2, v2)  # later tokens append to the reordered rows
+    assert torch.equal(keys[:, :, -1:], k2) and torch.equal(values[:, :, -1:], v2)
+    assert torch.equal(keys[:, :, :held_k.shape[2]][:, :, :1], held_k[index][:, :, :1])
