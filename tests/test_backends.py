@@ -755,3 +755,13 @@ def test_dropout_drops_p_and_rescales_by_one_over_keep(backend: str) -> None:
     kept = dropped != 0
     torch.testing.assert_close(dropped[kept], weights[kept] / (1 - p), rtol=1e-5, atol=1e-6)
     assert abs((~kept).float().mean().item() - p) < 0.02
+
+
+def test_report_of_a_named_backend_chooses_it_when_it_can_run() -> None:
+    """dispatch_report(backend=name) lists only that backend: chosen when it has no reason."""
+    q, k, v = _qkv()
+    named = dispatch_report(q, k, v, backend="blocked")
+    assert named.chosen == "blocked" and named.reasons == {"blocked": []}
+    declined = dispatch_report(q.requires_grad_(), k, v, backend="flex")
+    assert declined.chosen is None and list(declined.reasons) == ["flex"]
+    assert declined.reasons["flex"]
