@@ -70,7 +70,7 @@ def toml_list(items: list[str]) -> str:
 def prepare(name: str, target: dict[str, object], pytest_args: list[str],
             resume: bool = False, work: Path | None = None) -> Path:
     """A fresh scratch copy for one target, with the mutmut config that selects it."""
-    work = work or RUNS / name
+    work = work or scratch(name)
     if resume and (work / "mutants").is_dir():
         return work  # mutmut keeps each verdict: the run goes on where it stopped
     if work.exists():
@@ -103,9 +103,14 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HYPOTHESIS_PROFILE": "mutation",
 MUTMUT = [sys.executable, "-m", "mutmut"]
 
 
+def scratch(name: str, only: list[str] | None = None) -> Path:
+    """A target's scratch copy: ``runs/mutation/<name>/``, or ``<name>.only/`` for ``--only``."""
+    return RUNS / f"{name}.only" if only else RUNS / name
+
+
 def run_one(name: str, target: dict[str, object], pytest_args: list[str],
             children: int, resume: bool, only: list[str] | None = None) -> dict[str, object]:
-    work = prepare(name, target, pytest_args, resume, RUNS / f"{name}.only" if only else None)
+    work = prepare(name, target, pytest_args, resume, scratch(name, only))
     start = time.monotonic()
     with open(work / "mutmut.log", "a" if resume else "w") as log:
         code = subprocess.call([*MUTMUT, "run", "--max-children", str(children), *(only or [])],
@@ -118,7 +123,7 @@ def collect(name: str, target: dict[str, object], elapsed: float | None = None,
             only: list[str] | None = None) -> dict[str, object]:
     """Counts, score and survivors of a run, finished or not (unrun mutants count as not
     killed, under "not_checked"). ``only``: the globs of a partial run (``--only``)."""
-    work = RUNS / f"{name}.only" if only else RUNS / name
+    work = scratch(name, only)
     subprocess.call([*MUTMUT, "export-cicd-stats"], cwd=work, env=ENV,
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     previous = work / "summary.json"
