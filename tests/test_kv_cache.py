@@ -299,7 +299,11 @@ def test_reorder_keeps_the_chosen_rows_in_order(make: Any) -> None:
     index = torch.tensor([2, 0, 2])
     held_k, held_v = cache.keys.clone(), cache.values.clone()
     cache.reorder(index)
-    assert torch.equal(cache.keys, held_k[index]) and torch.equal(cache.values, held_v[index])
+    # a static cache's slots past the 5 written ones are uninitialized memory (maybe NaN)
+    written = slice(0, min(5, held_k.shape[2]))
+    assert torch.equal(cache.keys[:, :, written], held_k[index][:, :, written])
+    assert torch.equal(cache.values[:, :, written], held_v[index][:, :, written])
+    assert cache.keys.shape == held_k[index].shape
     k2, v2 = kv(1, b=3)
     keys, values, _ = cache.update(k2, v2)  # later tokens append to the reordered rows
     assert torch.equal(keys[:, :, -1:], k2) and torch.equal(values[:, :, -1:], v2)
